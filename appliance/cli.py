@@ -1,0 +1,196 @@
+"""The ``appliance`` command: run a leg, inspect the pipeline, benchmark.
+
+    appliance run miner|transformer|enricher|shipper   (box legs, box settings)
+    appliance run sink                                  (hub leg, hub settings)
+    appliance status [--json]                           counters, legs, outbox
+    appliance dead-letters list [--json] [--limit N]
+    appliance check-config [--hub]
+    appliance bench ...                                 see appliance.bench
+
+Settings come from --config, else $APPLIANCE_CONFIG, else /etc/appliance/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from appliance import config, daemon, logs, store
+from appliance.errors import ApplianceError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+BOX_LEGS = {
+    "miner": "appliance.miner",
+    "transformer": "appliance.transformer",
+    "enricher": "appliance.enricher",
+    "shipper": "appliance.shipper",
+}
+HUB_LEGS = {"sink": "appliance.hub.sink"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", help="settings file (TOML)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one leg until SIGTERM")
+    run.add_argument("leg", choices=sorted([*BOX_LEGS, *HUB_LEGS]))
+
+    status = sub.add_parser("status", help="counters, legs and outbox of the box")
+    status.add_argument("--json", action="store_true")
+
+    dead = sub.add_parser("dead-letters", help="records parked by a leg")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", help="list parked records")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=50)
+
+    check = sub.add_parser("check-config", help="validate the settings and exit")
+    check.add_argument("--hub", action="store_true", help="hub settings")
+
+    bench = sub.add_parser("bench", help="end-to-end and raw rates on this machine")
+    bench.add_argument("--changes", type=int, default=20_000)
+    bench.add_argument("--paced-rate", type=float, default=200.0)
+    bench.add_argument("--paced-seconds", type=float, default=20.0)
+    bench.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``appliance`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: systemd's RestartPreventExitStatus can name it
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run_leg(args.leg, args.config)
+    if args.command == "check-config":
+        if args.hub:
+            config.load_hub(config.config_path(args.config, config.DEFAULT_HUB_CONFIG))
+        else:
+            config.load_box(config.config_path(args.config, config.DEFAULT_BOX_CONFIG))
+        print("settings ok")
+        return 0
+    if args.command == "bench":
+        bench = importlib.import_module("appliance.bench")
+        return int(bench.main(args))
+    settings = config.load_box(
+        config.config_path(args.config, config.DEFAULT_BOX_CONFIG)
+    )
+    conn = store.connect(settings.pipeline.db_path)
+    if args.command == "status":
+        return _status(conn, as_json=args.json)
+    return _dead_letters(conn, as_json=args.json, limit=args.limit)
+
+
+def _run_leg(name: str, config_file: str | None) -> int:
+    if name in HUB_LEGS:
+        hub = config.load_hub(
+            config.config_path(config_file, config.DEFAULT_HUB_CONFIG)
+        )
+        logs.setup(hub.log_level, name)
+        leg = importlib.import_module(HUB_LEGS[name]).build(hub)
+        return daemon.run(leg, idle_s=0.2)
+    box = config.load_box(config.config_path(config_file, config.DEFAULT_BOX_CONFIG))
+    logs.setup(box.log_level, name)
+    leg = importlib.import_module(BOX_LEGS[name]).build(box)
+    beat_conn = store.connect(box.pipeline.db_path)
+    pid = os.getpid()
+
+    def beat(state: str, status: str) -> None:
+        store.heartbeat(beat_conn, name, pid, state, status)
+
+    idle = box.ibmi.poll_interval_s if name == "miner" else 0.2
+    return daemon.run(leg, idle_s=idle, heartbeat=beat)
+
+
+def _status(conn: Any, *, as_json: bool) -> int:
+    now = time.time()
+    outbox = {
+        row[0]: row[1]
+        for row in conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")
+    }
+    legs = [
+        {
+            "leg": r["leg"],
+            "pid": r["pid"],
+            "state": r["state"],
+            "status": r["status"],
+            "age_s": round(now - r["updated_at"], 1),
+        }
+        for r in conn.execute("SELECT * FROM heartbeats ORDER BY leg")
+    ]
+    parked = conn.execute(
+        "SELECT count(*) FROM dead_letters WHERE state = 'parked'"
+    ).fetchone()[0]
+    report = {
+        "counters": store.counters(conn),
+        "outbox": outbox,
+        "legs": legs,
+        "dead_letters": parked,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    for leg in legs:
+        print(
+            f"{leg['leg']:<12} {leg['state']:<8} pid={leg['pid']:<7} "
+            f"age={leg['age_s']}s {leg['status']}"
+        )
+    print("outbox: " + ", ".join(f"{k}={v}" for k, v in sorted(outbox.items())))
+    print(f"dead letters parked: {parked}")
+    for name, value in sorted(report["counters"].items()):
+        print(f"  {name} = {value}")
+    return 0
+
+
+def _dead_letters(conn: Any, *, as_json: bool, limit: int) -> int:
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT id, created_at, stage, table_name, position, field, byte_offset,"
+            " bytes_hex, expected, reason, raw_id, state FROM dead_letters"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no dead letters")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        print(
+            f"#{r['id']} {when} [{r['state']}] stage={r['stage']} "
+            f"table={r['table_name']} position={r['position']} field={r['field']} "
+            f"offset={r['byte_offset']}"
+        )
+        print(f"    reason: {r['reason']}")
+        if r["expected"]:
+            print(f"    expected: {r['expected']}")
+        if r["bytes_hex"]:
+            print(f"    bytes: {r['bytes_hex'][:128]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

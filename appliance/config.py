@@ -1,0 +1,372 @@
+"""Settings: one TOML file plus environment overrides, validated once at start.
+
+The box (``BoxSettings``) and the hub (``HubSettings``) each read one TOML file.
+Any value can be overridden from the environment: ``APPLIANCE_KAFKA__BOOTSTRAP``
+overrides ``[kafka] bootstrap``. Unknown keys are rejected. Every error names
+the dotted key and the bad value.
+
+Secrets never live in the TOML: a setting names a file (``*_file``) or, under
+systemd, a credential that ``LoadCredentialEncrypted=`` placed in
+``$CREDENTIALS_DIRECTORY``. :func:`read_secret` resolves both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from appliance.errors import ConfigError
+
+DEFAULT_BOX_CONFIG = Path("/etc/appliance/appliance.toml")
+DEFAULT_HUB_CONFIG = Path("/etc/appliance/hub.toml")
+_T = TypeVar("_T", bound="FileSettings")
+_DEBIAN_JARS = ("/usr/share/java/bsh.jar", "/usr/share/java/rhino.jar")
+
+
+class Section(BaseModel):
+    """A TOML table: unknown keys are an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSection(Section):
+    id: str = Field(
+        pattern=r"^[A-Z0-9]{2,12}$",
+        description="Store id, upper-case letters and digits; the Kafka key.",
+    )
+    timezone: str = Field(
+        "America/Martinique",
+        description="The IBM i's QTIMZON as a tz name; journal times are local.",
+    )
+
+
+class IbmiSection(Section):
+    dialect: Literal["ibmi", "emulator"] = Field(
+        "ibmi",
+        description="'ibmi' wraps DISPLAY_JOURNAL in TABLE(...); 'emulator' does not.",
+    )
+    driver: str = Field("IBM i Access ODBC Driver", description="unixODBC driver name.")
+    host: str = Field("127.0.0.1", description="Host of the IBM i (or emulator).")
+    port: int | None = Field(None, description="Port, when the driver takes one.")
+    database: str = Field("*LOCAL", description="Database (emulator: PG database).")
+    user: str = Field("RELAY", description="User profile with *USE on the journal.")
+    password_file: Path | None = Field(
+        None, description="File holding the password; else credential 'ibmi-password'."
+    )
+    journal_library: str = Field("MAG", description="Library of the journal.")
+    journal_name: str = Field("QSQJRN", description="Name of the journal.")
+    table_library: str = Field("MAG", description="Library of the relayed tables.")
+    tables: list[str] = Field(
+        default_factory=lambda: ["ARTICLE", "PRIX", "STOCK"],
+        description="System names of the relayed tables.",
+    )
+    window: int = Field(
+        1000, ge=1, le=100_000, description="Most entries read per journal call."
+    )
+    poll_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="Pause when the journal has nothing new."
+    )
+    ccsid_overrides: dict[str, int] = Field(
+        default_factory=dict,
+        description="TABLE.COLUMN (or TABLE.*) -> CCSID to decode with.",
+    )
+
+
+class PipelineSection(Section):
+    db_path: Path = Field(
+        Path("/var/lib/appliance/pipeline.db"),
+        description="The SQLite database (WAL) shared by the legs.",
+    )
+    replay_window_h: float = Field(
+        72, ge=0, description="Hours a confirmed message is kept for replay."
+    )
+    batch: int = Field(500, ge=1, le=50_000, description="Rows a leg moves per step.")
+
+
+class ScriptSection(Section):
+    name: str = Field(description="Field the script's result is stored under.")
+    language: Literal["beanshell", "javascript", "python"] = Field(
+        description="Interpreter: BeanShell or Rhino in the JVM, or Python."
+    )
+    path: Path = Field(description="Script file; defines function enrich(change).")
+
+
+class EnricherSection(Section):
+    scripts: list[ScriptSection] = Field(
+        default_factory=list, description="Scripts run in order on every change."
+    )
+    timeout_ms: int = Field(
+        2000, ge=10, le=60_000, description="Time limit of one script call."
+    )
+    classpath: list[Path] = Field(
+        default_factory=lambda: [Path(p) for p in _DEBIAN_JARS],
+        description="Jars of the JVM (BeanShell, Rhino).",
+    )
+    lanes: list[int] = Field(
+        default_factory=lambda: [70, 30],
+        description="message_interest lower bounds of lanes 0, 1, ...; last lane rest.",
+    )
+
+
+class KafkaSection(Section):
+    bootstrap: str = Field("127.0.0.1:9092", description="Bootstrap servers.")
+    changes_topic: str = Field("odh.changes", description="Topic of change events.")
+    confirm_topic: str = Field("odh.confirm", description="Topic of confirmations.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT only on loopback; SASL_SSL across networks."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512", "OAUTHBEARER"] = Field(
+        "PLAIN", description="SASL mechanism when security_protocol is SASL_SSL."
+    )
+    sasl_username: str = Field("", description="SASL user name.")
+    password_file: Path | None = Field(
+        None, description="SASL password file; else credential 'kafka-password'."
+    )
+    ca_file: Path | None = Field(None, description="CA bundle for TLS.")
+
+
+class ShipperSection(Section):
+    confirm_timeout_s: float = Field(
+        30, gt=0, description="Unconfirmed this long after sending: send again."
+    )
+    max_in_flight: int = Field(
+        5000, ge=1, description="Most messages sent and not yet confirmed."
+    )
+    flush_timeout_s: float = Field(
+        10, gt=0, description="Bound on flushing the producer at shutdown."
+    )
+
+
+class PostgresSection(Section):
+    host: str = Field("127.0.0.1", description="PostgreSQL host of the ODH.")
+    port: int = Field(5432, description="PostgreSQL port.")
+    database: str = Field("odh", description="Database of the ODH.")
+    user: str = Field("odh_sink", description="Role the sink applies changes as.")
+    password_file: Path | None = Field(
+        None, description="Password file; else credential 'odh-password'."
+    )
+    sslmode: Literal["disable", "prefer", "require", "verify-full"] = Field(
+        "prefer", description="libpq sslmode; verify-full across networks."
+    )
+
+
+class SinkSection(Section):
+    group_id: str = Field("odh-sink", description="Kafka consumer group.")
+    schema_name: str = Field("odh", description="PostgreSQL schema of ODH tables.")
+    batch: int = Field(500, ge=1, description="Most messages applied per transaction.")
+
+
+class FileSettings(BaseSettings):
+    """Reads one TOML file (path given at load) and APPLIANCE_* variables."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # _load merges file and environment itself (one documented order,
+        # nested keys included), then hands the result in as init kwargs.
+        return (init_settings,)
+
+
+class BoxSettings(FileSettings):
+    """Settings of the store box: every leg reads the same file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    store: StoreSection
+    ibmi: IbmiSection = IbmiSection()
+    pipeline: PipelineSection = PipelineSection()
+    enricher: EnricherSection = EnricherSection()
+    kafka: KafkaSection = KafkaSection()
+    shipper: ShipperSection = ShipperSection()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the appliance's loggers."
+    )
+
+
+class HubSettings(FileSettings):
+    """Settings of the hub sink (runs beside the ODH, not on the box)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSection = KafkaSection()
+    postgres: PostgresSection = PostgresSection()
+    sink: SinkSection = SinkSection()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the hub's loggers."
+    )
+
+
+def _format_errors(err: ValidationError, source: Path | None) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        value = repr(item.get("input"))
+        if len(value) > 60:
+            value = value[:57] + "..."
+        if item["type"] == "missing":
+            lines.append(f"{key}: required, missing")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {value})")
+    where = f" in {source}" if source else ""
+    return f"invalid settings{where}:\n  " + "\n  ".join(lines)
+
+
+def _load(cls: type[_T], path: Path | None) -> _T:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"settings file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"settings file {path} is not TOML: {exc}") from exc
+    try:
+        # The environment overrides the file, key by key.
+        return cls(**_merge(data, _env_overrides(cls)))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path)) from exc
+
+
+def _env_overrides(cls: type[FileSettings]) -> dict[str, Any]:
+    """APPLIANCE_A__B=v -> {"a": {"b": v}}; values are left for pydantic to parse."""
+    prefix = "APPLIANCE_"
+    tree: dict[str, Any] = {}
+    sections = set(cls.model_fields)
+    for name, value in os.environ.items():
+        if not name.startswith(prefix) or name == "APPLIANCE_CONFIG":
+            continue
+        path = name[len(prefix) :].lower().split("__")
+        if path[0] not in sections:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(value)
+    return tree
+
+
+def _parse_env_value(value: str) -> Any:
+    stripped = value.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            return value
+    return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_path(explicit: str | Path | None, default: Path) -> Path:
+    """The file to read: --config, else $APPLIANCE_CONFIG, else the default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("APPLIANCE_CONFIG")
+    return Path(env) if env else default
+
+
+def load_box(path: Path | None) -> BoxSettings:
+    """Read and validate the box settings once; raise ConfigError on any fault."""
+    return _load(BoxSettings, path)
+
+
+def load_hub(path: Path | None) -> HubSettings:
+    """Read and validate the hub settings once; raise ConfigError on any fault."""
+    return _load(HubSettings, path)
+
+
+def read_secret(credential: str, path: Path | None) -> str:
+    """Return a secret from a systemd credential or from a file.
+
+    ``$CREDENTIALS_DIRECTORY/<credential>`` wins when present (systemd placed
+    it there, decrypted, readable only by the unit). The secret's value never
+    appears in an error message.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = []
+    if directory:
+        candidates.append(Path(directory) / credential)
+    if path is not None:
+        candidates.append(path)
+    for candidate in candidates:
+        try:
+            return candidate.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(
+                f"secret {credential!r} unreadable at {candidate}: {exc.strerror}"
+            ) from exc
+    raise ConfigError(
+        f"secret {credential!r} not found (credential or file {path or 'unset'})"
+    )
+
+
+def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) of every setting, for docs/settings.md."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows += describe(annotation, key + ".")
+            continue
+        if info.is_required():
+            default = "(required)"
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())  # type: ignore[call-arg]
+        else:
+            default = repr(info.default)
+        rows.append((key, default, info.description or ""))
+    return rows
+
+
+def settings_markdown() -> str:
+    """The settings reference page, generated from the models themselves."""
+    out = ["# Settings reference", ""]
+    out.append("Generated from `appliance/config.py` by `python -m appliance.config`;")
+    out.append("a test fails when this page and the models disagree.")
+    for title, cls, path in (
+        ("Box", BoxSettings, DEFAULT_BOX_CONFIG),
+        ("Hub", HubSettings, DEFAULT_HUB_CONFIG),
+    ):
+        out += ["", f"## {title} (`{path}`)", ""]
+        out += ["| key | default | meaning |", "| --- | --- | --- |"]
+        for key, default, text in describe(cls):
+            shown = default.replace("PosixPath", "Path").replace("|", "\\|")
+            out.append(f"| `{key}` | `{shown}` | {text} |")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

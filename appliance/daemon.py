@@ -1,0 +1,150 @@
+"""Run one leg as a long-lived process that systemd can supervise.
+
+A leg is an object with ``name``, ``setup()``, ``step() -> bool`` and
+``close()``. :func:`run` calls ``setup``, tells systemd READY=1, then calls
+``step`` until SIGTERM: a step that did work is followed at once by the next,
+an idle step by a pause. Between steps the loop pings the watchdog
+(WATCHDOG=1 at half of ``WATCHDOG_USEC``) and writes a heartbeat, so a leg
+stuck inside a step stops pinging and systemd restarts it.
+
+Steps must be bounded (a window of entries, a batch of rows): SIGTERM is
+honoured between two steps, and ``close`` gets ``stop_timeout_s`` at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Leg(Protocol):
+    """What :func:`run` drives."""
+
+    name: str
+
+    def setup(self) -> None: ...
+
+    def step(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def status(self) -> str: ...
+
+
+def notify(message: str) -> bool:
+    """Send one sd_notify datagram; False when not run by systemd.
+
+    Uses systemd-python when installed, else the protocol directly: one
+    datagram on the AF_UNIX socket named by $NOTIFY_SOCKET ('@' = abstract).
+    """
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    try:
+        import systemd.daemon
+    except ImportError:
+        pass
+    else:
+        return bool(systemd.daemon.notify(message))
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of $WATCHDOG_USEC when the watchdog is meant for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+class Stopper:
+    """Turns SIGTERM/SIGINT into an event the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        logger.info("stop requested signal=%s", signal.Signals(signum).name)
+        self.event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+
+def run(
+    leg: Leg,
+    *,
+    idle_s: float = 1.0,
+    heartbeat: Callable[[str, str], None] | None = None,
+    heartbeat_every_s: float = 2.0,
+    stopper: Stopper | None = None,
+    max_steps: int | None = None,
+) -> int:
+    """Drive ``leg`` until stopped; return the process exit code."""
+    stopper = stopper or Stopper()
+    if threading.current_thread() is threading.main_thread():
+        stopper.install()
+    leg.setup()
+    notify(f"READY=1\nSTATUS={leg.status()}")
+    logger.info("leg ready stage=%s pid=%s", leg.name, os.getpid())
+    ping_every = watchdog_interval_s()
+    last_ping = last_beat = 0.0
+    steps = 0
+    try:
+        while not stopper.stopping:
+            worked = leg.step()
+            steps += 1
+            now = time.monotonic()
+            if ping_every is not None and now - last_ping >= ping_every:
+                notify("WATCHDOG=1")
+                last_ping = now
+            if now - last_beat >= heartbeat_every_s:
+                status = leg.status()
+                notify(f"STATUS={status}")
+                if heartbeat is not None:
+                    heartbeat("running", status)
+                last_beat = now
+            if max_steps is not None and steps >= max_steps:
+                break
+            if not worked:
+                stopper.event.wait(_idle_wait(idle_s, ping_every))
+    finally:
+        notify("STOPPING=1")
+        started = time.monotonic()
+        leg.close()
+        if heartbeat is not None:
+            heartbeat("stopped", leg.status())
+        logger.info(
+            "leg stopped stage=%s elapsed_s=%.2f",
+            leg.name,
+            time.monotonic() - started,
+        )
+    return 0
+
+
+def _idle_wait(idle_s: float, ping_every: float | None) -> float:
+    if ping_every is None:
+        return idle_s
+    return min(idle_s, ping_every)

@@ -1,0 +1,296 @@
+"""The Operational Data Hub in PostgreSQL: DDL, the row writes, and reads.
+
+Layout (schema name from ``sink.schema_name``, ``odh`` by default):
+
+- ``watermarks(store_id, lane, upto, updated_at)``: highest ``lane_seq``
+  applied per (store, lane); the sink applies only ``upto + 1``.
+- ``applied(store_id, lane, lane_seq, outbox_id, version, applied_at)``: one
+  row per applied message; its primary key makes "applied twice" impossible.
+- ``dead_letters(id, created_at, store_id, lane, lane_seq, topic, partition,
+  kafka_offset, reason, raw)``: messages the sink could not apply, with the
+  reason and the bytes as received.
+- one table per relayed table, ``"<table lower>"(store_id, pk, key, data,
+  enrichment, version, deleted, source, applied_at)``, ``pk`` being the key
+  as canonical JSON (sorted keys, no blanks).
+
+Invariants of the per-table rows: a row only ever moves to a higher
+``version``; a delete leaves a tombstone (``deleted``, the delete's version,
+the last image), so a late, older upsert cannot bring the row back.
+
+Every function runs inside the caller's transaction; none commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from appliance.errors import SinkError
+
+logger = logging.getLogger(__name__)
+
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_$#@]{0,62}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_BASE_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS {schema}",
+    "CREATE TABLE IF NOT EXISTS {schema}.watermarks ("
+    " store_id text NOT NULL, lane int NOT NULL, upto bigint NOT NULL,"
+    " updated_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, lane))",
+    "CREATE TABLE IF NOT EXISTS {schema}.applied ("
+    " store_id text NOT NULL, lane int NOT NULL, lane_seq bigint NOT NULL,"
+    " outbox_id bigint, version bigint NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, lane, lane_seq))",
+    "CREATE TABLE IF NOT EXISTS {schema}.dead_letters ("
+    " id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),"
+    " store_id text, lane int, lane_seq bigint, topic text NOT NULL,"
+    " partition int NOT NULL, kafka_offset bigint NOT NULL,"
+    " reason text NOT NULL, raw bytea)",
+)
+_TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table} ("
+    " store_id text NOT NULL, pk text NOT NULL, key jsonb NOT NULL, data jsonb,"
+    " enrichment jsonb, version bigint NOT NULL,"
+    " deleted boolean NOT NULL DEFAULT false, source jsonb,"
+    " applied_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, pk))"
+)
+
+
+def schema_ident(schema: str) -> sql.Identifier:
+    """The schema as an identifier; SinkError when the name is not plain."""
+    if not _SCHEMA_NAME.match(schema):
+        raise SinkError(
+            f"sink.schema_name: expected lower-case letters, digits, _ (got {schema!r})"
+        )
+    return sql.Identifier(schema)
+
+
+def table_ident(schema: str, table: str) -> sql.Composed:
+    """``schema."<table lower>"``; SinkError for a name no IBM i table could have."""
+    if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        shown = repr(table)[:40]
+        raise SinkError(f"table: expected an SQL table name (got {shown})")
+    return sql.SQL("{}.{}").format(schema_ident(schema), sql.Identifier(table.lower()))
+
+
+def canonical_pk(key: dict[str, Any]) -> str:
+    """The key as canonical JSON: sorted keys, no blanks, Unicode kept."""
+    return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def ensure_base(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create the schema and its bookkeeping tables when missing."""
+    ident = schema_ident(schema)
+    for statement in _BASE_DDL:
+        conn.execute(sql.SQL(statement).format(schema=ident))
+
+
+def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
+    """Create the ODH table of a relayed table when missing."""
+    conn.execute(sql.SQL(_TABLE_DDL).format(table=table_ident(schema, table)))
+
+
+def lock_watermark(
+    conn: psycopg.Connection[Any], schema: str, store_id: str, lane: int
+) -> int:
+    """The lane's watermark, row-locked until commit (0 for a new lane)."""
+    ident = schema_ident(schema)
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.watermarks (store_id, lane, upto) VALUES (%s, %s, 0)"
+            " ON CONFLICT (store_id, lane) DO NOTHING"
+        ).format(ident),
+        (store_id, lane),
+    )
+    row = conn.execute(
+        sql.SQL(
+            "SELECT upto FROM {}.watermarks WHERE store_id = %s AND lane = %s"
+            " FOR UPDATE"
+        ).format(ident),
+        (store_id, lane),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_watermark(
+    conn: psycopg.Connection[Any], schema: str, store_id: str, lane: int, upto: int
+) -> None:
+    """Advance a lane's watermark (never backwards)."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {}.watermarks SET upto = greatest(upto, %s), updated_at = now()"
+            " WHERE store_id = %s AND lane = %s"
+        ).format(schema_ident(schema)),
+        (upto, store_id, lane),
+    )
+
+
+def upsert(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    msgs: Sequence[dict[str, Any]],
+    *,
+    deleted: bool,
+) -> int:
+    """Write row images of ONE table under the version guard; return rows changed.
+
+    An upsert carries the after image; a delete carries the before image (or
+    keeps the stored one) and sets the tombstone. Either only replaces a row
+    whose version is lower, so ``len(msgs) - result`` images were stale. The
+    messages are written in order (one pipelined ``executemany``), so two
+    versions of one key in a batch end with the higher.
+    """
+    if not msgs:
+        return 0
+    query = sql.SQL(
+        "INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
+        " deleted, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
+        " data = coalesce(excluded.data, t.data), enrichment = excluded.enrichment,"
+        " version = excluded.version, deleted = excluded.deleted,"
+        " source = excluded.source, applied_at = now()"
+        " WHERE t.version < excluded.version"
+    ).format(t=table_ident(schema, msgs[0]["table"]))
+    with conn.cursor() as cur:
+        cur.executemany(query, [_row_params(m, deleted) for m in msgs])
+        return max(cur.rowcount, 0)
+
+
+def _row_params(msg: dict[str, Any], deleted: bool) -> tuple[Any, ...]:
+    image = msg.get("before") if deleted else msg.get("after")
+    return (
+        msg["store"],
+        canonical_pk(msg["key"]),
+        Jsonb(msg["key"]),
+        _jsonb_or_none(image),
+        _jsonb_or_none(msg.get("enrichment")),
+        msg["version"],
+        deleted,
+        _jsonb_or_none(msg.get("source")),
+    )
+
+
+def truncate(conn: psycopg.Connection[Any], schema: str, msg: dict[str, Any]) -> int:
+    """A cleared member: every older row of the store's table becomes a tombstone."""
+    cur = conn.execute(
+        sql.SQL(
+            "UPDATE {} SET deleted = true, version = %s, applied_at = now()"
+            " WHERE store_id = %s AND version < %s"
+        ).format(table_ident(schema, msg["table"])),
+        (msg["version"], msg["store"], msg["version"]),
+    )
+    return cur.rowcount
+
+
+def record_applied(
+    conn: psycopg.Connection[Any], schema: str, msgs: Sequence[dict[str, Any]]
+) -> None:
+    """One ``applied`` row each; a second apply of a lane_seq fails here."""
+    query = sql.SQL(
+        "INSERT INTO {}.applied (store_id, lane, lane_seq, outbox_id, version)"
+        " VALUES (%s, %s, %s, %s, %s)"
+    ).format(schema_ident(schema))
+    params = [
+        (m["store"], m["lane"], m["lane_seq"], _outbox_id(m), m["version"])
+        for m in msgs
+    ]
+    with conn.cursor() as cur:
+        cur.executemany(query, params)
+
+
+def _outbox_id(msg: dict[str, Any]) -> int | None:
+    value = msg.get("outbox_id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def park(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    reason: str,
+    raw: bytes,
+    topic: str,
+    partition: int,
+    offset: int,
+    store_id: str | None = None,
+    lane: int | None = None,
+    lane_seq: int | None = None,
+) -> None:
+    """Keep a message the sink cannot apply, with why and its bytes."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.dead_letters (store_id, lane, lane_seq, topic,"
+            " partition, kafka_offset, reason, raw)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(schema_ident(schema)),
+        (store_id, lane, lane_seq, topic, partition, offset, reason[:500], raw),
+    )
+
+
+def _jsonb_or_none(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+# -- reads (tests, the demo comparison, the control leg) -------------------
+
+
+def fetch_rows(
+    conn: psycopg.Connection[Any], table: str, store_id: str, *, schema: str = "odh"
+) -> dict[str, dict[str, Any]]:
+    """pk -> data of the store's rows that are not deleted."""
+    rows = conn.execute(
+        sql.SQL("SELECT pk, data FROM {} WHERE store_id = %s AND NOT deleted").format(
+            table_ident(schema, table)
+        ),
+        (store_id,),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def fetch_watermarks(
+    conn: psycopg.Connection[Any], *, schema: str = "odh"
+) -> dict[tuple[str, int], int]:
+    """(store, lane) -> watermark."""
+    rows = conn.execute(
+        sql.SQL("SELECT store_id, lane, upto FROM {}.watermarks").format(
+            schema_ident(schema)
+        )
+    ).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def applied_count(
+    conn: psycopg.Connection[Any], store_id: str, *, schema: str = "odh"
+) -> int:
+    """How many messages of the store were applied."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.applied WHERE store_id = %s").format(
+            schema_ident(schema)
+        ),
+        (store_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def fetch_dead_letters(
+    conn: psycopg.Connection[Any], *, schema: str = "odh"
+) -> list[dict[str, Any]]:
+    """Every parked message, oldest first."""
+    cur = conn.execute(
+        sql.SQL(
+            "SELECT id, store_id, lane, lane_seq, topic, partition, kafka_offset,"
+            " reason, raw FROM {}.dead_letters ORDER BY id"
+        ).format(schema_ident(schema))
+    )
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -1,0 +1,509 @@
+"""The hub sink leg: applies change messages to the ODH, then confirms them.
+
+Responsibilities, per batch read from ``kafka.changes_topic``:
+
+1. in ONE PostgreSQL transaction: create the ODH table of a table seen for
+   the first time, apply each message under the watermark rule and the
+   version guard, record it in ``applied``, park what cannot be applied in
+   ``dead_letters``, advance the watermarks; commit;
+2. then publish ``{"store", "lane", "upto"}`` on ``kafka.confirm_topic`` for
+   every (store, lane) the batch touched, duplicates included, so that a
+   resend is always answered;
+3. then commit the Kafka offsets.
+
+Invariants:
+
+- A message is applied at most once: only ``lane_seq == watermark + 1`` is
+  applied, and ``applied`` has (store, lane, lane_seq) as primary key.
+- Offsets are committed only after PostgreSQL committed. A crash in between
+  re-reads the batch, and the watermark turns it into duplicates.
+- A confirmation is published only after PostgreSQL committed, so ``upto``
+  never names a message that is not durably in the ODH.
+- Nothing blocks a lane for good. A message whose store, lane and lane_seq
+  can be read but whose content cannot be applied (unknown op, bad table
+  name, missing key, a value PostgreSQL rejects) is *poison*: it is parked in
+  ``dead_letters`` with the reason and its bytes, and the watermark moves past
+  it as if applied (it does not get an ``applied`` row). A message without a
+  readable store/lane/lane_seq is parked and touches no watermark.
+
+Worked example (store MQ01, lane 0, watermark 40)::
+
+    batch: 42, 41, 41 (a resend), 44, 43 (poison: op "x")
+    sorted: 41 -> applied (w=41); 41 -> duplicate; 42 -> applied (w=42);
+            43 -> parked, w=43; 44 -> applied (w=44)
+    COMMIT; publish {"store":"MQ01","lane":0,"upto":44}; commit offsets.
+    Had 43 been missing: 44 is a gap (counted, left; the shipper sends it
+    again after its timeout), and the confirmation says upto=42.
+
+PostgreSQL failure: the transaction rolls back, the connection is dropped,
+the consumer seeks back to the first offset of the batch in each partition
+(the last committed ones), and the step reconnects with a doubling backoff.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from appliance.config import HubSettings, read_secret
+from appliance.errors import SinkError, TransportError
+from appliance.hub import odh
+from appliance.kafka import consumer_config, producer_config, translate
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "store-relay/1"
+OPS = frozenset("cudrt")
+_POLL_S = 0.2
+_CONFIRM_FLUSH_S = 10.0
+_BACKOFF_FIRST_S = 1.0
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class _Incoming:
+    """One message of a batch, parsed as far as it goes."""
+
+    topic: str
+    partition: int
+    offset: int
+    raw: bytes
+    value: dict[str, Any] | None
+    reason: str = ""
+
+    @property
+    def lane_key(self) -> tuple[str, int]:
+        assert self.value is not None
+        return self.value["store"], self.value["lane"]
+
+    @property
+    def lane_seq(self) -> int:
+        assert self.value is not None
+        return int(self.value["lane_seq"])
+
+
+class SinkLeg:
+    """Kafka -> ODH -> confirmations. See the module docstring."""
+
+    name = "sink"
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.schema = settings.sink.schema_name
+        self.counts: Counter[str] = Counter()
+        self._pg: psycopg.Connection[Any] | None = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._tables: set[str] = set()
+        self._backoff_s = _BACKOFF_FIRST_S
+        self._retry_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def setup(self) -> None:
+        """Connect to PostgreSQL, create the base tables, open Kafka clients."""
+        self._pg = self._connect()
+        kafka = self.settings.kafka
+        try:
+            self._consumer = Consumer(
+                consumer_config(
+                    kafka, group_id=self.settings.sink.group_id, client_id="odh-sink"
+                )
+            )
+            self._consumer.subscribe([kafka.changes_topic])
+            self._producer = Producer(producer_config(kafka, client_id="odh-sink"))
+        except KafkaException as exc:
+            raise translate(exc, "create clients") from exc
+
+    def close(self) -> None:
+        """Flush confirmations (bounded), leave the group, close PostgreSQL."""
+        if self._producer is not None:
+            left = self._producer.flush(_CONFIRM_FLUSH_S)
+            if left:
+                logger.warning("confirmations not flushed at close count=%d", left)
+            self._producer = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+    def status(self) -> str:
+        names = ("applied", "duplicates", "gaps", "stale", "dead_letters", "pg_errors")
+        return " ".join(f"{name}={self.counts[name]}" for name in names)
+
+    # -- the step ----------------------------------------------------------
+
+    def step(self) -> bool:
+        """Apply one batch, confirm it, commit its offsets."""
+        self._producer.poll(0)
+        if self._pg is None and not self._reconnect():
+            return False
+        messages = self._consume()
+        if not messages:
+            return False
+        batch = [self._parse(m) for m in messages]
+        try:
+            marks, counts, tables = self._apply(batch)
+        except SinkError as exc:
+            self._failed(exc, batch)
+            return False
+        self._tables |= tables
+        self.counts.update(counts)
+        self.counts["batches"] += 1
+        self._confirm(marks)
+        self._commit_offsets(batch)
+        return True
+
+    def _consume(self) -> list[Any]:
+        try:
+            messages = self._consumer.consume(self.settings.sink.batch, timeout=_POLL_S)
+        except KafkaException as exc:
+            raise translate(exc, "consume changes") from exc
+        good = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.fatal():
+                raise TransportError(f"kafka changes consumer: {err.str()}")
+            else:
+                logger.warning("changes topic error error=%s", err.str())
+        return good
+
+    def _parse(self, msg: Any) -> _Incoming:
+        raw = msg.value() or b""
+        item = _Incoming(msg.topic(), msg.partition(), msg.offset(), raw, None)
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            item.reason = f"bad json: {exc}"
+            return item
+        item.reason = _identity_problem(value)
+        if not item.reason:
+            item.value = value
+        return item
+
+    # -- the transaction ---------------------------------------------------
+
+    def _apply(
+        self, batch: list[_Incoming]
+    ) -> tuple[dict[tuple[str, int], int], Counter[str], set[str]]:
+        """The batch in one transaction; return watermarks, counts, new tables."""
+        assert self._pg is not None
+        counts: Counter[str] = Counter()
+        try:
+            with self._pg.transaction():
+                for item in batch:
+                    if item.value is None:
+                        self._park(item, item.reason)
+                        counts["dead_letters"] += 1
+                todo, marks, first = self._decide(batch, counts)
+                tables = self._write_all(todo, counts)
+                for lane, upto in marks.items():
+                    if upto != first[lane]:
+                        odh.set_watermark(self._pg, self.schema, *lane, upto)
+        except psycopg.Error as exc:
+            raise SinkError(_describe(exc, "apply batch")) from exc
+        return marks, counts, tables
+
+    def _decide(
+        self, batch: list[_Incoming], counts: Counter[str]
+    ) -> tuple[list[_Incoming], dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+        """The watermark rule: which messages to write, in order, and the new marks.
+
+        Locks each lane's watermark row (in sorted order, so two sinks cannot
+        deadlock) and parks poison on the way; a parked message advances its
+        lane like an applied one.
+        """
+        assert self._pg is not None
+        ordered = sorted(
+            (i for i in batch if i.value is not None),
+            key=lambda i: (i.lane_key, i.lane_seq),
+        )
+        todo: list[_Incoming] = []
+        marks: dict[tuple[str, int], int] = {}
+        first: dict[tuple[str, int], int] = {}
+        for item in ordered:
+            lane = item.lane_key
+            if lane not in marks:
+                first[lane] = odh.lock_watermark(self._pg, self.schema, *lane)
+                marks[lane] = first[lane]
+            if item.lane_seq <= marks[lane]:
+                counts["duplicates"] += 1
+                continue
+            if item.lane_seq > marks[lane] + 1:
+                counts["gaps"] += 1
+                continue
+            reason = _content_problem(item.value or {})
+            if reason:
+                self._park(item, reason)
+                counts["dead_letters"] += 1
+            else:
+                todo.append(item)
+            marks[lane] = item.lane_seq
+        return todo, marks, first
+
+    def _write_all(self, todo: list[_Incoming], counts: Counter[str]) -> set[str]:
+        """Write the rows, batched; on a refused value, one by one to find it.
+
+        The fast path pipelines the whole batch in one savepoint. When
+        PostgreSQL refuses a value (a DataError), that savepoint is rolled
+        back and each message gets its own savepoint, so only the culprit is
+        parked. Returns the ODH tables created.
+        """
+        assert self._pg is not None
+        try:
+            with self._pg.transaction():
+                fast, tables = self._write_runs(todo)
+        except psycopg.DataError:
+            tables = set()
+            for item in todo:
+                try:
+                    with self._pg.transaction():
+                        one, created = self._write_runs([item], tables)
+                except psycopg.DataError as exc:
+                    self._park(item, _describe(exc, "rejected by postgresql"))
+                    counts["dead_letters"] += 1
+                    continue
+                counts.update(one)
+                tables |= created
+            return tables
+        counts.update(fast)
+        return tables
+
+    def _write_runs(
+        self, items: list[_Incoming], known: set[str] | None = None
+    ) -> tuple[Counter[str], set[str]]:
+        """Create new tables, write runs of like rows, record ``applied``."""
+        assert self._pg is not None
+        msgs = [i.value for i in items if i.value is not None]
+        counts: Counter[str] = Counter()
+        created: set[str] = set()
+        seen = self._tables | (known or set())
+        for msg in msgs:
+            table = msg["table"].lower()
+            if table not in seen and table not in created:
+                odh.ensure_table(self._pg, self.schema, msg["table"])
+                created.add(table)
+        for (_table, op), run in itertools.groupby(msgs, key=_run_key):
+            rows = list(run)
+            if op == "t":
+                for msg in rows:
+                    odh.truncate(self._pg, self.schema, msg)
+                continue
+            changed = odh.upsert(self._pg, self.schema, rows, deleted=op == "d")
+            counts["stale"] += len(rows) - changed
+        odh.record_applied(self._pg, self.schema, msgs)
+        counts["applied"] += len(msgs)
+        return counts, created
+
+    def _park(self, item: _Incoming, reason: str) -> None:
+        assert self._pg is not None
+        value = item.value or {}
+        odh.park(
+            self._pg,
+            self.schema,
+            reason=reason,
+            raw=item.raw,
+            topic=item.topic,
+            partition=item.partition,
+            offset=item.offset,
+            store_id=value.get("store"),
+            lane=value.get("lane"),
+            lane_seq=value.get("lane_seq"),
+        )
+        logger.warning(
+            "message parked topic=%s partition=%d offset=%d reason=%s",
+            item.topic,
+            item.partition,
+            item.offset,
+            reason[:120],
+        )
+
+    # -- after the commit --------------------------------------------------
+
+    def _confirm(self, marks: dict[tuple[str, int], int]) -> None:
+        """Publish ``upto`` per touched lane; a lost one is answered on resend."""
+        topic = self.settings.kafka.confirm_topic
+        for (store_id, lane), upto in sorted(marks.items()):
+            value = json.dumps({"store": store_id, "lane": lane, "upto": upto})
+            try:
+                self._producer.produce(topic, value=value.encode(), key=store_id)
+            except (BufferError, KafkaException) as exc:
+                logger.warning(
+                    "confirmation not sent topic=%s lane=%d error=%s",
+                    topic,
+                    lane,
+                    exc,
+                )
+                continue
+            self.counts["confirms"] += 1
+        left = self._producer.flush(_CONFIRM_FLUSH_S)
+        if left:
+            logger.warning("confirmations not flushed topic=%s count=%d", topic, left)
+
+    def _commit_offsets(self, batch: list[_Incoming]) -> None:
+        offsets = [
+            TopicPartition(topic, partition, offset + 1)
+            for (topic, partition), offset in _last_offsets(batch).items()
+        ]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The batch is in the ODH; re-reading it only yields duplicates.
+            logger.warning("offset commit failed error=%s", translate(exc, "commit"))
+
+    # -- PostgreSQL failures -----------------------------------------------
+
+    def _failed(self, exc: SinkError, batch: list[_Incoming]) -> None:
+        self.counts["pg_errors"] += 1
+        logger.warning(
+            "batch rolled back, will retry count=%d error=%s", len(batch), exc
+        )
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+        for (topic, partition), offset in _first_offsets(batch).items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as seek_exc:
+                # Revoked meanwhile: its new owner starts from the committed offset.
+                logger.warning(
+                    "seek back failed partition=%d offset=%d error=%s",
+                    partition,
+                    offset,
+                    translate(seek_exc, "seek"),
+                )
+        self._retry_at = time.monotonic() + self._backoff_s
+
+    def _reconnect(self) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            self._pg = self._connect()
+        except SinkError as exc:
+            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            self._retry_at = time.monotonic() + self._backoff_s
+            logger.warning(
+                "postgresql unreachable attempt_in_s=%.0f error=%s",
+                self._backoff_s,
+                exc,
+            )
+            return False
+        self._backoff_s = _BACKOFF_FIRST_S
+        logger.info("postgresql reconnected")
+        return True
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        pg = self.settings.postgres
+        password = read_secret("odh-password", pg.password_file)
+        try:
+            conn = psycopg.connect(
+                host=pg.host,
+                port=pg.port,
+                dbname=pg.database,
+                user=pg.user,
+                password=password,
+                sslmode=pg.sslmode,
+                connect_timeout=10,
+                application_name="appliance-sink",
+                autocommit=True,
+            )
+        except psycopg.Error as exc:
+            raise SinkError(_describe(exc, f"connect host={pg.host}")) from exc
+        try:
+            with conn.transaction():
+                odh.ensure_base(conn, self.schema)
+        except psycopg.Error as exc:
+            conn.close()
+            raise SinkError(_describe(exc, "create base tables")) from exc
+        return conn
+
+
+def _identity_problem(value: Any) -> str:
+    """Why store/lane/lane_seq cannot be read, or ''."""
+    if not isinstance(value, dict):
+        return f"expected a JSON object (got {type(value).__name__})"
+    store_id = value.get("store")
+    if not isinstance(store_id, str) or not store_id:
+        return f"store: expected a non-empty string (got {repr(store_id)[:40]})"
+    for name, low in (("lane", 0), ("lane_seq", 1)):
+        got = value.get(name)
+        if not isinstance(got, int) or isinstance(got, bool) or got < low:
+            return f"{name}: expected an integer >= {low} (got {repr(got)[:40]})"
+    return ""
+
+
+def _content_problem(value: dict[str, Any]) -> str:
+    """Why a message with a valid identity cannot be applied, or ''."""
+    schema = value.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        return f"schema: expected {SCHEMA!r} (got {repr(schema)[:40]})"
+    op = value.get("op")
+    if op not in OPS:
+        return f"op: expected one of c, u, d, r, t (got {repr(op)[:40]})"
+    table = value.get("table")
+    if not isinstance(table, str):
+        return f"table: expected an SQL table name (got {repr(table)[:40]})"
+    try:
+        odh.table_ident("odh", table)
+    except SinkError as exc:
+        return str(exc)
+    if not _is_int(value.get("version")) or value["version"] < 1:
+        return f"version: expected a positive integer (got {value.get('version')!r})"
+    if op != "t" and (not isinstance(value.get("key"), dict) or not value["key"]):
+        return "key: expected a non-empty JSON object"
+    if op in ("c", "u", "r") and not isinstance(value.get("after"), dict):
+        return f"after: expected a JSON object for op {op!r}"
+    for name in ("before", "enrichment", "source"):
+        if value.get(name) is not None and not isinstance(value[name], dict):
+            return f"{name}: expected a JSON object or null"
+    return ""
+
+
+def _run_key(msg: dict[str, Any]) -> tuple[str, str]:
+    """Messages written by one statement: same table, same kind of write."""
+    op = msg["op"]
+    return msg["table"].lower(), op if op in ("d", "t") else "u"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(exc: psycopg.Error, doing: str) -> str:
+    """A short error text: the SQLSTATE and the first line, no connection string."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    state = exc.sqlstate or type(exc).__name__
+    return f"{doing}: {state} {first[:200]}"
+
+
+def _first_offsets(batch: list[_Incoming]) -> dict[tuple[str, int], int]:
+    first: dict[tuple[str, int], int] = {}
+    for item in batch:
+        key = (item.topic, item.partition)
+        first[key] = min(item.offset, first.get(key, item.offset))
+    return first
+
+
+def _last_offsets(batch: list[_Incoming]) -> dict[tuple[str, int], int]:
+    last: dict[tuple[str, int], int] = {}
+    for item in batch:
+        key = (item.topic, item.partition)
+        last[key] = max(item.offset, last.get(key, item.offset))
+    return last
+
+
+def build(settings: HubSettings) -> SinkLeg:
+    """The sink leg for these settings (connects in ``setup``)."""
+    return SinkLeg(settings)

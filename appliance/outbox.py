@@ -1,0 +1,213 @@
+"""The outbox state machine: what the shipper sends and what the hub confirmed.
+
+Every message the enricher made waits in the SQLite ``outbox`` table until the
+hub confirms it, then stays for the replay window. A row walks::
+
+    pending ──produce──> in_flight ──delivery report──> sent ──confirm──> confirmed
+       ^                    │  (report failed)           │                   │
+       └────────────────────┴── no confirm within the ───┘            pruned after
+                                timeout: sent again                  the replay window
+
+Invariants:
+
+- A row leaves the outbox only as ``confirmed`` and older than the replay
+  window: nothing unconfirmed is ever pruned.
+- ``confirmed`` is final for the state machine (only :func:`replay` moves a
+  confirmed row back, on an operator's command).
+- A confirmation ``(lane, upto)`` confirms every row of that lane with
+  ``lane_seq <= upto``, because the hub applies a lane strictly in order.
+- ``sent_at`` is the time of the latest produce; the resend timeout counts
+  from there, whatever the delivery report said.
+- ``attempts`` counts produce calls, so ``attempts - 1`` is the resends.
+
+These are plain SQL functions over a connection from :func:`appliance.store.connect`.
+Functions that write run inside the caller's :func:`appliance.store.transaction`,
+so the shipper can move a whole step in one commit; the web UI calls the
+readers directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+STATES = ("pending", "in_flight", "sent", "confirmed")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message ready to send."""
+
+    id: int
+    lane: int
+    lane_seq: int
+    payload: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery report, as collected in memory during ``poll()``.
+
+    ``error`` is empty when the broker acknowledged the message.
+    """
+
+    outbox_id: int
+    partition: int
+    offset: int
+    error: str = ""
+
+
+def next_batch(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
+    """Up to ``limit`` pending rows, lower lanes first, each lane in order."""
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        "SELECT id, lane, lane_seq, payload, attempts FROM outbox"
+        " WHERE state = 'pending' ORDER BY lane, lane_seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [OutboxRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def unconfirmed(conn: sqlite3.Connection) -> int:
+    """Rows produced and not yet confirmed (``in_flight`` + ``sent``)."""
+    row = conn.execute(
+        "SELECT count(*) FROM outbox WHERE state IN ('in_flight', 'sent')"
+    ).fetchone()
+    return int(row[0])
+
+
+def mark_in_flight(
+    conn: sqlite3.Connection, ids: Iterable[int], now: float | None = None
+) -> int:
+    """Pending rows just produced become ``in_flight`` (attempts + 1)."""
+    now = time.time() if now is None else now
+    cur = conn.executemany(
+        "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1,"
+        " sent_at = ? WHERE id = ? AND state = 'pending'",
+        [(now, i) for i in ids],
+    )
+    return cur.rowcount
+
+
+def apply_deliveries(
+    conn: sqlite3.Connection, reports: Sequence[Delivery]
+) -> tuple[int, int]:
+    """Write delivery reports; return (acknowledged, failed).
+
+    An acknowledged report moves ``in_flight`` to ``sent`` and records where
+    the message landed; a row already confirmed (the hub can be faster than
+    the report) keeps its state and only gains the position. A failed report
+    puts the row back to ``pending``, together with every later unconfirmed
+    row of its lane: the hub applies a lane in order, so those would only wait
+    at the hub as a gap until their own timeout.
+    """
+    ok = [r for r in reports if not r.error]
+    failed = [r for r in reports if r.error]
+    conn.executemany(
+        "UPDATE outbox SET partition = ?, kafka_offset = ?, state = CASE state"
+        " WHEN 'in_flight' THEN 'sent' ELSE state END WHERE id = ?",
+        [(r.partition, r.offset, r.outbox_id) for r in ok],
+    )
+    for report in failed:
+        conn.execute(
+            "UPDATE outbox SET state = 'pending' WHERE state IN ('in_flight', 'sent')"
+            " AND lane = (SELECT lane FROM outbox WHERE id = ?)"
+            " AND lane_seq >= (SELECT lane_seq FROM outbox WHERE id = ?)",
+            (report.outbox_id, report.outbox_id),
+        )
+    return len(ok), len(failed)
+
+
+def confirm(
+    conn: sqlite3.Connection, lane: int, upto: int, now: float | None = None
+) -> int:
+    """Apply the hub's confirmation; return how many rows it newly confirmed.
+
+    Worked example: lane 0 holds 39 (sent), 40 (sent), 41 (in_flight, its
+    report not yet read) and 42 (pending). ``confirm(lane=0, upto=41)``
+    confirms 39, 40 and 41 (returns 3) and leaves 42 alone;
+    ``confirmations[0].upto`` becomes 41. A second, older ``upto=40`` (a
+    confirmation of a resend, read late) changes nothing and returns 0.
+    """
+    now = time.time() if now is None else now
+    cur = conn.execute(
+        "UPDATE outbox SET state = 'confirmed', confirmed_at = ?"
+        " WHERE lane = ? AND lane_seq <= ? AND state != 'confirmed'",
+        (now, lane, upto),
+    )
+    conn.execute(
+        "INSERT INTO confirmations (lane, upto, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (lane) DO UPDATE SET upto = max(upto, excluded.upto),"
+        " updated_at = excluded.updated_at",
+        (lane, upto, now),
+    )
+    return cur.rowcount
+
+
+def requeue_expired(
+    conn: sqlite3.Connection, timeout_s: float, now: float | None = None
+) -> int:
+    """Rows produced more than ``timeout_s`` ago and unconfirmed go back to pending."""
+    now = time.time() if now is None else now
+    cur = conn.execute(
+        "UPDATE outbox SET state = 'pending'"
+        " WHERE state IN ('in_flight', 'sent') AND sent_at < ?",
+        (now - timeout_s,),
+    )
+    return cur.rowcount
+
+
+def requeue_in_flight(conn: sqlite3.Connection) -> int:
+    """At start (or after losing a producer), in_flight rows go back to pending.
+
+    Their delivery reports died with the old producer, so nobody would ever
+    move them on; the hub skips whatever of them did reach Kafka.
+    """
+    cur = conn.execute("UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'")
+    return cur.rowcount
+
+
+def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -> int:
+    """Delete confirmed rows confirmed more than ``window_h`` hours ago."""
+    now = time.time() if now is None else now
+    cur = conn.execute(
+        "DELETE FROM outbox WHERE state = 'confirmed' AND confirmed_at < ?",
+        (now - window_h * 3600,),
+    )
+    return cur.rowcount
+
+
+def replay(conn: sqlite3.Connection, lane: int, from_seq: int) -> int:
+    """Send confirmed rows of ``lane`` from ``from_seq`` on again (operator command).
+
+    Safe by construction: the hub skips what its watermark already covers and
+    answers with a confirmation, so a replay re-confirms and never re-applies.
+    """
+    cur = conn.execute(
+        "UPDATE outbox SET state = 'pending', confirmed_at = NULL"
+        " WHERE lane = ? AND lane_seq >= ? AND state = 'confirmed'",
+        (lane, from_seq),
+    )
+    return cur.rowcount
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Rows per state, every state present (zero when empty)."""
+    counts = dict.fromkeys(STATES, 0)
+    for state, count in conn.execute(
+        "SELECT state, count(*) FROM outbox GROUP BY state"
+    ):
+        counts[state] = count
+    return counts
+
+
+def lane_confirmations(conn: sqlite3.Connection) -> dict[int, int]:
+    """Highest confirmed lane_seq per lane."""
+    return {r[0]: r[1] for r in conn.execute("SELECT lane, upto FROM confirmations")}

@@ -1,0 +1,384 @@
+"""The shipper leg: drains the outbox to Kafka and reads the hub's confirmations.
+
+Responsibilities:
+
+- send pending outbox rows, lower lanes first and each lane in ``lane_seq``
+  order, with an idempotent ``acks=all`` producer keyed by the store id, and
+  never more than ``shipper.max_in_flight`` produced and unconfirmed;
+- verify: record each delivery report (partition, offset) as ``sent``;
+- confirm: read ``{"store", "lane", "upto"}`` from the confirm topic, only
+  this store's partition, and confirm the rows;
+- send again what stays unconfirmed for ``shipper.confirm_timeout_s``;
+- prune confirmed rows after ``pipeline.replay_window_h``.
+
+Invariants:
+
+- SQLite is written only by :meth:`ShipperLeg.step` (and setup/close), in ONE
+  transaction per step: the in_flight marks, the delivery reports collected in
+  memory by the callback, the confirmations and the confirm-topic offset move
+  together. The delivery callback never touches SQLite.
+- The confirm-topic position lives in ``shipper_offsets`` next to the rows it
+  confirmed, so a restart resumes exactly where the last committed step ended:
+  a confirmation is never skipped, and reading one twice changes nothing.
+- A produced row is ``in_flight`` until its report is read; ``in_flight``
+  rows found at start lost their report with the old process and go back to
+  ``pending``. Sending twice is always safe: the hub skips what its watermark
+  covers and confirms again.
+
+Worked example (store MQ01, confirm topic with 3 partitions)::
+
+    murmur2(b"MQ01") & 0x7fffffff = 1489664457; 1489664457 % 3 = 0 -> partition 0
+    shipper_offsets(odh.confirm, 0) = 17: assign partition 0 at offset 17
+    step: offset 17 {"store":"GP01",...}          other store: skipped
+          offset 18 {"store":"MQ01","lane":0,"upto":41}
+                -> lane 0 rows 39, 40, 41 confirmed; next offset 19
+          one COMMIT: rows confirmed + shipper_offsets = 19
+    crash before COMMIT: restart reads 17 and 18 again, same result.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from appliance import outbox, store
+from appliance.config import BoxSettings
+from appliance.errors import TransportError
+from appliance.kafka import (
+    consumer_config,
+    ensure_topics,
+    partition_for,
+    producer_config,
+    topic_partitions,
+    translate,
+)
+
+__all__ = ["OFFSETS_DDL", "ShipperLeg", "build", "ensure_topics"]
+
+logger = logging.getLogger(__name__)
+
+OFFSETS_DDL = """
+CREATE TABLE IF NOT EXISTS shipper_offsets (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (topic, partition)
+)
+"""
+_CONFIRM_READ = 500
+_PRUNE_EVERY_S = 60.0
+_METADATA_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _Step:
+    """What one step gathered in memory before its single transaction."""
+
+    produced: list[int] = field(default_factory=list)
+    reports: list[outbox.Delivery] = field(default_factory=list)
+    confirms: dict[int, int] = field(default_factory=dict)
+    bad_confirms: list[tuple[str, bytes]] = field(default_factory=list)
+    next_offset: int | None = None
+
+    def busy(self) -> bool:
+        return bool(self.produced or self.reports or self.confirms or self.bad_confirms)
+
+
+class ShipperLeg:
+    """Outbox -> Kafka, confirmations -> outbox. See the module docstring."""
+
+    name = "shipper"
+
+    def __init__(self, settings: BoxSettings, conn: sqlite3.Connection) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.key = settings.store.id.encode()
+        self._reports: list[outbox.Delivery] = []
+        self._fatal = ""
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._confirm_partition = -1
+        self._next_offset = 0
+        self._last_sweep = 0.0
+        self._last_prune = 0.0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def setup(self) -> None:
+        """Recover in_flight rows, open the clients, assign the confirm partition."""
+        with store.transaction(self.conn):
+            self.conn.execute(OFFSETS_DDL)
+            requeued = outbox.requeue_in_flight(self.conn)
+        if requeued:
+            logger.info("in_flight rows requeued at start count=%d", requeued)
+        self._producer = self._new_producer()
+        self._consumer = self._new_consumer()
+        self._assign_confirmations()
+
+    def close(self) -> None:
+        """Flush (bounded), write the last reports, close the clients."""
+        if self._producer is not None:
+            left = self._producer.flush(self.settings.shipper.flush_timeout_s)
+            if left:
+                logger.warning(
+                    "flush timed out, rows stay in_flight count=%d elapsed_s=%.1f",
+                    left,
+                    self.settings.shipper.flush_timeout_s,
+                )
+            self._commit(_Step(reports=self._take_reports()))
+            self._producer = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def status(self) -> str:
+        counts = outbox.state_counts(self.conn)
+        return " ".join(f"{name}={value}" for name, value in counts.items())
+
+    # -- the step ----------------------------------------------------------
+
+    def step(self) -> bool:
+        """Read confirmations, produce a batch, write everything in one commit."""
+        if self._fatal:
+            self._replace_producer()
+        work = _Step()
+        self._producer.poll(0)
+        self._read_confirmations(work)
+        work.produced = self._produce()
+        self._producer.poll(0)
+        work.reports = self._take_reports()
+        self._commit(work)
+        return work.busy()
+
+    def _produce(self) -> list[int]:
+        budget = self.settings.shipper.max_in_flight - outbox.unconfirmed(self.conn)
+        limit = min(budget, self.settings.pipeline.batch)
+        produced: list[int] = []
+        for row in outbox.next_batch(self.conn, limit):
+            try:
+                self._producer.produce(
+                    self.settings.kafka.changes_topic,
+                    value=row.payload.encode(),
+                    key=self.key,
+                    on_delivery=functools.partial(self._on_delivery, row.id),
+                )
+            except BufferError:
+                # Local queue full: what was not produced stays pending.
+                break
+            except KafkaException as exc:
+                error = translate(exc, "produce")
+                logger.warning("produce refused outbox_id=%d error=%s", row.id, error)
+                break
+            produced.append(row.id)
+        return produced
+
+    def _on_delivery(self, outbox_id: int, err: KafkaError | None, msg: Any) -> None:
+        # Runs inside poll()/flush(): memory only, SQLite is written by step().
+        if err is not None:
+            self._reports.append(outbox.Delivery(outbox_id, -1, -1, err.str()))
+        else:
+            self._reports.append(
+                outbox.Delivery(outbox_id, msg.partition(), msg.offset())
+            )
+
+    def _take_reports(self) -> list[outbox.Delivery]:
+        reports, self._reports = self._reports, []
+        return reports
+
+    def _commit(self, work: _Step) -> None:
+        now = time.time()
+        with store.transaction(self.conn):
+            outbox.mark_in_flight(self.conn, work.produced, now)
+            acked, failed = outbox.apply_deliveries(self.conn, work.reports)
+            confirmed = self._apply_confirms(work)
+            resent = self._sweep(now)
+            store.bump(self.conn, "shipper.sent", acked)
+            store.bump(self.conn, "shipper.delivery_errors", failed)
+            store.bump(self.conn, "shipper.confirmed", confirmed)
+            store.bump(self.conn, "shipper.resends", resent)
+        if failed:
+            first = next(r for r in work.reports if r.error)
+            logger.warning(
+                "delivery failed, rows back to pending count=%d outbox_id=%d error=%s",
+                failed,
+                first.outbox_id,
+                first.error,
+            )
+        if resent:
+            logger.warning("unconfirmed after timeout, sending again count=%d", resent)
+
+    def _sweep(self, now: float) -> int:
+        """Resend what timed out, now and then prune (inside the step's commit)."""
+        timeout = self.settings.shipper.confirm_timeout_s
+        resent = 0
+        if now - self._last_sweep >= min(1.0, timeout / 4):
+            resent = outbox.requeue_expired(self.conn, timeout, now)
+            self._last_sweep = now
+        if now - self._last_prune >= _PRUNE_EVERY_S:
+            pruned = outbox.prune(
+                self.conn, self.settings.pipeline.replay_window_h, now
+            )
+            self._last_prune = now
+            if pruned:
+                logger.debug("confirmed rows pruned count=%d", pruned)
+        return resent
+
+    # -- confirmations -----------------------------------------------------
+
+    def _assign_confirmations(self) -> None:
+        topic = self.settings.kafka.confirm_topic
+        partitions = topic_partitions(self._consumer, topic, _METADATA_TIMEOUT_S)
+        self._confirm_partition = partition_for(self.key, partitions)
+        row = self.conn.execute(
+            "SELECT next_offset FROM shipper_offsets WHERE topic = ? AND partition = ?",
+            (topic, self._confirm_partition),
+        ).fetchone()
+        if row is not None:
+            self._next_offset = int(row[0])
+        else:
+            # First start: confirmations before now answer nothing of ours.
+            self._next_offset = self._high_watermark(topic)
+            with store.transaction(self.conn):
+                self._save_offset(self._next_offset)
+        self._consumer.assign(
+            [TopicPartition(topic, self._confirm_partition, self._next_offset)]
+        )
+        logger.info(
+            "confirmations assigned topic=%s partition=%d offset=%d",
+            topic,
+            self._confirm_partition,
+            self._next_offset,
+        )
+
+    def _high_watermark(self, topic: str) -> int:
+        tp = TopicPartition(topic, self._confirm_partition)
+        deadline = time.monotonic() + _METADATA_TIMEOUT_S
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    tp, timeout=_METADATA_TIMEOUT_S
+                )
+            except KafkaException as exc:
+                # A partition just created or moving has no leader for a moment.
+                if exc.args[0].retriable() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise translate(exc, f"watermarks topic={topic}") from exc
+            return int(high)
+
+    def _save_offset(self, next_offset: int) -> None:
+        self.conn.execute(
+            "INSERT INTO shipper_offsets (topic, partition, next_offset, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET"
+            " next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+            (
+                self.settings.kafka.confirm_topic,
+                self._confirm_partition,
+                next_offset,
+                time.time(),
+            ),
+        )
+
+    def _read_confirmations(self, work: _Step) -> None:
+        try:
+            messages = self._consumer.consume(_CONFIRM_READ, timeout=0)
+        except KafkaException as exc:
+            raise translate(exc, "consume confirmations") from exc
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise TransportError(f"kafka confirm consumer: {err.str()}")
+                logger.warning("confirm topic error error=%s", err.str())
+                continue
+            work.next_offset = msg.offset() + 1
+            self._parse_confirmation(msg.value() or b"", work)
+
+    def _parse_confirmation(self, raw: bytes, work: _Step) -> None:
+        try:
+            value = json.loads(raw)
+            if value.get("store") != self.settings.store.id:
+                return
+            lane, upto = value["lane"], value["upto"]
+            if not isinstance(lane, int) or not isinstance(upto, int):
+                raise TypeError("lane and upto must be integers")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            work.bad_confirms.append((f"bad confirmation: {exc}"[:200], raw))
+            return
+        work.confirms[lane] = max(upto, work.confirms.get(lane, upto))
+
+    def _apply_confirms(self, work: _Step) -> int:
+        confirmed = 0
+        for lane, upto in sorted(work.confirms.items()):
+            confirmed += outbox.confirm(self.conn, lane, upto)
+        for reason, raw in work.bad_confirms:
+            store.park(self.conn, stage="shipper", reason=reason, data=raw[:4096])
+        if work.next_offset is not None and work.next_offset != self._next_offset:
+            self._save_offset(work.next_offset)
+            self._next_offset = work.next_offset
+        return confirmed
+
+    # -- clients -----------------------------------------------------------
+
+    def _new_producer(self) -> Any:
+        timeout = min(max(self.settings.shipper.confirm_timeout_s, 5.0), 300.0)
+        conf = producer_config(
+            self.settings.kafka,
+            client_id=f"shipper-{self.settings.store.id}",
+            delivery_timeout_s=timeout,
+        )
+        conf["error_cb"] = self._on_error
+        try:
+            return Producer(conf)
+        except KafkaException as exc:
+            raise translate(exc, "create producer") from exc
+
+    def _new_consumer(self) -> Any:
+        conf = consumer_config(
+            self.settings.kafka,
+            group_id=f"shipper-{self.settings.store.id}",
+            client_id=f"shipper-{self.settings.store.id}",
+        )
+        try:
+            return Consumer(conf)
+        except KafkaException as exc:
+            raise translate(exc, "create consumer") from exc
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err.str()
+        else:
+            logger.warning("kafka client error error=%s", err.str())
+
+    def _replace_producer(self) -> None:
+        """A fatal producer error: drop it, requeue its rows, start a new one."""
+        logger.warning("producer failed fatally, recreating error=%s", self._fatal)
+        try:
+            self._producer.purge()
+            self._producer.poll(0)
+        except (KafkaException, RuntimeError) as exc:
+            logger.warning("purge of failed producer refused error=%s", exc)
+        self._commit(_Step(reports=self._take_reports()))
+        with store.transaction(self.conn):
+            outbox.requeue_in_flight(self.conn)
+        self._fatal = ""
+        self._producer = self._new_producer()
+
+
+def build(settings: BoxSettings) -> ShipperLeg:
+    """The shipper leg on the configured pipeline database."""
+    return ShipperLeg(settings, store.connect(settings.pipeline.db_path))

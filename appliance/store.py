@@ -1,0 +1,278 @@
+"""The pipeline database: one SQLite file (WAL) shared by the legs of the box.
+
+Invariants:
+
+- Each leg reads its input table in id order and, in ONE transaction, writes
+  its output rows and marks its input rows done. A crash before COMMIT leaves
+  both untouched; a crash after leaves both done. Nothing is lost, nothing is
+  repeated.
+- ``raw_entries.id`` is the store-wide monotone entry number. It never goes
+  back (AUTOINCREMENT never reuses an id, even after deletes).
+- A change's *version* is ``epoch_base + raw id`` (see :func:`version_of`):
+  ``epoch`` is the second the database was created, so a reflashed box (new
+  database, new epoch) still produces larger versions than the box it replaced.
+- ``outbox.lane_seq`` is contiguous per lane (1, 2, 3...): the hub's watermark
+  counts these, applies only ``watermark + 1`` and skips what is below.
+
+Worked example of the version: the database was created at 2026-12-04
+18:00:00 UTC (unix 1796407200); ``epoch = 1796407200 - 1577836800 = 218570400``;
+raw entry 41 gets version ``218570400 * 10**10 + 41 = 2185704000000000041``,
+which fits a signed 64-bit integer until the year 2049.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+EPOCH_ORIGIN = 1577836800  # 2020-01-01T00:00:00Z
+VERSION_SPAN = 10**10
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw_entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    journal TEXT NOT NULL,
+    receiver_library TEXT NOT NULL,
+    receiver_name TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    entry_type TEXT NOT NULL,
+    entry_ts TEXT NOT NULL,
+    commit_cycle INTEGER NOT NULL DEFAULT 0,
+    object TEXT NOT NULL DEFAULT '',
+    object_type TEXT NOT NULL DEFAULT '',
+    rrn INTEGER NOT NULL DEFAULT 0,
+    job TEXT NOT NULL DEFAULT '',
+    program TEXT NOT NULL DEFAULT '',
+    user_name TEXT NOT NULL DEFAULT '',
+    indicator_flag TEXT NOT NULL DEFAULT '',
+    null_map BLOB,
+    data BLOB,
+    mined_at REAL NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS raw_entries_new ON raw_entries (state, id);
+CREATE TABLE IF NOT EXISTS bookmark (
+    journal TEXT PRIMARY KEY,
+    receiver_library TEXT NOT NULL,
+    receiver_name TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    processed INTEGER NOT NULL,
+    entry_ts TEXT NOT NULL DEFAULT '',
+    attach_ts TEXT NOT NULL DEFAULT '',
+    first_sequence INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal_head (
+    journal TEXT PRIMARY KEY,
+    receiver_library TEXT NOT NULL,
+    receiver_name TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    read_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held_changes (
+    cycle_key TEXT NOT NULL,
+    raw_id INTEGER NOT NULL,
+    change TEXT NOT NULL,
+    PRIMARY KEY (cycle_key, raw_id)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    raw_id INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('c', 'u', 'd', 'r', 't')),
+    key TEXT NOT NULL,
+    before TEXT,
+    after TEXT,
+    source TEXT NOT NULL,
+    entry_ts_ms INTEGER NOT NULL,
+    mined_at REAL NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS changes_new ON changes (state, id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane INTEGER NOT NULL,
+    lane_seq INTEGER NOT NULL,
+    interest INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    op TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'in_flight', 'sent', 'confirmed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    mined_at REAL NOT NULL,
+    sent_at REAL,
+    partition INTEGER,
+    kafka_offset INTEGER,
+    confirmed_at REAL,
+    UNIQUE (lane, lane_seq)
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, lane, lane_seq);
+CREATE TABLE IF NOT EXISTS confirmations (
+    lane INTEGER PRIMARY KEY,
+    upto INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    stage TEXT NOT NULL,
+    table_name TEXT NOT NULL DEFAULT '',
+    position TEXT NOT NULL DEFAULT '',
+    field TEXT NOT NULL DEFAULT '',
+    byte_offset INTEGER,
+    bytes_hex TEXT NOT NULL DEFAULT '',
+    expected TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    raw_id INTEGER,
+    payload TEXT,
+    state TEXT NOT NULL DEFAULT 'parked'
+        CHECK (state IN ('parked', 'retried', 'discarded'))
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    leg TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+"""
+
+
+def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open the pipeline database, creating its schema on first use.
+
+    The connection is in autocommit mode (``isolation_level=None``): every
+    write goes through :func:`transaction`, which issues ``BEGIN IMMEDIATE``
+    so two legs never deadlock upgrading a read lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit survives power loss, which is the point of the outbox.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    with transaction(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+            (str(int(time.time()) - EPOCH_ORIGIN),),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def epoch(conn: sqlite3.Connection) -> int:
+    """Seconds from 2020-01-01 to this database's creation (the version prefix)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return int(row[0])
+
+
+def version_of(epoch_value: int, raw_id: int) -> int:
+    """The version of a change made by raw entry ``raw_id`` (see module doc)."""
+    return epoch_value * VERSION_SPAN + raw_id
+
+
+def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    """Add to a named counter (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every counter by name."""
+    return {r[0]: r[1] for r in conn.execute("SELECT name, value FROM counters")}
+
+
+def park(
+    conn: sqlite3.Connection,
+    *,
+    stage: str,
+    reason: str,
+    table: str = "",
+    position: str = "",
+    field: str = "",
+    byte_offset: int | None = None,
+    data: bytes = b"",
+    expected: str = "",
+    raw_id: int | None = None,
+    payload: Any = None,
+) -> int:
+    """Park a record in dead letters (inside the caller's transaction)."""
+    cur = conn.execute(
+        "INSERT INTO dead_letters (created_at, stage, table_name, position, field,"
+        " byte_offset, bytes_hex, expected, reason, raw_id, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            time.time(),
+            stage,
+            table,
+            position,
+            field,
+            byte_offset,
+            data.hex().upper(),
+            expected,
+            reason,
+            raw_id,
+            None if payload is None else json.dumps(payload, default=str),
+        ),
+    )
+    bump(conn, f"{stage}.dead_letters")
+    return int(cur.lastrowid or 0)
+
+
+def heartbeat(
+    conn: sqlite3.Connection, leg: str, pid: int, state: str, status: str = ""
+) -> None:
+    """Record that a leg is alive (its own short transaction)."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO heartbeats (leg, pid, state, status, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (leg) DO UPDATE SET"
+            " pid = excluded.pid, state = excluded.state,"
+            " status = excluded.status, updated_at = excluded.updated_at",
+            (leg, pid, state, status, time.time()),
+        )

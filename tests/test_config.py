@@ -1,0 +1,128 @@
+"""Settings: one TOML file plus environment overrides, validated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+from appliance.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_file_gives_documented_defaults(tmp_path: Path) -> None:
+    """Only the store id is required; the rest has a default."""
+    settings = config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
+    assert settings.store.id == "MQ01"
+    assert settings.ibmi.window == 1000
+    assert settings.kafka.changes_topic == "odh.changes"
+
+
+def test_every_bad_field_is_reported_by_dotted_key_and_value(tmp_path: Path) -> None:
+    """All errors at once, each naming its key and the value that came."""
+    path = _write(
+        tmp_path,
+        '[store]\nid = "mq 01"\n[ibmi]\nwindow = 0\n'
+        "[shipper]\nconfirm_timeout_s = -1\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load_box(path)
+    text = str(caught.value)
+    assert "store.id" in text and "'mq 01'" in text
+    assert "ibmi.window" in text and "(got 0)" in text
+    assert "shipper.confirm_timeout_s" in text and "(got -1)" in text
+    assert str(path) in text
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    """A typo is an error, never silently ignored."""
+    path = _write(tmp_path, '[store]\nid = "MQ01"\n[kafka]\nbootstrp = "x:1"\n')
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrp: Extra inputs"):
+        config.load_box(path)
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    """The store id has no default."""
+    with pytest.raises(ConfigError, match=r"store: required, missing"):
+        config.load_box(_write(tmp_path, "[ibmi]\nwindow = 10\n"))
+
+
+def test_environment_overrides_the_file_key_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APPLIANCE_SECTION__KEY wins over the file; siblings keep file values."""
+    path = _write(
+        tmp_path,
+        '[store]\nid = "MQ01"\n[kafka]\nbootstrap = "a:1"\nchanges_topic = "t"\n',
+    )
+    monkeypatch.setenv("APPLIANCE_KAFKA__BOOTSTRAP", "127.0.0.1:9999")
+    monkeypatch.setenv("APPLIANCE_IBMI__TABLES", '["PRIX"]')
+    settings = config.load_box(path)
+    assert settings.kafka.bootstrap == "127.0.0.1:9999"
+    assert settings.kafka.changes_topic == "t"
+    assert settings.ibmi.tables == ["PRIX"]
+
+
+def test_bad_environment_value_is_named_like_a_file_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An override is validated exactly like the file."""
+    monkeypatch.setenv("APPLIANCE_IBMI__WINDOW", "lots")
+    with pytest.raises(ConfigError, match=r"ibmi\.window: .*'lots'"):
+        config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
+
+
+def test_not_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """Both say which file."""
+    with pytest.raises(ConfigError, match="not found"):
+        config.load_box(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="is not TOML"):
+        config.load_box(_write(tmp_path, "[store\n"))
+
+
+def test_secret_comes_from_the_systemd_credential_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CREDENTIALS_DIRECTORY/<name> wins over the configured file."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "ibmi-password").write_text("from-credential\n")
+    fallback = tmp_path / "pw"
+    fallback.write_text("from-file\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.read_secret("ibmi-password", fallback) == "from-credential"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert config.read_secret("ibmi-password", fallback) == "from-file"
+
+
+def test_missing_secret_error_names_it_without_a_value(tmp_path: Path) -> None:
+    """The error says which secret, never a value."""
+    with pytest.raises(ConfigError, match="'kafka-password' not found"):
+        config.read_secret("kafka-password", tmp_path / "nope")
+
+
+def test_toml_holds_no_password_key() -> None:
+    """Secrets are never settings: only *_file paths exist."""
+    keys = [
+        k
+        for cls in (config.BoxSettings, config.HubSettings)
+        for k, _, _ in config.describe(cls)
+    ]
+    assert not [k for k in keys if "password" in k and not k.endswith("_file")]
+
+
+def test_settings_page_matches_the_models() -> None:
+    """docs/settings.md documents every setting (regenerate with -m)."""
+    page = (REPO / "docs" / "settings.md").read_text()
+    assert page == config.settings_markdown()
+    for cls in (config.BoxSettings, config.HubSettings):
+        for key, _, text in config.describe(cls):
+            assert text, f"{key} has no help text"

@@ -1,0 +1,171 @@
+"""The outbox state machine, on a real SQLite pipeline database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from appliance import outbox, store
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return store.connect(tmp_path / "pipeline.db")
+
+
+def add(conn: sqlite3.Connection, lane: int, lane_seq: int) -> int:
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO outbox (lane, lane_seq, interest, version, table_name, op,"
+            " payload, created_at, mined_at) VALUES (?, ?, 50, ?, 'PRIX', 'u', ?,"
+            " 0, 0)",
+            (lane, lane_seq, lane * 1000 + lane_seq, json.dumps({"s": lane_seq})),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def states(conn: sqlite3.Connection) -> dict[tuple[int, int], str]:
+    rows = conn.execute("SELECT lane, lane_seq, state FROM outbox")
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def test_next_batch_takes_lower_lanes_first_in_lane_order(
+    conn: sqlite3.Connection,
+) -> None:
+    """A backlog drains lane 0 before lane 1, each lane by lane_seq."""
+    for lane, seq in [(1, 1), (0, 2), (2, 1), (0, 1), (1, 2)]:
+        add(conn, lane, seq)
+    batch = outbox.next_batch(conn, 4)
+    assert [(r.lane, r.lane_seq) for r in batch] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert outbox.next_batch(conn, 0) == []
+
+
+def test_row_walks_pending_in_flight_sent_confirmed(conn: sqlite3.Connection) -> None:
+    """Produce, delivery report, confirmation: each moves the row one state on."""
+    row_id = add(conn, 0, 1)
+    with store.transaction(conn):
+        assert outbox.mark_in_flight(conn, [row_id], now=100.0) == 1
+    assert states(conn)[(0, 1)] == "in_flight"
+    assert outbox.unconfirmed(conn) == 1
+    with store.transaction(conn):
+        ok, failed = outbox.apply_deliveries(conn, [outbox.Delivery(row_id, 2, 9120)])
+    assert (ok, failed) == (1, 0)
+    row = conn.execute(
+        "SELECT state, partition, kafka_offset, attempts, sent_at FROM outbox"
+    ).fetchone()
+    assert tuple(row) == ("sent", 2, 9120, 1, 100.0)
+    with store.transaction(conn):
+        assert outbox.confirm(conn, 0, 1, now=200.0) == 1
+    assert states(conn)[(0, 1)] == "confirmed"
+    assert outbox.lane_confirmations(conn) == {0: 1}
+    assert outbox.unconfirmed(conn) == 0
+
+
+def test_confirm_covers_every_lane_seq_up_to_and_no_further(
+    conn: sqlite3.Connection,
+) -> None:
+    """upto=3 confirms 1..3 of that lane only, and an older upto changes nothing."""
+    ids = [add(conn, 0, s) for s in range(1, 5)] + [add(conn, 1, 1)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids)
+        assert outbox.confirm(conn, 0, 3) == 3
+        assert outbox.confirm(conn, 0, 2) == 0
+    got = states(conn)
+    assert [got[(0, s)] for s in range(1, 5)] == ["confirmed"] * 3 + ["in_flight"]
+    assert got[(1, 1)] == "in_flight"
+    assert outbox.lane_confirmations(conn) == {0: 3}
+
+
+def test_report_after_confirmation_keeps_row_confirmed(
+    conn: sqlite3.Connection,
+) -> None:
+    """A hub faster than the delivery report: the row stays confirmed."""
+    row_id = add(conn, 0, 1)
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, [row_id])
+        outbox.confirm(conn, 0, 1)
+        outbox.apply_deliveries(conn, [outbox.Delivery(row_id, 0, 5)])
+    row = conn.execute("SELECT state, kafka_offset FROM outbox").fetchone()
+    assert tuple(row) == ("confirmed", 5)
+
+
+def test_failed_report_requeues_row_and_later_rows_of_its_lane(
+    conn: sqlite3.Connection,
+) -> None:
+    """Row 2 failed: 2 and 3 go back to pending, 1 and the other lane stay."""
+    ids = [add(conn, 0, s) for s in (1, 2, 3)] + [add(conn, 1, 1)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids)
+        reports = [
+            outbox.Delivery(ids[0], 0, 1),
+            outbox.Delivery(ids[1], -1, -1, "Local: Message timed out"),
+            outbox.Delivery(ids[2], 0, 3),
+        ]
+        assert outbox.apply_deliveries(conn, reports) == (2, 1)
+    got = states(conn)
+    assert got == {
+        (0, 1): "sent",
+        (0, 2): "pending",
+        (0, 3): "pending",
+        (1, 1): "in_flight",
+    }
+
+
+def test_unconfirmed_rows_go_back_to_pending_after_timeout(
+    conn: sqlite3.Connection,
+) -> None:
+    """in_flight and sent rows older than the timeout are resent; attempts grow."""
+    old, recent, done = add(conn, 0, 1), add(conn, 0, 2), add(conn, 0, 3)
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, [old, done], now=100.0)
+        outbox.mark_in_flight(conn, [recent], now=125.0)
+        outbox.apply_deliveries(conn, [outbox.Delivery(old, 0, 1)])
+        conn.execute("UPDATE outbox SET state = 'confirmed' WHERE id = ?", (done,))
+        assert outbox.requeue_expired(conn, timeout_s=20, now=130.0) == 1
+        outbox.mark_in_flight(conn, [old], now=131.0)
+    row = conn.execute("SELECT state, attempts FROM outbox WHERE id = ?", (old,))
+    assert tuple(row.fetchone()) == ("in_flight", 2)
+    assert states(conn)[(0, 2)] == "in_flight"
+    assert states(conn)[(0, 3)] == "confirmed"
+
+
+def test_in_flight_rows_are_requeued_at_start(conn: sqlite3.Connection) -> None:
+    """A crash between produce and report leaves in_flight rows; start resets them."""
+    a, b = add(conn, 0, 1), add(conn, 0, 2)
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, [a, b])
+        outbox.apply_deliveries(conn, [outbox.Delivery(a, 0, 0)])
+        assert outbox.requeue_in_flight(conn) == 1
+    assert states(conn) == {(0, 1): "sent", (0, 2): "pending"}
+
+
+def test_prune_deletes_only_confirmed_rows_past_the_window(
+    conn: sqlite3.Connection,
+) -> None:
+    """Confirmed and old: gone. Confirmed and recent, or unconfirmed: kept."""
+    ids = [add(conn, 0, s) for s in (1, 2, 3)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids, now=0.0)
+        outbox.confirm(conn, 0, 1, now=1000.0)
+        outbox.confirm(conn, 0, 2, now=9000.0)
+        assert outbox.prune(conn, window_h=1, now=1000.0 + 3601) == 1
+    assert set(states(conn)) == {(0, 2), (0, 3)}
+    assert outbox.state_counts(conn) == {
+        "pending": 0,
+        "in_flight": 1,
+        "sent": 0,
+        "confirmed": 1,
+    }
+
+
+def test_replay_sends_confirmed_rows_again(conn: sqlite3.Connection) -> None:
+    """An operator's replay from lane_seq 2 puts confirmed rows 2.. back to pending."""
+    ids = [add(conn, 0, s) for s in (1, 2, 3)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids)
+        outbox.confirm(conn, 0, 3)
+        assert outbox.replay(conn, 0, 2) == 2
+    assert [r.lane_seq for r in outbox.next_batch(conn, 10)] == [2, 3]

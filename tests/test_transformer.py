@@ -1,0 +1,529 @@
+"""Transformer leg: pairing, commit cycles, net effect, dead letters, restarts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance import store
+from appliance.config import BoxSettings, IbmiSection, PipelineSection, StoreSection
+from appliance.errors import SourceError
+from appliance.layouts import Column, Layout, make_layout
+from appliance.transformer import TransformerLeg, build, net_effect
+
+JOB1 = "123456/POS/CAISSE01"
+JOB2 = "123457/POS/CAISSE02"
+PRIX = make_layout(
+    "MAG",
+    "PRIX",
+    [
+        Column("ARTNUM", "CHAR", 6, ccsid=1147),
+        Column("PRIX", "DECIMAL", 7, 2),
+        Column("LIBELLE", "VARCHAR", 10, ccsid=1147),
+    ],
+    ["ARTNUM"],
+)
+PRIX_V2 = make_layout(
+    "MAG",
+    "PRIX",
+    [*PRIX.columns, Column("PROMO", "SMALLINT")],
+    ["ARTNUM"],
+)
+
+
+def image(art: str, cents: int, label: str = "", promo: int | None = None) -> bytes:
+    """A PRIX record image, encoded the way DB2 for i writes it."""
+    packed = bytes.fromhex(f"{abs(cents):07d}" + ("D" if cents < 0 else "F"))
+    text = label.encode("cp1147")
+    body = art.ljust(6).encode("cp1147") + packed
+    body += len(text).to_bytes(2, "big") + text.ljust(10, b"\x40")
+    if promo is not None:
+        body += promo.to_bytes(2, "big", signed=True)
+    return body
+
+
+def row_of(art: str, cents: int, label: str = "") -> dict[str, Any]:
+    return {"ARTNUM": art, "PRIX": f"{cents / 100:.2f}", "LIBELLE": label}
+
+
+class DictCatalog:
+    """A catalog fed from layouts in memory; can fail like an unreachable source."""
+
+    def __init__(self, *layouts: Layout) -> None:
+        self.layouts = {(lay.library, lay.table): lay for lay in layouts}
+        self.loads = 0
+        self.failures = 0
+
+    def load_layout(self, library: str, table: str) -> Layout:
+        if self.failures:
+            self.failures -= 1
+            raise SourceError("source failed while reading layout: connection lost")
+        self.loads += 1
+        return self.layouts[(library, table)]
+
+
+class Journal:
+    """Writes raw_entries rows as the miner would, sequence by sequence."""
+
+    def __init__(self, conn: sqlite3.Connection, sequence: int = 1000) -> None:
+        self.conn = conn
+        self.sequence = sequence
+        self.receiver = "QSQJRN0001"
+
+    def add(
+        self,
+        code: str,
+        kind: str,
+        *,
+        cycle: int = 0,
+        rrn: int = 0,
+        job: str = JOB1,
+        data: bytes | None = None,
+        table: str = "PRIX",
+        null_map: bytes | None = None,
+        ts: str = "2026-12-04T14:00:00.000000",
+    ) -> int:
+        obj = (table.ljust(10) + "MAG".ljust(10) + table.ljust(10)) if table else ""
+        with store.transaction(self.conn):
+            cur = self.conn.execute(
+                "INSERT INTO raw_entries (journal, receiver_library, receiver_name,"
+                " sequence, code, entry_type, entry_ts, commit_cycle, object,"
+                " object_type, rrn, job, null_map, data, mined_at)"
+                " VALUES ('MAG/QSQJRN', 'MAG', ?, ?, ?, ?, ?, ?, ?, '*QDDS', ?, ?, ?,"
+                " ?, 1796407200.5)",
+                (
+                    self.receiver,
+                    self.sequence,
+                    code,
+                    kind,
+                    ts,
+                    cycle,
+                    obj,
+                    rrn,
+                    job,
+                    null_map,
+                    data,
+                ),
+            )
+        self.sequence += 1
+        return int(cur.lastrowid or 0)
+
+    def start(self, job: str = JOB1) -> int:
+        """C SC: the cycle id is the SC's own sequence number."""
+        cycle = self.sequence
+        self.add("C", "SC", cycle=cycle, table="", job=job)
+        return cycle
+
+
+def settings(tmp_path: Path, batch: int = 500) -> BoxSettings:
+    return BoxSettings(
+        store=StoreSection(id="MQ01", timezone="America/Martinique"),
+        ibmi=IbmiSection(table_library="MAG", tables=["PRIX"]),
+        pipeline=PipelineSection(db_path=tmp_path / "pipeline.db", batch=batch),
+    )
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> tuple[BoxSettings, sqlite3.Connection, Journal]:
+    conf = settings(tmp_path)
+    conn = store.connect(conf.pipeline.db_path)
+    return conf, conn, Journal(conn)
+
+
+def leg_for(
+    conf: BoxSettings, conn: sqlite3.Connection, catalog: DictCatalog | None = None
+) -> TransformerLeg:
+    return TransformerLeg(conf, conn, catalog or DictCatalog(PRIX))
+
+
+def drain(leg: TransformerLeg) -> int:
+    steps = 0
+    while leg.step():
+        steps += 1
+    return steps
+
+
+def changes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT * FROM changes ORDER BY id").fetchall()
+    out = []
+    for row in rows:
+        item = dict(row)
+        for name in ("key", "before", "after", "source"):
+            item[name] = None if item[name] is None else json.loads(item[name])
+        out.append(item)
+    return out
+
+
+def ops(conn: sqlite3.Connection) -> list[tuple[str, str, Any, Any]]:
+    return [
+        (c["op"], c["key"]["ARTNUM"], c["before"], c["after"]) for c in changes(conn)
+    ]
+
+
+def test_autocommit_insert_update_delete_emit_at_once(box: Any) -> None:
+    """Cycle 0 entries become c, u, d changes with key, images and source."""
+    conf, conn, journal = box
+    pt = journal.add("R", "PT", rrn=1, data=image("000123", 1250, "Café"))
+    journal.add("R", "UB", rrn=1, data=image("000123", 1250, "Café"))
+    up = journal.add("R", "UP", rrn=1, data=image("000123", 1199, "Café"))
+    dl = journal.add("R", "DL", rrn=1, data=image("000123", 1199, "Café"))
+    assert drain(leg_for(conf, conn)) == 1
+
+    found = changes(conn)
+    assert [(c["op"], c["raw_id"]) for c in found] == [("c", pt), ("u", up), ("d", dl)]
+    assert found[0]["key"] == {"ARTNUM": "000123"}
+    assert found[0]["before"] is None
+    assert found[0]["after"] == row_of("000123", 1250, "Café")
+    assert found[1]["before"]["PRIX"] == "12.50"
+    assert found[1]["after"]["PRIX"] == "11.99"
+    assert found[2]["after"] is None
+    assert found[2]["before"]["PRIX"] == "11.99"
+    assert found[0]["table_name"] == "PRIX"
+    # 14:00 in Martinique (UTC-4) is 18:00 UTC = unix 1796407200.
+    assert found[0]["entry_ts_ms"] == 1796407200000
+    assert found[0]["source"] == {
+        "journal": "MAG/QSQJRN",
+        "receiver": "QSQJRN0001",
+        "receiver_library": "MAG",
+        "sequence": 1000,
+        "commit_cycle": 0,
+        "library": "MAG",
+        "table": "PRIX",
+        "rrn": 1,
+        "entry_ts": "2026-12-04T14:00:00.000000",
+        "entry_ts_utc": "2026-12-04T18:00:00.000000Z",
+    }
+    assert (
+        conn.execute("SELECT count(*) FROM raw_entries WHERE state = 0").fetchone()[0]
+        == 0
+    )
+    counters = store.counters(conn)
+    assert counters["transformer.entries"] == 4
+    assert counters["transformer.changes"] == 3
+
+
+def test_committed_cycle_emits_net_effect(box: Any) -> None:
+    """Changes of a cycle wait for C CM, then one change per key: first vs last."""
+    conf, conn, journal = box
+    cycle = journal.start()
+    journal.add("R", "PT", cycle=cycle, rrn=7, data=image("000007", 100))
+    journal.add("R", "UB", cycle=cycle, rrn=7, data=image("000007", 100))
+    journal.add("R", "UP", cycle=cycle, rrn=7, data=image("000007", 150))
+    journal.add("R", "UB", cycle=cycle, rrn=8, data=image("000008", 200))
+    journal.add("R", "UP", cycle=cycle, rrn=8, data=image("000008", 210))
+    journal.add("R", "UB", cycle=cycle, rrn=8, data=image("000008", 210))
+    last = journal.add("R", "UP", cycle=cycle, rrn=8, data=image("000008", 220))
+    leg = leg_for(conf, conn)
+    drain(leg)
+    assert changes(conn) == []  # nothing before the commit
+
+    journal.add("C", "CM", cycle=cycle, table="")
+    drain(leg)
+    assert ops(conn) == [
+        ("c", "000007", None, row_of("000007", 150)),
+        ("u", "000008", row_of("000008", 200), row_of("000008", 220)),
+    ]
+    assert changes(conn)[1]["raw_id"] == last
+    assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
+
+
+def reference_trace(journal: Journal, end: str) -> None:
+    """Domain brief §2.4: cycle 1000 of job 123456/POS/CAISSE01, then ``end``."""
+    cycle = journal.start()
+    assert cycle == 1000
+    row57, row12 = image("000057", 500), image("000012", 1200)
+    row12_new, row9 = image("000012", 1300), image("000009", 900)
+    journal.add("R", "PT", cycle=cycle, rrn=57, data=row57)
+    journal.add("R", "UB", cycle=cycle, rrn=12, data=row12)
+    journal.add("R", "UP", cycle=cycle, rrn=12, data=row12_new)
+    journal.add("R", "DL", cycle=cycle, rrn=9, data=row9)
+    journal.add("R", "PX", cycle=cycle, rrn=9, data=row9)
+    journal.add("R", "BR", cycle=cycle, rrn=12, data=row12_new)
+    journal.add("R", "UR", cycle=cycle, rrn=12, data=row12)
+    journal.add("R", "DR", cycle=cycle, rrn=57, data=row57)
+    journal.add("C", end, cycle=cycle, table="")
+
+
+def test_rolled_back_reference_trace_emits_nothing(box: Any) -> None:
+    """Domain brief §2.4 / §7.12 (upstream Debezium loop): a rollback ships nothing."""
+    conf, conn, journal = box
+    reference_trace(journal, "RB")
+    drain(leg_for(conf, conn))
+    assert changes(conn) == []
+    assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
+    assert store.counters(conn)["transformer.rollbacks"] == 1
+
+
+def test_compensated_trace_ending_in_commit_emits_nothing(box: Any) -> None:
+    """Compensations cancel under the net-effect rule even without a C RB."""
+    conf, conn, journal = box
+    reference_trace(journal, "CM")
+    drain(leg_for(conf, conn))
+    assert changes(conn) == []
+
+
+def test_savepoint_rollback_keeps_only_surviving_changes(box: Any) -> None:
+    """ROLLBACK TO SAVEPOINT writes compensations, then the cycle commits."""
+    conf, conn, journal = box
+    cycle = journal.start()
+    journal.add("R", "PT", cycle=cycle, rrn=1, data=image("000001", 100))
+    journal.add("R", "UB", cycle=cycle, rrn=2, data=image("000002", 200))
+    journal.add("R", "UP", cycle=cycle, rrn=2, data=image("000002", 250))
+    # savepoint S1, then work that is rolled back to S1:
+    journal.add("R", "PT", cycle=cycle, rrn=3, data=image("000003", 300))
+    journal.add("R", "UB", cycle=cycle, rrn=2, data=image("000002", 250))
+    journal.add("R", "UP", cycle=cycle, rrn=2, data=image("000002", 999))
+    journal.add("R", "BR", cycle=cycle, rrn=2, data=image("000002", 999))
+    journal.add("R", "UR", cycle=cycle, rrn=2, data=image("000002", 250))
+    journal.add("R", "DR", cycle=cycle, rrn=3, data=image("000003", 300))
+    journal.add("C", "CM", cycle=cycle, table="")
+    drain(leg_for(conf, conn))
+    assert ops(conn) == [
+        ("c", "000001", None, row_of("000001", 100)),
+        ("u", "000002", row_of("000002", 200), row_of("000002", 250)),
+    ]
+
+
+def test_interleaved_jobs_pair_before_and_after_per_job(box: Any) -> None:
+    """jhc-systems/debezium-connector-ibmi #75: UB1 UB2 UP2 UP1 pair per job+rrn."""
+    conf, conn, journal = box
+    journal.add("R", "UB", rrn=5, job=JOB1, data=image("000005", 500))
+    journal.add("R", "UB", rrn=6, job=JOB2, data=image("000006", 600))
+    journal.add("R", "UP", rrn=6, job=JOB2, data=image("000006", 650))
+    journal.add("R", "UP", rrn=5, job=JOB1, data=image("000005", 550))
+    drain(leg_for(conf, conn))
+    assert ops(conn) == [
+        ("u", "000006", row_of("000006", 600), row_of("000006", 650)),
+        ("u", "000005", row_of("000005", 500), row_of("000005", 550)),
+    ]
+
+
+def test_update_without_before_image_has_null_before(box: Any) -> None:
+    """jhc #75: IMAGES(*AFTER) gives an UP alone; the update is kept, before null."""
+    conf, conn, journal = box
+    journal.add("R", "UP", rrn=5, data=image("000005", 550))
+    drain(leg_for(conf, conn))
+    assert ops(conn) == [("u", "000005", None, row_of("000005", 550))]
+
+
+def test_before_and_after_in_different_steps_still_pair(tmp_path: Path) -> None:
+    """A UB at the end of one batch waits in held_changes for the next batch."""
+    conf = settings(tmp_path, batch=1)
+    conn = store.connect(conf.pipeline.db_path)
+    journal = Journal(conn)
+    journal.add("R", "UB", rrn=5, data=image("000005", 500))
+    journal.add("R", "UP", rrn=5, data=image("000005", 550))
+    assert drain(leg_for(conf, conn)) == 2
+    assert ops(conn) == [("u", "000005", row_of("000005", 500), row_of("000005", 550))]
+
+
+def test_key_update_is_delete_then_insert(box: Any) -> None:
+    """An UPDATE of the primary key removes the old key and creates the new one."""
+    conf, conn, journal = box
+    journal.add("R", "UB", rrn=5, data=image("000005", 500))
+    journal.add("R", "UP", rrn=5, data=image("000050", 500))
+    drain(leg_for(conf, conn))
+    assert ops(conn) == [
+        ("d", "000005", row_of("000005", 500), None),
+        ("c", "000050", None, row_of("000050", 500)),
+    ]
+
+
+def test_mis_sized_image_is_parked_and_the_relay_goes_on(box: Any) -> None:
+    """Domain brief §4.8 rule 1: a short image goes to dead letters, in full detail."""
+    conf, conn, journal = box
+    bad = journal.add("R", "PT", rrn=1, data=image("000001", 100)[:8])
+    good = journal.add("R", "PT", rrn=2, data=image("000002", 200))
+    drain(leg_for(conf, conn))
+
+    letters = conn.execute("SELECT * FROM dead_letters").fetchall()
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["stage"] == "transformer"
+    assert letter["table_name"] == "PRIX"
+    assert letter["position"] == "QSQJRN0001:1000"
+    assert letter["field"] == "PRIX"  # the first field the short image cuts
+    assert letter["byte_offset"] == 6
+    assert letter["bytes_hex"] == "0000"
+    assert letter["expected"] == f"{PRIX.record_length} bytes, got 8"
+    assert letter["raw_id"] == bad
+    assert [c["raw_id"] for c in changes(conn)] == [good]
+    assert store.counters(conn)["transformer.dead_letters"] == 1
+
+
+def test_invalid_packed_field_is_parked_with_its_bytes(box: Any) -> None:
+    """A bad sign nibble names the field, offset, bytes and the expectation."""
+    conf, conn, journal = box
+    data = bytearray(image("000001", 100))
+    data[9] = 0x07  # last byte of PRIX: digit 0, sign nibble 7
+    journal.add("R", "PT", rrn=1, data=bytes(data))
+    drain(leg_for(conf, conn))
+    letter = conn.execute("SELECT * FROM dead_letters").fetchone()
+    assert (letter["field"], letter["byte_offset"]) == ("PRIX", 6)
+    assert letter["bytes_hex"] == "00001007"
+    assert letter["reason"] == "invalid packed sign nibble"
+    assert letter["expected"] == "sign nibble A-F"
+
+
+def test_crash_between_steps_repeats_nothing_and_loses_nothing(tmp_path: Path) -> None:
+    """Closing the database between steps, then resuming, gives the same changes."""
+
+    def write(journal: Journal) -> None:
+        cycle = journal.start()
+        journal.add("R", "PT", cycle=cycle, rrn=1, data=image("000001", 100))
+        journal.add("R", "UB", rrn=9, data=image("000009", 900))
+        journal.add("R", "UB", cycle=cycle, rrn=2, data=image("000002", 200))
+        journal.add("R", "UP", rrn=9, data=image("000009", 950))
+        journal.add("R", "UP", cycle=cycle, rrn=2, data=image("000002", 260))
+        journal.add("C", "CM", cycle=cycle, table="")
+        journal.add("R", "DL", rrn=9, data=image("000009", 950))
+
+    reference_dir = tmp_path / "reference"
+    conf = settings(reference_dir)
+    ref_conn = store.connect(conf.pipeline.db_path)
+    write(Journal(ref_conn))
+    drain(leg_for(conf, ref_conn))
+    expected = ops(ref_conn)
+    assert len(expected) == 4
+
+    conf = settings(tmp_path, batch=2)
+    conn = store.connect(conf.pipeline.db_path)
+    write(Journal(conn))
+    for _ in range(3):  # stop mid-stream, inside the open cycle
+        leg = leg_for(conf, conn)
+        leg.step()
+        leg.close()
+        conn = store.connect(conf.pipeline.db_path)
+    drain(leg_for(conf, conn))
+    assert ops(conn) == expected
+    assert [c["raw_id"] for c in changes(conn)] == [
+        c["raw_id"] for c in changes(ref_conn)
+    ]
+
+
+def test_failure_inside_a_step_leaves_the_batch_untouched(box: Any) -> None:
+    """An unexpected error rolls the whole step back: entries stay new."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+
+    class Broken(DictCatalog):
+        def load_layout(self, library: str, table: str) -> Layout:
+            raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        leg_for(conf, conn, Broken()).step()
+    assert (
+        conn.execute("SELECT count(*) FROM raw_entries WHERE state = 0").fetchone()[0]
+        == 1
+    )
+    assert changes(conn) == []
+    drain(leg_for(conf, conn))
+    assert len(changes(conn)) == 1
+
+
+def test_source_failure_backs_off_then_resumes(box: Any) -> None:
+    """A lost catalog connection keeps the entry new and retries after a pause."""
+    conf, conn, journal = box
+    journal.add("J", "PR", table="")
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    catalog = DictCatalog(PRIX)
+    catalog.failures = 1
+    now = [100.0]
+    leg = TransformerLeg(conf, conn, catalog, clock=lambda: now[0])
+    assert leg.step() is True  # the J entry before the failure is done
+    assert (
+        conn.execute("SELECT count(*) FROM raw_entries WHERE state = 0").fetchone()[0]
+        == 1
+    )
+    assert leg.step() is False  # still backing off
+    now[0] += 61
+    assert leg.step() is True
+    assert len(changes(conn)) == 1
+    assert "source_failures" not in leg.status()
+
+
+def test_cycle_number_reused_after_reset_is_a_new_cycle(box: Any) -> None:
+    """Domain brief §2.2: after a sequence reset, cycle 1000 names another cycle."""
+    conf, conn, journal = box
+    first = journal.start()
+    journal.add("R", "PT", cycle=first, rrn=1, data=image("000001", 100))
+    journal.add("C", "CM", cycle=first, table="")
+    journal.receiver, journal.sequence = "QSQJRN0002", 1000  # CHGJRN SEQOPT(*RESET)
+    second = journal.start()
+    assert second == first
+    journal.add("R", "PT", cycle=second, rrn=2, data=image("000002", 200))
+    journal.add("C", "RB", cycle=second, table="")
+    drain(leg_for(conf, conn))
+    assert ops(conn) == [("c", "000001", None, row_of("000001", 100))]
+
+
+def test_clear_member_emits_a_truncate(box: Any) -> None:
+    """F CR (CLRPFM) removes every row without DL entries: op 't'."""
+    conf, conn, journal = box
+    raw = journal.add("F", "CR")
+    drain(leg_for(conf, conn))
+    found = changes(conn)
+    assert [(c["op"], c["key"], c["raw_id"]) for c in found] == [("t", {}, raw)]
+
+
+def test_layout_change_reloads_for_later_entries_only(box: Any) -> None:
+    """D CG: entries before it decode with the old layout, after it with the new."""
+    conf, conn, journal = box
+    catalog = DictCatalog(PRIX)
+    leg = leg_for(conf, conn, catalog)
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    drain(leg)
+    catalog.layouts[("MAG", "PRIX")] = PRIX_V2  # ALTER TABLE ADD PROMO
+    journal.add("R", "PT", rrn=2, data=image("000002", 200))
+    journal.add("D", "CG")
+    journal.add("R", "PT", rrn=3, data=image("000003", 300, promo=5))
+    drain(leg)
+    after = [c["after"] for c in changes(conn)]
+    assert [a.get("PROMO") for a in after] == [None, None, 5]
+    assert "PROMO" not in after[1]
+    assert catalog.loads == 2
+    assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+
+
+def test_null_map_from_the_journal_is_honoured(box: Any) -> None:
+    """Popsink #9: a field flagged null in NULL_VALUE_INDICATORS is null."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100, "x"), null_map=b"001")
+    drain(leg_for(conf, conn))
+    assert changes(conn)[0]["after"]["LIBELLE"] is None
+
+
+def test_other_codes_and_tables_are_counted_as_ignored(box: Any) -> None:
+    """J entries, F OP/CL and other tables produce nothing but a counter."""
+    conf, conn, journal = box
+    journal.add("J", "PR", table="")
+    journal.add("F", "OP")
+    journal.add("R", "PT", rrn=1, table="VENTES", data=b"\x00")
+    drain(leg_for(conf, conn))
+    assert changes(conn) == []
+    assert store.counters(conn)["transformer.ignored"] == 3
+
+
+def test_net_effect_insert_then_delete_is_nothing() -> None:
+    """The net-effect rule: a row created and removed in one cycle never existed."""
+    base = {"table": "PRIX", "key": {"ARTNUM": "1"}}
+    events = [
+        {**base, "kind": "insert", "before": None, "after": {"A": 1}, "raw_id": 1},
+        {**base, "kind": "delete", "before": {"A": 1}, "after": None, "raw_id": 2},
+    ]
+    assert net_effect(events) == []
+
+
+def test_build_wires_the_pipeline_database(tmp_path: Path) -> None:
+    """build() opens the pipeline database; the catalog connects only when needed."""
+    leg = build(settings(tmp_path))
+    try:
+        assert leg.name == "transformer"
+        assert leg.step() is False
+        assert leg.status() == "entries=0 changes=0 parked=0"
+    finally:
+        leg.close()
