@@ -288,6 +288,7 @@ class EnricherLeg:
         message = {
             "schema": SCHEMA,
             "store": self.store_id,
+            "epoch": self._epoch,
             "lane": lane,
             "lane_seq": lane_seq,
             "outbox_id": outbox_id,

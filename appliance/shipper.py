@@ -115,6 +115,8 @@ class ShipperLeg:
         self._next_offset = 0
         self._last_sweep = 0.0
         self._last_prune = 0.0
+        # The hub keeps one watermark per (store, box epoch, lane).
+        self._epoch = store.epoch(conn)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -313,6 +315,8 @@ class ShipperLeg:
             value = json.loads(raw)
             if value.get("store") != self.settings.store.id:
                 return
+            if value.get("epoch") != self._epoch:
+                return  # the box this one replaced: its lanes are not ours
             lane, upto = value["lane"], value["upto"]
             if not isinstance(lane, int) or not isinstance(upto, int):
                 raise TypeError("lane and upto must be integers")

@@ -51,6 +51,7 @@ def payload(
     return {
         "schema": "store-relay/1",
         "store": store_id,
+        "epoch": 7,
         "lane": lane,
         "lane_seq": lane_seq,
         "outbox_id": outbox_id,
@@ -105,6 +106,7 @@ class Rig:
         )
         ensure_topics(KafkaSection(**self.kafka), partitions=3)
         self.conn = store.connect(tmp_path / "pipeline.db")
+        self.epoch = store.epoch(self.conn)
         self.pg = psycopg.connect(
             host=pg["host"],
             port=pg["port"],
@@ -140,6 +142,7 @@ class Rig:
 
     def _insert(self, lane: int, lane_seq: int, **fields: Any) -> int:
         body = payload(lane, lane_seq, **fields)
+        body["epoch"] = store.epoch(self.conn)
         cur = self.conn.execute(
             "INSERT INTO outbox (lane, lane_seq, interest, version, table_name,"
             " op, payload, created_at, mined_at)"

@@ -120,6 +120,7 @@ def test_outbox_row_carries_the_exact_message(
     assert json.loads(row["payload"]) == {
         "schema": "store-relay/1",
         "store": "MQ01",
+        "epoch": store.epoch(conn),
         "lane": 0,
         "lane_seq": 1,
         "outbox_id": row["id"],
@@ -138,9 +139,10 @@ def test_outbox_row_carries_the_exact_message(
         },
         "mined_at": 1796407200.05,
     }
-    assert list(json.loads(row["payload"]))[:6] == [
+    assert list(json.loads(row["payload"]))[:7] == [
         "schema",
         "store",
+        "epoch",
         "lane",
         "lane_seq",
         "outbox_id",

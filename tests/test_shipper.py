@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from shipping_support import STORE, Rig, all_confirmed, pump
 
 from appliance import outbox, store
@@ -108,13 +110,13 @@ def test_gap_waits_until_the_missing_message_arrives(quick_rig: Rig) -> None:
     rig.add(0, 3, key="K3", price="3.00")
     shipper, sink = rig.shipper(), rig.sink()
     pump([shipper, sink], lambda: sink.counts["gaps"] >= 1, timeout_s=30)
-    assert odh.fetch_watermarks(rig.pg, schema=rig.schema) == {(STORE, 0): 1}
+    assert odh.fetch_watermarks(rig.pg, schema=rig.schema) == {(STORE, rig.epoch, 0): 1}
     assert rig.states()[(0, 3)] != "confirmed"
 
     rig.add(0, 2, key="K2", price="2.00")
     pump([shipper, sink], all_confirmed(rig.conn, 3))
 
-    assert odh.fetch_watermarks(rig.pg, schema=rig.schema) == {(STORE, 0): 3}
+    assert odh.fetch_watermarks(rig.pg, schema=rig.schema) == {(STORE, rig.epoch, 0): 3}
     assert len(odh.fetch_rows(rig.pg, "PRIX", STORE, schema=rig.schema)) == 3
     assert odh.applied_count(rig.pg, STORE, schema=rig.schema) == 3
 
@@ -146,7 +148,10 @@ def test_restarted_shipper_resumes_confirmations_without_loss(rig: Rig) -> None:
     sink = rig.sink()
     pump(
         [sink],
-        lambda: odh.fetch_watermarks(rig.pg, schema=rig.schema).get((STORE, 0)) == 5,
+        lambda: (
+            odh.fetch_watermarks(rig.pg, schema=rig.schema).get((STORE, rig.epoch, 0))
+            == 5
+        ),
         timeout_s=30,
     )
     assert set(rig.states().values()) == {"sent"}
@@ -185,3 +190,23 @@ def test_throughput_of_10000_small_messages(
             )
     finally:
         rig.close()
+
+
+def test_confirmation_of_the_replaced_box_is_ignored(rig: Rig) -> None:
+    """A confirmation for another epoch of the same store confirms nothing here."""
+    shipper = rig.shipper()
+    rig.add(0, 1)
+    pump([shipper], lambda: rig.states() == {(0, 1): "sent"}, timeout_s=30)
+    producer = Producer({"bootstrap.servers": rig.kafka["bootstrap"]})
+    other = {"store": STORE, "epoch": rig.epoch - 1, "lane": 0, "upto": 99}
+    producer.produce(
+        rig.kafka["confirm_topic"],
+        value=json.dumps(other).encode(),
+        key=STORE.encode(),
+        partition=shipper._confirm_partition,
+    )
+    assert producer.flush(10) == 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        shipper.step()
+    assert rig.states() == {(0, 1): "sent"}

@@ -2,8 +2,11 @@
 
 Layout (schema name from ``sink.schema_name``, ``odh`` by default):
 
-- ``watermarks(store_id, lane, upto, updated_at)``: highest ``lane_seq``
-  applied per (store, lane); the sink applies only ``upto + 1``.
+- ``watermarks(store_id, epoch, lane, upto, updated_at)``: highest
+  ``lane_seq`` applied per (store, box epoch, lane); the sink applies only
+  ``upto + 1``. The epoch is the box's pipeline-database epoch: a reflashed
+  box starts new lanes at 1 under its new epoch instead of being taken for
+  a stream of duplicates.
 - ``applied(store_id, lane, lane_seq, outbox_id, version, applied_at)``: one
   row per applied message; its primary key makes "applied twice" impossible.
 - ``dead_letters(id, created_at, store_id, lane, lane_seq, topic, partition,
@@ -42,14 +45,14 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _BASE_DDL = (
     "CREATE SCHEMA IF NOT EXISTS {schema}",
     "CREATE TABLE IF NOT EXISTS {schema}.watermarks ("
-    " store_id text NOT NULL, lane int NOT NULL, upto bigint NOT NULL,"
-    " updated_at timestamptz NOT NULL DEFAULT now(),"
-    " PRIMARY KEY (store_id, lane))",
+    " store_id text NOT NULL, epoch bigint NOT NULL, lane int NOT NULL,"
+    " upto bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, epoch, lane))",
     "CREATE TABLE IF NOT EXISTS {schema}.applied ("
-    " store_id text NOT NULL, lane int NOT NULL, lane_seq bigint NOT NULL,"
-    " outbox_id bigint, version bigint NOT NULL,"
+    " store_id text NOT NULL, epoch bigint NOT NULL, lane int NOT NULL,"
+    " lane_seq bigint NOT NULL, outbox_id bigint, version bigint NOT NULL,"
     " applied_at timestamptz NOT NULL DEFAULT now(),"
-    " PRIMARY KEY (store_id, lane, lane_seq))",
+    " PRIMARY KEY (store_id, epoch, lane, lane_seq))",
     "CREATE TABLE IF NOT EXISTS {schema}.dead_letters ("
     " id bigserial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),"
     " store_id text, lane int, lane_seq bigint, topic text NOT NULL,"
@@ -100,38 +103,40 @@ def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None
     conn.execute(sql.SQL(_TABLE_DDL).format(table=table_ident(schema, table)))
 
 
-def lock_watermark(
-    conn: psycopg.Connection[Any], schema: str, store_id: str, lane: int
-) -> int:
+Stream = tuple[str, int, int]
+"""(store id, box epoch, lane): what one watermark counts."""
+
+
+def lock_watermark(conn: psycopg.Connection[Any], schema: str, stream: Stream) -> int:
     """The lane's watermark, row-locked until commit (0 for a new lane)."""
     ident = schema_ident(schema)
     conn.execute(
         sql.SQL(
-            "INSERT INTO {}.watermarks (store_id, lane, upto) VALUES (%s, %s, 0)"
-            " ON CONFLICT (store_id, lane) DO NOTHING"
+            "INSERT INTO {}.watermarks (store_id, epoch, lane, upto)"
+            " VALUES (%s, %s, %s, 0) ON CONFLICT (store_id, epoch, lane) DO NOTHING"
         ).format(ident),
-        (store_id, lane),
+        stream,
     )
     row = conn.execute(
         sql.SQL(
-            "SELECT upto FROM {}.watermarks WHERE store_id = %s AND lane = %s"
-            " FOR UPDATE"
+            "SELECT upto FROM {}.watermarks"
+            " WHERE store_id = %s AND epoch = %s AND lane = %s FOR UPDATE"
         ).format(ident),
-        (store_id, lane),
+        stream,
     ).fetchone()
     return int(row[0]) if row else 0
 
 
 def set_watermark(
-    conn: psycopg.Connection[Any], schema: str, store_id: str, lane: int, upto: int
+    conn: psycopg.Connection[Any], schema: str, stream: Stream, upto: int
 ) -> None:
     """Advance a lane's watermark (never backwards)."""
     conn.execute(
         sql.SQL(
             "UPDATE {}.watermarks SET upto = greatest(upto, %s), updated_at = now()"
-            " WHERE store_id = %s AND lane = %s"
+            " WHERE store_id = %s AND epoch = %s AND lane = %s"
         ).format(schema_ident(schema)),
-        (upto, store_id, lane),
+        (upto, *stream),
     )
 
 
@@ -197,11 +202,11 @@ def record_applied(
 ) -> None:
     """One ``applied`` row each; a second apply of a lane_seq fails here."""
     query = sql.SQL(
-        "INSERT INTO {}.applied (store_id, lane, lane_seq, outbox_id, version)"
-        " VALUES (%s, %s, %s, %s, %s)"
+        "INSERT INTO {}.applied (store_id, epoch, lane, lane_seq, outbox_id,"
+        " version) VALUES (%s, %s, %s, %s, %s, %s)"
     ).format(schema_ident(schema))
     params = [
-        (m["store"], m["lane"], m["lane_seq"], _outbox_id(m), m["version"])
+        (m["store"], m["epoch"], m["lane"], m["lane_seq"], _outbox_id(m), m["version"])
         for m in msgs
     ]
     with conn.cursor() as cur:
@@ -259,14 +264,14 @@ def fetch_rows(
 
 def fetch_watermarks(
     conn: psycopg.Connection[Any], *, schema: str = "odh"
-) -> dict[tuple[str, int], int]:
-    """(store, lane) -> watermark."""
+) -> dict[tuple[str, int, int], int]:
+    """(store, epoch, lane) -> watermark."""
     rows = conn.execute(
-        sql.SQL("SELECT store_id, lane, upto FROM {}.watermarks").format(
+        sql.SQL("SELECT store_id, epoch, lane, upto FROM {}.watermarks").format(
             schema_ident(schema)
         )
     ).fetchall()
-    return {(r[0], r[1]): r[2] for r in rows}
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
 
 
 def applied_count(

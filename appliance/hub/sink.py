@@ -80,9 +80,10 @@ class _Incoming:
     reason: str = ""
 
     @property
-    def lane_key(self) -> tuple[str, int]:
+    def lane_key(self) -> tuple[str, int, int]:
+        """(store, box epoch, lane): the stream a watermark counts."""
         assert self.value is not None
-        return self.value["store"], self.value["lane"]
+        return self.value["store"], self.value["epoch"], self.value["lane"]
 
     @property
     def lane_seq(self) -> int:
@@ -197,7 +198,7 @@ class SinkLeg:
 
     def _apply(
         self, batch: list[_Incoming]
-    ) -> tuple[dict[tuple[str, int], int], Counter[str], set[str]]:
+    ) -> tuple[dict[tuple[str, int, int], int], Counter[str], set[str]]:
         """The batch in one transaction; return watermarks, counts, new tables."""
         assert self._pg is not None
         counts: Counter[str] = Counter()
@@ -211,14 +212,18 @@ class SinkLeg:
                 tables = self._write_all(todo, counts)
                 for lane, upto in marks.items():
                     if upto != first[lane]:
-                        odh.set_watermark(self._pg, self.schema, *lane, upto)
+                        odh.set_watermark(self._pg, self.schema, lane, upto)
         except psycopg.Error as exc:
             raise SinkError(_describe(exc, "apply batch")) from exc
         return marks, counts, tables
 
     def _decide(
         self, batch: list[_Incoming], counts: Counter[str]
-    ) -> tuple[list[_Incoming], dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    ) -> tuple[
+        list[_Incoming],
+        dict[tuple[str, int, int], int],
+        dict[tuple[str, int, int], int],
+    ]:
         """The watermark rule: which messages to write, in order, and the new marks.
 
         Locks each lane's watermark row (in sorted order, so two sinks cannot
@@ -231,12 +236,12 @@ class SinkLeg:
             key=lambda i: (i.lane_key, i.lane_seq),
         )
         todo: list[_Incoming] = []
-        marks: dict[tuple[str, int], int] = {}
-        first: dict[tuple[str, int], int] = {}
+        marks: dict[tuple[str, int, int], int] = {}
+        first: dict[tuple[str, int, int], int] = {}
         for item in ordered:
             lane = item.lane_key
             if lane not in marks:
-                first[lane] = odh.lock_watermark(self._pg, self.schema, *lane)
+                first[lane] = odh.lock_watermark(self._pg, self.schema, lane)
                 marks[lane] = first[lane]
             if item.lane_seq <= marks[lane]:
                 counts["duplicates"] += 1
@@ -332,11 +337,13 @@ class SinkLeg:
 
     # -- after the commit --------------------------------------------------
 
-    def _confirm(self, marks: dict[tuple[str, int], int]) -> None:
+    def _confirm(self, marks: dict[tuple[str, int, int], int]) -> None:
         """Publish ``upto`` per touched lane; a lost one is answered on resend."""
         topic = self.settings.kafka.confirm_topic
-        for (store_id, lane), upto in sorted(marks.items()):
-            value = json.dumps({"store": store_id, "lane": lane, "upto": upto})
+        for (store_id, epoch, lane), upto in sorted(marks.items()):
+            value = json.dumps(
+                {"store": store_id, "epoch": epoch, "lane": lane, "upto": upto}
+            )
             try:
                 self._producer.produce(topic, value=value.encode(), key=store_id)
             except (BufferError, KafkaException) as exc:
@@ -437,7 +444,7 @@ def _identity_problem(value: Any) -> str:
     store_id = value.get("store")
     if not isinstance(store_id, str) or not store_id:
         return f"store: expected a non-empty string (got {repr(store_id)[:40]})"
-    for name, low in (("lane", 0), ("lane_seq", 1)):
+    for name, low in (("epoch", 0), ("lane", 0), ("lane_seq", 1)):
         got = value.get(name)
         if not isinstance(got, int) or isinstance(got, bool) or got < low:
             return f"{name}: expected an integer >= {low} (got {repr(got)[:40]})"

@@ -36,12 +36,13 @@ def send(rig: Rig, *messages: dict[str, Any]) -> None:
     rig.produce_raw([json.dumps(m).encode() for m in messages])
 
 
-def drain(rig: Rig, sink: SinkLeg, lane: int, upto: int) -> None:
+def drain(rig: Rig, sink: SinkLeg, lane: int, upto: int, epoch: int = 7) -> None:
     """Step the sink until the lane's watermark reaches ``upto``."""
     pump(
         [sink],
         lambda: (
-            odh.fetch_watermarks(rig.pg, schema=rig.schema).get((STORE, lane)) == upto
+            odh.fetch_watermarks(rig.pg, schema=rig.schema).get((STORE, epoch, lane))
+            == upto
         ),
         timeout_s=30,
     )
@@ -119,7 +120,7 @@ def test_gap_is_left_then_filled_by_resend(rig: Rig) -> None:
     drain(rig, sink, 0, 1)
     send(rig, payload(0, 3, key="C"))
     pump([sink], lambda: sink.counts["gaps"] == 1, timeout_s=30)
-    assert odh.fetch_watermarks(rig.pg, schema=rig.schema)[(STORE, 0)] == 1
+    assert odh.fetch_watermarks(rig.pg, schema=rig.schema)[(STORE, 7, 0)] == 1
 
     send(rig, payload(0, 2, key="B"), payload(0, 3, key="C"))
     drain(rig, sink, 0, 3)
@@ -172,7 +173,9 @@ def test_duplicates_only_batch_is_confirmed_again(rig: Rig) -> None:
     send(rig, payload(0, 1, key="A"), payload(0, 2, key="B"))
     pump([sink], lambda: sink.counts["duplicates"] == 2, timeout_s=30)
     confirms = rig.confirmations()
-    assert [c for _p, c in confirms] == [{"store": STORE, "lane": 0, "upto": 2}] * 2
+    assert [c for _p, c in confirms] == [
+        {"store": STORE, "epoch": 7, "lane": 0, "upto": 2}
+    ] * 2
     assert {p for p, _c in confirms} == {partition_for(STORE.encode(), 3)}
     assert odh.applied_count(rig.pg, STORE, schema=rig.schema) == 2
 
@@ -191,3 +194,24 @@ def test_lost_postgres_connection_rolls_back_and_retries(rig: Rig) -> None:
     assert sink.counts["pg_errors"] == 1
     assert odh.applied_count(rig.pg, STORE, schema=rig.schema) == 3
     assert len(odh.fetch_rows(rig.pg, "PRIX", STORE, schema=rig.schema)) == 3
+
+
+def test_reflashed_box_starts_its_own_lanes_and_wins_by_version(rig: Rig) -> None:
+    """A new box (new epoch) restarts lane_seq at 1 and is applied, not skipped.
+
+    The old box's late message (old epoch, older version) is applied in its
+    own lane but cannot overwrite the newer row.
+    """
+    sink = rig.sink()
+    old = payload(0, 1, key="A", price="1.00", version=7 * 10**10 + 5)
+    send(rig, old, payload(0, 2, key="B", version=7 * 10**10 + 6))
+    drain(rig, sink, 0, 2)
+    new = payload(0, 1, key="A", price="3.00", version=8 * 10**10 + 1)
+    new["epoch"] = 8
+    late_old = payload(0, 3, key="A", price="2.00", version=7 * 10**10 + 9)
+    send(rig, new, late_old)
+    drain(rig, sink, 0, 1, epoch=8)
+    drain(rig, sink, 0, 3, epoch=7)
+    assert row(rig, "A")["data"] == {"ARTNUM": "A", "PRIX": "3.00"}
+    assert row(rig, "A")["version"] == 8 * 10**10 + 1
+    assert odh.applied_count(rig.pg, STORE, schema=rig.schema) == 4
