@@ -3,7 +3,8 @@
 PY := .venv/bin/python
 SERVICES := $(PY) scripts/services.py
 
-.PHONY: setup services services-down demo check lint typecheck test bench clean
+.PHONY: setup services services-down demo check lint typecheck test bench clean \
+	image image-test units-check
 
 setup:
 	@scripts/bootstrap.sh
@@ -32,6 +33,22 @@ check: lint typecheck test
 
 bench: services
 	@eval "$$($(SERVICES) env)" && .venv/bin/appliance bench
+
+# Exposure score of every unit (systemd-analyze security --offline); also part
+# of `test`, so of `check`.
+units-check: setup
+	.venv/bin/pytest -q tests/test_systemd_units.py
+
+# The store NUC's disk image (root; minutes). Outputs in .cache/image/.
+image: setup
+	@scripts/bootstrap.sh image-tools
+	image/build.sh all
+
+# Build the test variant of the image, boot it under nspawn and qemu (TCG,
+# UEFI, Secure Boot). Slow: never part of `check`/CI.
+image-test: setup
+	@scripts/bootstrap.sh image-tools
+	APPLIANCE_IMAGE_TESTS=1 .venv/bin/pytest -q -m image tests/image
 
 clean:
 	rm -rf .cache/demo .cache/bench artifacts

@@ -6,6 +6,7 @@
     appliance dead-letters list [--json] [--limit N]
     appliance check-config [--hub]
     appliance bench ...                                 see appliance.bench
+    appliance soak --changes N                          see appliance.soak
 
 Settings come from --config, else $APPLIANCE_CONFIG, else /etc/appliance/.
 """
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from appliance import config, daemon, logs, store
+from appliance import commands, config, daemon, logs, store
 from appliance.errors import ApplianceError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,29 +42,71 @@ def _parser() -> argparse.ArgumentParser:
         prog="appliance", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", help="settings file (TOML)")
+    # --config is also accepted after the verb: `appliance status --config F`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one leg until SIGTERM")
+    run = sub.add_parser("run", parents=[common], help="run one leg until SIGTERM")
     run.add_argument("leg", choices=sorted([*BOX_LEGS, *HUB_LEGS]))
 
-    status = sub.add_parser("status", help="counters, legs and outbox of the box")
+    status = sub.add_parser(
+        "status", parents=[common], help="counters, legs and outbox of the box"
+    )
     status.add_argument("--json", action="store_true")
 
-    dead = sub.add_parser("dead-letters", help="records parked by a leg")
+    dead = sub.add_parser(
+        "dead-letters", parents=[common], help="records parked by a leg"
+    )
     dead_sub = dead.add_subparsers(dest="action", required=True)
-    listing = dead_sub.add_parser("list", help="list parked records")
+    listing = dead_sub.add_parser("list", parents=[common], help="list parked records")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive, default=50)
 
-    check = sub.add_parser("check-config", help="validate the settings and exit")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate the settings and exit"
+    )
     check.add_argument("--hub", action="store_true", help="hub settings")
 
-    bench = sub.add_parser("bench", help="end-to-end and raw rates on this machine")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="end-to-end and raw rates on this machine"
+    )
     bench.add_argument("--changes", type=int, default=20_000)
     bench.add_argument("--paced-rate", type=float, default=200.0)
     bench.add_argument("--paced-seconds", type=float, default=20.0)
     bench.add_argument("--json", action="store_true")
+
+    soak = sub.add_parser(
+        "soak", parents=[common], help="long workload with journal events, end to end"
+    )
+    soak.add_argument("--changes", type=int, default=100_000)
+    soak.add_argument("--seed", type=int, default=1)
+    soak.add_argument("--name", default="soak", help="names its databases, topics")
+    soak.add_argument("--workdir", help="settings, logs (default: a temp dir)")
+
+    faults = sub.add_parser(
+        "faults",
+        parents=[common],
+        help="the relay under injected faults, then the checker",
+    )
+    faults.add_argument("--seconds", type=float, default=90.0, help="workload time")
+    faults.add_argument("--rate", type=float, default=35.0, help="changes per second")
+    faults.add_argument("--seed", type=int, default=1)
+    faults.add_argument("--kills", type=int, default=12, help="leg kills per round")
+    faults.add_argument("--rounds", type=int, default=1, help="rounds of every fault")
+    faults.add_argument("--down-s", type=float, default=5.0, help="outage length")
+    faults.add_argument("--one-way-s", type=float, default=12.0)
+    faults.add_argument("--disk-mb", type=int, default=96, help="pipeline tmpfs")
+    faults.add_argument("--workdir", help="where the run keeps its files")
+    faults.add_argument("--no-reflash", action="store_true")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (got {text})")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,13 +135,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         bench = importlib.import_module("appliance.bench")
         return int(bench.main(args))
+    if args.command == "soak":
+        soak = importlib.import_module("appliance.soak")
+        return int(soak.main(args))
+    if args.command == "faults":
+        return _faults(args)
     settings = config.load_box(
         config.config_path(args.config, config.DEFAULT_BOX_CONFIG)
     )
-    conn = store.connect(settings.pipeline.db_path)
+    conn = store.connect_existing(settings.pipeline.db_path)
     if args.command == "status":
         return _status(conn, as_json=args.json)
     return _dead_letters(conn, as_json=args.json, limit=args.limit)
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from appliance.faults import harness
+
+    logs.setup("INFO", "faults")
+    plan = harness.Plan(
+        seconds=args.seconds,
+        rate=args.rate,
+        seed=args.seed,
+        leg_kills=args.kills,
+        rounds=args.rounds,
+        down_s=args.down_s,
+        one_way_s=args.one_way_s,
+        disk_mb=args.disk_mb,
+        reflash=not args.no_reflash,
+    )
+    return harness.main(plan, Path(args.workdir) if args.workdir else None)
 
 
 def _run_leg(name: str, config_file: str | None) -> int:
@@ -116,10 +184,13 @@ def _run_leg(name: str, config_file: str | None) -> int:
     pid = os.getpid()
 
     def beat(state: str, status: str) -> None:
+        if status.startswith("data gap"):
+            state = "data_gap"  # the miner's stop: visible until an operator acts
         store.heartbeat(beat_conn, name, pid, state, status)
 
     idle = box.ibmi.poll_interval_s if name == "miner" else 0.2
-    return daemon.run(leg, idle_s=idle, heartbeat=beat)
+    runner = commands.Runner(beat_conn, leg, name)
+    return daemon.run(leg, idle_s=idle, heartbeat=beat, commands=runner)
 
 
 def _status(conn: Any, *, as_json: bool) -> int:
@@ -141,7 +212,15 @@ def _status(conn: Any, *, as_json: bool) -> int:
     parked = conn.execute(
         "SELECT count(*) FROM dead_letters WHERE state = 'parked'"
     ).fetchone()[0]
+    journal = {
+        r[0].removeprefix("miner."): json.loads(r[1])
+        for r in conn.execute(
+            "SELECT key, value FROM meta WHERE key IN"
+            " ('miner.lag', 'miner.preflight', 'miner.data_gap')"
+        )
+    }
     report = {
+        "journal": journal,
         "counters": store.counters(conn),
         "outbox": outbox,
         "legs": legs,
@@ -157,6 +236,8 @@ def _status(conn: Any, *, as_json: bool) -> int:
         )
     print("outbox: " + ", ".join(f"{k}={v}" for k, v in sorted(outbox.items())))
     print(f"dead letters parked: {parked}")
+    for name, value in sorted(journal.items()):
+        print(f"journal {name}: {json.dumps(value, sort_keys=True)}")
     for name, value in sorted(report["counters"].items()):
         print(f"  {name} = {value}")
     return 0

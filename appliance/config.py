@@ -12,13 +12,22 @@ systemd, a credential that ``LoadCredentialEncrypted=`` placed in
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +40,16 @@ DEFAULT_BOX_CONFIG = Path("/etc/appliance/appliance.toml")
 DEFAULT_HUB_CONFIG = Path("/etc/appliance/hub.toml")
 _T = TypeVar("_T", bound="FileSettings")
 _DEBIAN_JARS = ("/usr/share/java/bsh.jar", "/usr/share/java/rhino.jar")
+
+
+def _is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves the box."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Section(BaseModel):
@@ -48,6 +67,17 @@ class StoreSection(Section):
         "America/Martinique",
         description="The IBM i's QTIMZON as a tz name; journal times are local.",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                "expected a tz database name such as America/Martinique"
+            ) from exc
+        return value
 
 
 class IbmiSection(Section):
@@ -80,6 +110,14 @@ class IbmiSection(Section):
         default_factory=dict,
         description="TABLE.COLUMN (or TABLE.*) -> CCSID to decode with.",
     )
+    on_data_gap: Literal["stop", "resend"] = Field(
+        "stop",
+        description="After a data gap: 'stop' reading until an operator acts;"
+        " 'resend' re-sends the relayed tables (needs the guardian, issue 5).",
+    )
+    preflight: bool = Field(
+        True, description="Check at start the journal settings that risk data."
+    )
 
 
 class PipelineSection(Section):
@@ -91,6 +129,22 @@ class PipelineSection(Section):
         72, ge=0, description="Hours a confirmed message is kept for replay."
     )
     batch: int = Field(500, ge=1, le=50_000, description="Rows a leg moves per step.")
+    outbox_budget_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Unconfirmed outbox rows at which the miner pauses (alarm).",
+    )
+    outbox_budget_age_s: float = Field(
+        3 * 86_400,
+        gt=0,
+        description="Age of the oldest unconfirmed row at which the miner pauses.",
+    )
+    outbox_slow_at: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of either budget from which the miner slows down.",
+    )
 
 
 class ScriptSection(Section):
@@ -134,6 +188,20 @@ class KafkaSection(Section):
     )
     ca_file: Path | None = Field(None, description="CA bundle for TLS.")
 
+    @model_validator(mode="after")
+    def _plaintext_stays_on_loopback(self) -> KafkaSection:
+        if self.security_protocol != "PLAINTEXT":
+            return self
+        hosts = [
+            part.rsplit(":", 1)[0].strip("[]") for part in self.bootstrap.split(",")
+        ]
+        if not self.bootstrap.strip() or not all(_is_loopback(host) for host in hosts):
+            raise ValueError(
+                "security_protocol PLAINTEXT is allowed only with loopback bootstrap"
+                f" servers (got bootstrap {self.bootstrap!r}); use SASL_SSL"
+            )
+        return self
+
 
 class ShipperSection(Section):
     confirm_timeout_s: float = Field(
@@ -166,6 +234,24 @@ class SinkSection(Section):
     batch: int = Field(500, ge=1, description="Most messages applied per transaction.")
 
 
+class WebuiSection(Section):
+    bind: str = Field(
+        "127.0.0.1", description="Address the page listens on (the store LAN's)."
+    )
+    port: int = Field(8443, ge=1, le=65535, description="HTTPS port of the page.")
+    state_dir: Path = Field(
+        Path("/var/lib/appliance/webui"),
+        description="Certificate, key, secret key and users (mode 0700).",
+    )
+    language: Literal["fr", "en"] = Field("fr", description="Default language.")
+    stalled_after_s: float = Field(
+        30, gt=0, description="A leg whose heartbeat is older is shown stalled."
+    )
+    login_failures: int = Field(
+        5, ge=1, description="Failed logins in a row before 429 for a while."
+    )
+
+
 class FileSettings(BaseSettings):
     """Reads one TOML file (path given at load) and APPLIANCE_* variables."""
 
@@ -196,6 +282,7 @@ class BoxSettings(FileSettings):
     enricher: EnricherSection = EnricherSection()
     kafka: KafkaSection = KafkaSection()
     shipper: ShipperSection = ShipperSection()
+    webui: WebuiSection = WebuiSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the appliance's loggers."
     )
@@ -216,19 +303,51 @@ class HubSettings(FileSettings):
     )
 
 
-def _format_errors(err: ValidationError, source: Path | None) -> str:
+_SECRETISH = ("password", "secret", "token", "key", "credential")
+
+
+def _shown(item: Any) -> str:
+    """The offending value as shown in an error: never a secret, never a table.
+
+    An unknown key (a misspelt ``password_file`` may well hold a password) and
+    any key whose name sounds secret show no value at all.
+    """
+    key = str(item["loc"][-1]).lower() if item["loc"] else ""
+    if item["type"] == "extra_forbidden" or any(w in key for w in _SECRETISH):
+        return ""
+    value = item.get("input")
+    if isinstance(value, dict):
+        return ""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f" (got {text})"
+
+
+def _format_errors(
+    err: ValidationError, source: Path | None, env: dict[str, Any]
+) -> str:
     lines = []
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"])
-        value = repr(item.get("input"))
-        if len(value) > 60:
-            value = value[:57] + "..."
+        origin = _env_name(item["loc"], env)
+        where = f" [from {origin}]" if origin else ""
         if item["type"] == "missing":
-            lines.append(f"{key}: required, missing")
+            lines.append(f"{key}: required, missing{where}")
         else:
-            lines.append(f"{key}: {item['msg']} (got {value})")
-    where = f" in {source}" if source else ""
-    return f"invalid settings{where}:\n  " + "\n  ".join(lines)
+            lines.append(f"{key}: {item['msg']}{_shown(item)}{where}")
+    place = f" in {source}" if source else ""
+    return f"invalid settings{place}:\n  " + "\n  ".join(lines)
+
+
+def _env_name(loc: tuple[Any, ...], env: dict[str, Any]) -> str:
+    """The APPLIANCE_* variable that set this key, or '' when the file did."""
+    node: Any = env
+    for part in loc:
+        if not isinstance(node, dict) or str(part) not in node:
+            return ""
+        node = node[str(part)]
+    return "APPLIANCE_" + "__".join(str(p).upper() for p in loc)
 
 
 def _load(cls: type[_T], path: Path | None) -> _T:
@@ -241,11 +360,12 @@ def _load(cls: type[_T], path: Path | None) -> _T:
             raise ConfigError(f"settings file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"settings file {path} is not TOML: {exc}") from exc
+    env = _env_overrides(cls)
     try:
         # The environment overrides the file, key by key.
-        return cls(**_merge(data, _env_overrides(cls)))
+        return cls(**_merge(data, env))
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, path)) from exc
+        raise ConfigError(_format_errors(exc, path, env)) from exc
 
 
 def _env_overrides(cls: type[FileSettings]) -> dict[str, Any]:

@@ -21,7 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from appliance.commands import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +104,13 @@ def run(
     heartbeat_every_s: float = 2.0,
     stopper: Stopper | None = None,
     max_steps: int | None = None,
+    commands: Runner | None = None,
 ) -> int:
-    """Drive ``leg`` until stopped; return the process exit code."""
+    """Drive ``leg`` until stopped; return the process exit code.
+
+    With ``commands``, the leg's pending commands run between two steps; a
+    paused leg does not step but keeps pinging and heartbeats ``paused``.
+    """
     stopper = stopper or Stopper()
     if threading.current_thread() is threading.main_thread():
         stopper.install()
@@ -114,7 +122,11 @@ def run(
     steps = 0
     try:
         while not stopper.stopping:
-            worked = leg.step()
+            paused = False
+            if commands is not None:
+                commands.run_pending()
+                paused = commands.paused
+            worked = False if paused else leg.step()
             steps += 1
             now = time.monotonic()
             if ping_every is not None and now - last_ping >= ping_every:
@@ -124,7 +136,7 @@ def run(
                 status = leg.status()
                 notify(f"STATUS={status}")
                 if heartbeat is not None:
-                    heartbeat("running", status)
+                    heartbeat("paused" if paused else "running", status)
                 last_beat = now
             if max_steps is not None and steps >= max_steps:
                 break

@@ -2,348 +2,102 @@
 
 A :class:`RecordDecoder` is compiled once per layout: for every column it
 keeps ``(name, start, end, function)``, so decoding a record is one loop of
-slices and calls with no branching on the type. Values follow contracts §2:
-CHAR/GRAPHIC lose trailing blanks, VARCHAR is kept as stored, DECIMAL/NUMERIC
-(and binary integers with a scale) are strings with exactly ``scale``
-decimals, integers are ints, DATE/TIME/TIMESTAMP are ISO text.
+slices and calls with no branching on the type. The field functions live in
+:mod:`appliance.decoding`; what each type becomes in JSON is in
+docs/fidelity-decoding.md (contracts §2 is the short form).
 
-Invariants (domain brief §4.6, §4.8):
+Invariants (domain brief §4.6-§4.8):
 
-- an image whose length is not the record length is refused whole;
-- a field flagged null in the null map (``byte & 0x0F == 1``, which holds
-  for ``'1'`` and ``0xF1``) is never decoded; ``9`` (not recorded, a
-  minimized entry) refuses the image;
-- a VARCHAR is never read past its length prefix, and a prefix above the
-  declared maximum is an error;
-- packed and zoned digits are 0-9; signs A C E F are positive, B D negative;
-  ``-0`` is written ``0``; all-blank (0x40) numerics are an error for now;
-- dates, times and timestamps must parse in their catalog format; two-digit
-  years map to 1940-2039.
+- an image whose length is not the record length is refused whole
+  (:class:`DecodeError`), never decoded: a wrong layout shifts every field;
+- a null map of the wrong length, or holding ``9`` (not recorded: a
+  minimized entry), refuses the whole image too;
+- a field flagged null (``byte & 0x0F == 1``, true of ``'1'`` and ``0xF1``)
+  is never decoded, its bytes are unspecified;
+- a field whose bytes are not a valid value (a bad nibble, 31 February, a
+  VARCHAR prefix past its maximum) is null in the result and described in
+  :attr:`Decoded.errors`; the other fields are decoded as usual, so one bad
+  field never loses a row;
+- an all-blank (0x40) packed or zoned field is null and named in
+  :attr:`Decoded.blanks` (a legacy uninitialised numeric, not an error).
 
-Every refusal is a :class:`DecodeError` naming the table, position, field,
-byte offset, the field's bytes and what was expected. Text is decoded with
-the column's CCSID (§5.2), or with an override from ``ibmi.ccsid_overrides``
-(``TABLE.COLUMN`` or ``TABLE.*``); CCSID 65535 without override gives hex.
+Text is decoded with the column's CCSID, or with an override from
+``ibmi.ccsid_overrides`` (``TABLE.COLUMN``, then ``TABLE.*``; either name of
+table or column); CCSID 65535 without an override gives hex.
 """
 
 from __future__ import annotations
 
-import codecs
-import datetime as dt
 import logging
-import math
-import re
-import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-import ebcdic  # noqa: F401  (registers cp297, cp1147, cp1148 on import)
-
+from appliance.decoding.numbers import (
+    BlankField,
+    FieldError,
+    FieldFn,
+    JsonValue,
+    binary,
+    floating,
+    packed,
+    scaled,
+    zoned,
+)
+from appliance.decoding.temporal import date_field, time_field, timestamp_field
+from appliance.decoding.text import (
+    HEX_CCSID,
+    fixed_text,
+    hex_text,
+    text_codec,
+    varying_text,
+)
 from appliance.errors import DecodeError
 from appliance.layouts import Column, Layout
 
 logger = logging.getLogger(__name__)
 
-JsonValue = str | int | float | None
-FieldFn = Callable[[bytes], JsonValue]
+__all__ = [
+    "HEX_CCSID",
+    "BlankField",
+    "Decoded",
+    "FieldError",
+    "JsonValue",
+    "RecordDecoder",
+    "compile_layout",
+    "field_decoder",
+    "override_ccsid",
+    "scaled",
+]
 
-CCSID_CODECS = {
-    37: "cp037",
-    1140: "cp1140",
-    500: "cp500",
-    1148: "cp1148",
-    297: "cp297",
-    1147: "cp1147",
-    1208: "utf-8",
-    1200: "utf-16-be",
-    13488: "utf-16-be",
-}
-HEX_CCSID = 65535
-# Digits, separators, 'A', 'M', 'P' are the same bytes in every EBCDIC SBCS page.
-_DATETIME_CODEC = "cp037"
-_BLANK = 0x40
-_DATE_TEMPLATES = {
-    "ISO": "YYYY-MM-DD",
-    "JIS": "YYYY-MM-DD",
-    "EUR": "DD.MM.YYYY",
-    "USA": "MM/DD/YYYY",
-    "MDY": "MM/DD/YY",
-    "DMY": "DD/MM/YY",
-    "YMD": "YY/MM/DD",
-    "JUL": "YY/DDD",
-}
-_DATE_FREE_SEPARATOR = ("MDY", "DMY", "YMD", "JUL")
-_TIME_SEPARATORS = {"ISO": ".:", "EUR": ".", "JIS": ":", "HMS": ":"}
-_GROUPS = {"YYYY": "y", "YY": "y", "MM": "m", "DDD": "j", "DD": "d"}
+Image = dict[str, JsonValue]
 
 
-class FieldError(ValueError):
-    """One field's bytes are not a valid value; the decoder adds the context."""
+@dataclass(slots=True)
+class Decoded:
+    """One decoded image: values, field-level errors, blank numerics."""
 
-    def __init__(self, reason: str, expected: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.expected = expected
-
-
-def codec_for(ccsid: int | None) -> str | None:
-    """Python codec for a CCSID; None means 'show as hex' (65535 or unknown)."""
-    if ccsid is None or ccsid in (0, HEX_CCSID):
-        return None
-    name = CCSID_CODECS.get(ccsid, f"cp{ccsid}")
-    codecs.lookup(name)  # LookupError for a CCSID this box cannot decode
-    return name
-
-
-def scaled(digits: str, scale: int, negative: bool) -> str:
-    """Decimal text with exactly ``scale`` decimals from a digit string."""
-    if scale:
-        digits = digits.rjust(scale + 1, "0")
-        text = (digits[:-scale].lstrip("0") or "0") + "." + digits[-scale:]
-    else:
-        text = digits.lstrip("0") or "0"
-    if negative and digits.strip("0"):
-        return "-" + text
-    return text
-
-
-def _sign(nibble: str, raw: bytes, kind: str) -> bool:
-    """True for a negative sign nibble; FieldError for an invalid one."""
-    if nibble in "bd":
-        return True
-    if nibble in "acef":
-        return False
-    if raw and raw.count(_BLANK) == len(raw):
-        raise FieldError(
-            f"legacy blank {kind} decimal (all 0x40)", f"a {kind} decimal value"
-        )
-    raise FieldError(f"invalid {kind} sign nibble", "sign nibble A-F")
-
-
-def packed(precision: int, scale: int) -> FieldFn:
-    """DECIMAL(p,s): BCD, two digits a byte, sign in the last low nibble."""
-    padded = precision % 2 == 0
-
-    def decode(raw: bytes) -> str:
-        text = raw.hex()
-        digits, sign = text[:-1], text[-1]
-        if not digits.isdigit():
-            _sign(sign, raw, "packed")
-            raise FieldError("invalid packed digit nibble", "digit nibbles 0-9")
-        negative = _sign(sign, raw, "packed")
-        if padded and digits[0] != "0":
-            raise FieldError("packed value exceeds precision", "pad nibble 0")
-        return scaled(digits, scale, negative)
-
-    return decode
-
-
-def zoned(scale: int) -> FieldFn:
-    """NUMERIC(p,s): one digit a byte (F0-F9), sign in the last zone nibble."""
-
-    def decode(raw: bytes) -> str:
-        text = raw.hex()
-        zones, digits = text[0::2], text[1::2]
-        negative = _sign(zones[-1], raw, "zoned")
-        if not digits.isdigit():
-            raise FieldError("invalid zoned digit nibble", "digit nibbles 0-9")
-        if zones[:-1].strip("f"):
-            raise FieldError("invalid zoned zone nibble", "zone F on all but last")
-        return scaled(digits, scale, negative)
-
-    return decode
-
-
-def binary(scale: int) -> FieldFn:
-    """SMALLINT/INTEGER/BIGINT, big-endian two's complement, with a scale."""
-    if not scale:
-        return _plain_int
-
-    def decode(raw: bytes) -> str:
-        value = int.from_bytes(raw, "big", signed=True)
-        return scaled(str(abs(value)), scale, value < 0)
-
-    return decode
-
-
-def _plain_int(raw: bytes) -> int:
-    return int.from_bytes(raw, "big", signed=True)
-
-
-def floating(size: int) -> FieldFn:
-    """REAL/DOUBLE, IEEE-754 big-endian; NaN and infinities are refused."""
-    fmt = ">f" if size == 4 else ">d"
-
-    def decode(raw: bytes) -> float:
-        value: float = struct.unpack(fmt, raw)[0]
-        if not math.isfinite(value):
-            raise FieldError("non-finite float", "a finite IEEE-754 value")
-        return value
-
-    return decode
-
-
-def _hex(raw: bytes) -> str:
-    return raw.hex().upper()
-
-
-def fixed_text(codec: str | None) -> FieldFn:
-    """CHAR/GRAPHIC: decoded, trailing blanks removed; hex without a codec."""
-    if codec is None:
-        return _hex
-
-    def decode(raw: bytes) -> str:
-        return raw.decode(codec).rstrip(" ")
-
-    return decode
-
-
-def varying_text(maximum: int, unit: int, codec: str | None) -> FieldFn:
-    """VARCHAR/VARGRAPHIC/VARBINARY: 2-byte length (in ``unit`` bytes), body."""
-
-    def decode(raw: bytes) -> str:
-        length = (raw[0] << 8) | raw[1]
-        if length > maximum:
-            raise FieldError(
-                f"varying length {length} exceeds declared maximum",
-                f"length <= {maximum}",
-            )
-        body = raw[2 : 2 + length * unit]
-        return body.decode(codec) if codec else body.hex().upper()
-
-    return decode
-
-
-def _template_pattern(template: str, separator: str) -> re.Pattern[str]:
-    """'DD.MM.YYYY' -> a regex with groups d, m, y; punctuation -> separator."""
-    parts = []
-    for run in re.findall(r"Y+|M+|D+|[^YMD]", template):
-        if run in _GROUPS:
-            parts.append(f"(?P<{_GROUPS[run]}>[0-9]{{{len(run)}}})")
-        else:
-            parts.append(re.escape(separator or run))
-    return re.compile("".join(parts))
-
-
-def _full_year(text: str) -> int:
-    year = int(text)
-    if len(text) == 2:
-        year += 2000 if year < 40 else 1900
-    return year
-
-
-def date_field(date_format: str, separator: str) -> FieldFn:
-    """DATE in its DATFMT/DATSEP; the separator is the default when empty."""
-    template = _DATE_TEMPLATES[date_format]
-    if date_format not in _DATE_FREE_SEPARATOR:
-        separator = ""
-    pattern = _template_pattern(template, separator)
-    expected = f"*{date_format} date {template}"
-
-    def decode(raw: bytes) -> str:
-        match = pattern.fullmatch(raw.decode(_DATETIME_CODEC))
-        if match is None:
-            raise FieldError("date does not match its format", expected)
-        parts = match.groupdict()
-        year = _full_year(parts["y"])
-        try:
-            if "j" in parts:
-                day = int(parts["j"])
-                if not 1 <= day <= 366:
-                    raise ValueError(day)
-                value = dt.date(year, 1, 1) + dt.timedelta(days=day - 1)
-                if value.year != year:
-                    raise ValueError(day)
-            else:
-                value = dt.date(year, int(parts["m"]), int(parts["d"]))
-        except ValueError:
-            raise FieldError("invalid date", expected) from None
-        return value.isoformat()
-
-    return decode
-
-
-def time_field(time_format: str, separator: str) -> FieldFn:
-    """TIME in its TIMFMT (*ISO *EUR *JIS *HMS *USA) -> 'HH:MM:SS'."""
-    if time_format == "USA":
-        return _usa_time
-    allowed = _TIME_SEPARATORS.get(time_format)
-    if allowed is None:
-        raise ValueError(time_format)
-    if time_format == "HMS" and separator:
-        allowed = separator
-    sep = "[" + re.escape(allowed) + "]"
-    pattern = re.compile(f"([0-9]{{2}}){sep}([0-9]{{2}}){sep}([0-9]{{2}})")
-    expected = f"*{time_format} time hh{allowed[0]}mm{allowed[0]}ss"
-
-    def decode(raw: bytes) -> str:
-        match = pattern.fullmatch(raw.decode(_DATETIME_CODEC))
-        if match is None:
-            raise FieldError("time does not match its format", expected)
-        return _clock(*(int(g) for g in match.groups()), expected=expected)
-
-    return decode
-
-
-_USA_TIME = re.compile("([0-9]{2}):([0-9]{2}) ([AP]M)")
-
-
-def _usa_time(raw: bytes) -> str:
-    expected = "*USA time hh:mm AM"
-    match = _USA_TIME.fullmatch(raw.decode(_DATETIME_CODEC))
-    if match is None or not 0 <= int(match.group(1)) <= 12:
-        raise FieldError("time does not match its format", expected)
-    hour = int(match.group(1)) % 12 + (12 if match.group(3) == "PM" else 0)
-    return _clock(hour, int(match.group(2)), 0, expected=expected)
-
-
-def _clock(hour: int, minute: int, second: int, *, expected: str) -> str:
-    midnight_end = (hour, minute, second) == (24, 0, 0)
-    if not midnight_end and (hour > 23 or minute > 59 or second > 59):
-        raise FieldError("invalid time", expected)
-    return f"{hour:02d}:{minute:02d}:{second:02d}"
-
-
-def timestamp_field(precision: int) -> FieldFn:
-    """TIMESTAMP(p) 'YYYY-MM-DD-HH.MM.SS[.f...]' -> 'YYYY-MM-DDTHH:MM:SS.ffffff'."""
-    fraction = f"\\.([0-9]{{{precision}}})" if precision else "()"
-    pattern = re.compile(
-        "([0-9]{4})-([0-9]{2})-([0-9]{2})-([0-9]{2})\\.([0-9]{2})\\.([0-9]{2})"
-        + fraction
-    )
-    expected = "timestamp YYYY-MM-DD-HH.MM.SS" + ("." + "f" * precision).rstrip(".")
-
-    def decode(raw: bytes) -> str:
-        match = pattern.fullmatch(raw.decode(_DATETIME_CODEC))
-        if match is None:
-            raise FieldError("timestamp does not match its format", expected)
-        year, month, day, hour, minute, second, digits = match.groups()
-        try:
-            value = dt.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(second)
-            )
-        except ValueError:
-            raise FieldError("invalid timestamp", expected) from None
-        return value.isoformat() + "." + digits.ljust(6, "0")
-
-    return decode
+    values: Image
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    blanks: list[str] = field(default_factory=list)
 
 
 def field_decoder(column: Column, ccsid: int | None) -> FieldFn:
     """The decode function of one column; ValueError/LookupError if unsupported."""
     kind, length, scale = column.data_type, column.length, column.scale or 0
     if kind == "CHAR":
-        return fixed_text(codec_for(ccsid))
+        return fixed_text(text_codec(ccsid))
     if kind == "VARCHAR":
-        return varying_text(length, 1, codec_for(ccsid))
+        return varying_text(length, 1, text_codec(ccsid))
     if kind in ("GRAPHIC", "VARG"):
-        codec = codec_for(ccsid)
+        codec = text_codec(ccsid)
         if codec != "utf-16-be":
             raise LookupError(f"graphic CCSID {ccsid}")
         if kind == "GRAPHIC":
             return fixed_text(codec)
         return varying_text(length, 2, codec)
     if kind == "BINARY":
-        return _hex
+        return hex_text
     if kind == "VARBIN":
         return varying_text(length, 1, None)
     if kind == "DECIMAL":
@@ -353,7 +107,7 @@ def field_decoder(column: Column, ccsid: int | None) -> FieldFn:
     if kind in ("SMALLINT", "INTEGER", "BIGINT"):
         return binary(scale)
     if kind == "FLOAT":
-        return floating(column.size)
+        return floating(4 if column.length == 4 else 8)
     if kind == "DATE":
         return date_field(column.date_format, column.date_separator)
     if kind == "TIME":
@@ -379,13 +133,14 @@ def override_ccsid(
 
 
 class RecordDecoder:
-    """A layout compiled into a decode plan; :meth:`decode` turns images to dicts."""
+    """A layout compiled into a decode plan; see the module docstring."""
 
     def __init__(
         self, layout: Layout, overrides: Mapping[str, int] | None = None
     ) -> None:
         self.layout = layout
         self.table = layout.sql_name
+        self.hidden = tuple(c.name for c in layout.columns if c.hidden)
         plan: list[tuple[str, int, int, FieldFn]] = []
         for column in layout.columns:
             ccsid = override_ccsid(layout, column, overrides or {})
@@ -410,61 +165,94 @@ class RecordDecoder:
         null_map: bytes | str | None = None,
         *,
         position: str = "",
-    ) -> dict[str, JsonValue]:
-        """Column name -> JSON value; DecodeError on the first bad field."""
-        if len(image) != self.layout.record_length:
-            raise self._length_error(image, position)
-        flags = self._null_flags(null_map, position)
-        out: dict[str, JsonValue] = {}
-        name, start, end = "", 0, 0
-        try:
-            if flags is None:
-                for name, start, end, function in self._plan:
-                    out[name] = function(image[start:end])
-            else:
-                for (name, start, end, function), null in zip(
-                    self._plan, flags, strict=True
-                ):
-                    out[name] = None if null else function(image[start:end])
-        except ValueError as exc:
-            raise self._field_error(
-                exc, name, start, image[start:end], position
-            ) from exc
-        return out
+    ) -> Image:
+        """Column name -> value; DecodeError on the first bad field (strict)."""
+        decoded = self.decode_record(image, null_map, position=position)
+        if decoded.errors:
+            error = decoded.errors[0]
+            raise DecodeError(
+                error["reason"],
+                table=self.table,
+                position=position,
+                field=error["field"],
+                offset=error["offset"],
+                data=bytes.fromhex(error["bytes_hex"]),
+                expected=error["expected"],
+            )
+        return decoded.values
 
-    def _field_error(
-        self, exc: ValueError, name: str, start: int, data: bytes, position: str
-    ) -> DecodeError:
+    def decode_record(
+        self,
+        image: bytes,
+        null_map: bytes | str | None = None,
+        *,
+        position: str = "",
+    ) -> Decoded:
+        """Values with field-level errors; DecodeError only for the whole image."""
+        if len(image) != self.layout.record_length:
+            raise self.length_error(image, position)
+        flags = self._null_flags(null_map, position)
+        decoded = Decoded({})
+        out = decoded.values
+        if flags is None:
+            for name, start, end, function in self._plan:
+                try:
+                    out[name] = function(image[start:end])
+                except ValueError as exc:
+                    out[name] = None
+                    self._field_problem(decoded, exc, name, start, image)
+        else:
+            for (name, start, end, function), null in zip(
+                self._plan, flags, strict=True
+            ):
+                if null:
+                    out[name] = None
+                    continue
+                try:
+                    out[name] = function(image[start:end])
+                except ValueError as exc:
+                    out[name] = None
+                    self._field_problem(decoded, exc, name, start, image)
+        return decoded
+
+    def _field_problem(
+        self, decoded: Decoded, exc: ValueError, name: str, start: int, image: bytes
+    ) -> None:
+        """Record a blank numeric or a field error; the field's value is null."""
+        if isinstance(exc, BlankField):
+            decoded.blanks.append(name)
+            return
+        column = self.layout.column(name)
         if isinstance(exc, FieldError):
             reason, expected = exc.reason, exc.expected
-        else:
-            column = self.layout.column(name)
+        else:  # a codec or int() refusal inside a field function
             reason = f"invalid {column.data_type}: {str(exc)[:80]}"
             expected = f"valid {column.data_type} bytes"
-        return DecodeError(
-            reason,
-            table=self.table,
-            position=position,
-            field=name,
-            offset=start,
-            data=data,
-            expected=expected,
+        decoded.errors.append(
+            {
+                "field": name,
+                "offset": start,
+                "bytes_hex": image[start : start + column.size].hex().upper(),
+                "reason": reason,
+                "expected": expected,
+            }
         )
 
-    def _length_error(self, image: bytes, position: str) -> DecodeError:
+    def length_error(self, image: bytes, position: str) -> DecodeError:
+        """The refusal of an image whose length is not the record length."""
         got, want = len(image), self.layout.record_length
-        field, offset, data = "(end of record)", want, image[want:]
+        field_name, offset, data = "(end of record)", want, image[want:]
         if got < want:
             for column in self.layout.columns:
                 if column.offset + column.size > got:
-                    field, offset = column.name, column.offset
+                    field_name, offset = column.name, column.offset
                     data = image[column.offset :]
                     break
         return DecodeError(
             "image length differs from record length",
             table=self.table,
             position=position,
-            field=field,
+            field=field_name,
             offset=offset,
             data=data,
             expected=f"{want} bytes, got {got}",
@@ -496,13 +284,13 @@ class RecordDecoder:
         if 9 in low:
             column = columns[low.index(9)]
             raise DecodeError(
-                "field not recorded (minimized entry)",
+                "field not recorded (minimized entry, null indicator 9)",
                 table=self.table,
                 position=position,
                 field=column.name,
                 offset=column.offset,
                 data=bytes(null_map),
-                expected="full images (MINENTDTA *NONE)",
+                expected="full images (journal MINENTDTA *NONE)",
             )
         if 1 not in low:
             return None

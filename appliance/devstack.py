@@ -107,6 +107,14 @@ class Stack:
     store_id: str = "MQ01"
     window: int = 1000
     legs: list[LegProcess] = field(default_factory=list)
+    # The fault harness (appliance/faults/) runs the ODH on its own PostgreSQL,
+    # the box's Kafka traffic through a proxy, and the pipeline database on a
+    # small filesystem of its own; by default all of it is as above.
+    hub_services: Services | None = None
+    box_bootstrap: str | None = None
+    pipeline_dir: Path | None = None
+    confirm_timeout_s: float = 30.0
+    pipeline_extra: str = ""
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -115,7 +123,8 @@ class Stack:
         self.secrets = self.workdir / "secrets"
         self.box_config = self.workdir / "box.toml"
         self.hub_config = self.workdir / "hub.toml"
-        self.pipeline_db = self.workdir / "pipeline.db"
+        self.pipeline_db = (self.pipeline_dir or self.workdir) / "pipeline.db"
+        self.hub = self.hub_services or self.services
         self.changes_topic = f"odh.changes.{self.name}"
         self.confirm_topic = f"odh.confirm.{self.name}"
         self._emulator: Any = None
@@ -126,10 +135,10 @@ class Stack:
         """Fresh databases, roles, topics, settings; nothing of a past run."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.secrets.mkdir(mode=0o700, exist_ok=True)
-        for stale in self.workdir.glob("pipeline.db*"):
+        for stale in self.pipeline_db.parent.glob("pipeline.db*"):
             stale.unlink()
         self._recreate_database(self.ibmi_db)
-        self._recreate_database(self.odh_db)
+        self._recreate_database(self.odh_db, self.hub)
         reader = f"relay_{self.name}"
         reader_password = self._secret("ibmi-password")
         emulator = self.emulator()
@@ -152,10 +161,9 @@ class Stack:
             self._emulator = Emulator(self.services.conninfo(self.ibmi_db))
         return self._emulator
 
-    def _recreate_database(self, dbname: str) -> None:
-        with psycopg.connect(
-            self.services.conninfo("postgres"), autocommit=True
-        ) as conn:
+    def _recreate_database(self, dbname: str, where: Services | None = None) -> None:
+        where = where or self.services
+        with psycopg.connect(where.conninfo("postgres"), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                     sql.Identifier(dbname)
@@ -165,9 +173,7 @@ class Stack:
 
     def _create_sink_role(self, role: str, password: str) -> None:
         """A login role that owns only the ODH schema of its database."""
-        with psycopg.connect(
-            self.services.conninfo(self.odh_db), autocommit=True
-        ) as conn:
+        with psycopg.connect(self.hub.conninfo(self.odh_db), autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
             ).fetchone()
@@ -198,11 +204,15 @@ class Stack:
         )
 
     def _write_settings(self, reader: str, sink_role: str) -> None:
-        kafka = (
-            "[kafka]\n"
-            f'bootstrap = "{self.services.kafka_bootstrap}"\n'
+        topics = (
             f'changes_topic = "{self.changes_topic}"\n'
             f'confirm_topic = "{self.confirm_topic}"\n'
+        )
+        kafka = f'[kafka]\nbootstrap = "{self.services.kafka_bootstrap}"\n{topics}'
+        box_kafka = (
+            f'[kafka]\nbootstrap = "{self.box_bootstrap}"\n{topics}'
+            if self.box_bootstrap
+            else kafka
         )
         scripts = "".join(
             "[[enricher.scripts]]\n"
@@ -221,13 +231,13 @@ class Stack:
             f'database = "{self.ibmi_db}"\nuser = "{reader}"\n'
             f'password_file = "{self.secrets / "ibmi-password"}"\n'
             f"window = {self.window}\npoll_interval_s = 0.2\n\n"
-            f'[pipeline]\ndb_path = "{self.pipeline_db}"\n\n'
+            f'[pipeline]\ndb_path = "{self.pipeline_db}"\n{self.pipeline_extra}\n'
             f"[enricher]\ntimeout_ms = 2000\n{scripts}\n"
-            f"{kafka}\n[shipper]\nconfirm_timeout_s = 30\n"
+            f"{box_kafka}\n[shipper]\nconfirm_timeout_s = {self.confirm_timeout_s}\n"
         )
         self.hub_config.write_text(
             f"{kafka}\n[postgres]\n"
-            f'host = "{self.services.pg_host}"\nport = {self.services.pg_port}\n'
+            f'host = "{self.hub.pg_host}"\nport = {self.hub.pg_port}\n'
             f'database = "{self.odh_db}"\nuser = "{sink_role}"\n'
             f'password_file = "{self.secrets / "odh-password"}"\n'
             'sslmode = "disable"\n\n'
@@ -238,21 +248,25 @@ class Stack:
 
     def start_legs(self) -> None:
         """Start the four box legs and the hub sink as their own processes."""
+        for leg in (*BOX_LEGS, "sink"):
+            self.legs.append(self.spawn_leg(leg))
+
+    def spawn_leg(self, leg: str) -> LegProcess:
+        """Start one leg as its own process (log appended to logs/<leg>.log)."""
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         exe = Path(sys.executable).parent / "appliance"
-        for leg in (*BOX_LEGS, "sink"):
-            cfg = self.hub_config if leg == "sink" else self.box_config
-            log = logs / f"{leg}.log"
-            env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    [str(exe), "--config", str(cfg), "run", leg],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            self.legs.append(LegProcess(leg, proc, log))
+        cfg = self.hub_config if leg == "sink" else self.box_config
+        log = logs / f"{leg}.log"
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [str(exe), "--config", str(cfg), "run", leg],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        return LegProcess(leg, proc, log)
 
     def close(self) -> None:
         """Stop the legs (if any) and close the emulator's connection."""
@@ -345,9 +359,9 @@ class Stack:
                 "SELECT count(*) FROM outbox WHERE state = 'confirmed'"
             ).fetchone()[0]
             parked = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        with psycopg.connect(self.services.conninfo(self.odh_db)) as pg:
+        with psycopg.connect(self.hub.conninfo(self.odh_db)) as pg:
             applied, distinct = pg.execute(
-                "SELECT count(*), count(DISTINCT (store_id, lane, lane_seq))"
+                "SELECT count(*), count(DISTINCT (store_id, epoch, lane, lane_seq))"
                 " FROM odh.applied"
             ).fetchone() or (0, 0)
         return {
@@ -367,7 +381,7 @@ class Stack:
 
         emulator = self.emulator()
         report: dict[str, dict[str, Any]] = {}
-        with psycopg.connect(self.services.conninfo(self.odh_db)) as pg:
+        with psycopg.connect(self.hub.conninfo(self.odh_db)) as pg:
             for table in STORE_TABLES:
                 source = _canonical(emulator.rows(table))
                 try:

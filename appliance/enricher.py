@@ -169,6 +169,17 @@ class EnricherLeg:
             runtime.close()
         self._pool.shutdown(wait=False)
 
+    def handle_command(self, kind: str, args: dict[str, Any]) -> str:
+        """Carry out an operator's ``resend`` (see :mod:`appliance.commands`)."""
+        from appliance import commands
+
+        if kind != "resend":
+            raise commands.CommandError(f"enricher carries out no {kind!r}")
+        count, self.lane_seqs = commands.resend(
+            self.conn, self.lane_seqs, **commands.resend_args(args)
+        )
+        return f"{count} messages queued again"
+
     def status(self) -> str:
         lanes = ",".join(f"{k}:{v}" for k, v in sorted(self.lane_seqs.items()))
         return f"messages={self._messages} parked={self._parked} lane_seq={lanes}"
@@ -197,6 +208,11 @@ class EnricherLeg:
                 text = row[name]
                 change.event[name] = None if text is None else json.loads(text)
             change.event["source"]["store"] = self.store_id
+            # Field-level decode errors travel in the row's source (the changes
+            # table has no column for them); the message carries them on top.
+            errors = change.event["source"].pop("errors", None)
+            if errors:
+                change.event["errors"] = errors
         except (ValueError, TypeError) as exc:
             change.error = f"change row is not valid JSON: {str(exc)[:200]}"
             return change
@@ -303,6 +319,8 @@ class EnricherLeg:
             "enrichment": change.enrichment,
             "mined_at": change.mined_at,
         }
+        if event.get("errors"):
+            message["errors"] = event["errors"]
         return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
     def _park(self, change: Change) -> None:

@@ -468,3 +468,62 @@ def after_window(
 
 def _name(key: Key) -> str:
     return f"{key[0]}/{key[1]}"
+
+
+# -- the head and the miner's lag ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far the bookmark is behind the journal head.
+
+    ``entries`` counts sequence numbers still unread (hidden entries count
+    too, so it is an upper bound on what the miner will store); ``seconds``
+    compares the head entry's time with the bookmarked entry's, both in UTC.
+    """
+
+    head: str
+    entries: int
+    seconds: float | None
+
+
+def lag_entries(bookmark: Bookmark | None, receivers: Sequence[Receiver]) -> int | None:
+    """Unread sequence numbers from the bookmark to the head, across receivers.
+
+    Worked example across a reset: bookmark (0001, 400) with 0001 ending at
+    500, then 0002 (*RESET) holding 1..300 and attached: 100 + 300 = 400.
+    None when the chain from the bookmark to the head cannot be followed.
+    """
+    if bookmark is None:
+        return None
+    by_key = index(receivers)
+    rcv = by_key.get(bookmark.key)
+    if rcv is None or rcv.last_seq is None:
+        return None
+    total = max(0, rcv.last_seq - bookmark.next_sequence + 1)
+    seen = {rcv.key}
+    while not rcv.attached:
+        key = successor(receivers, rcv)
+        following = by_key.get(key) if key else None
+        if following is None or following.key in seen:
+            return None
+        seen.add(following.key)
+        rcv = following
+        if rcv.first_seq is not None and rcv.last_seq is not None:
+            total += rcv.last_seq - rcv.first_seq + 1
+    return total
+
+
+def head_read(receivers: Sequence[Receiver]) -> Read | None:
+    """A one-entry window on the head entry (to learn its timestamp)."""
+    head = attached(receivers)
+    if head is None or head.last_seq is None:
+        return None
+    return Read(head, head.last_seq, head.last_seq, at_head=True)
+
+
+def utc_seconds(local: str, zone: dt.tzinfo) -> float | None:
+    """A local naive ISO timestamp of the store as a UTC epoch (None if empty)."""
+    if not local:
+        return None
+    return dt.datetime.fromisoformat(local).replace(tzinfo=zone).timestamp()

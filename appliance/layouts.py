@@ -21,18 +21,26 @@ Invariants:
   would shift every later field, so no guess is made.
 - A NULL date or time separator means the format's default, never "none".
 
-Layout versions: the catalog only shows the layout in force *now*. The
-transformer processes entries in journal order and keeps one layout per table;
-it drops it when it meets a ``D CG`` (or ``D CT``) entry for the table and
-reads the catalog again at the next record entry. Entries before the ``D CG``
-were therefore decoded with the old layout. An image written under a layout
-that the catalog no longer shows (the relay was behind when the table was
-altered) fails the length check and is parked, never mis-decoded.
+Hidden columns (``HIDDEN`` P or I) are physical fields: they are in the
+image, decoded like any other, and flagged (``Column.hidden``).
+
+Layout versions (§4.5): the catalog only shows the layout in force *now*, so
+:class:`LayoutHistory` keeps every version the transformer has loaded, keyed
+by the raw-entry id (journal order) from which it is in force, persisted in
+the pipeline database's ``meta`` table (``layout.<LIB>/<FILE>.<since>``). A
+``D CG``/``D CT`` at raw id ``c`` adds a placeholder "new version from
+``c``, not loaded yet"; the next record entry after ``c`` reads the catalog
+and fills it. An entry is decoded with the version whose ``since`` is the
+largest not after its own id, so entries before an ALTER keep the old layout
+even across a restart. When the catalog is read while a ``D CG`` for the
+table is still unprocessed, the layout it shows starts at that ``D CG``, and
+an older entry with no known version is parked unless its length fits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,7 +53,7 @@ logger = logging.getLogger(__name__)
 COLUMNS_SQL = (
     "SELECT table_schema, table_name, column_name, system_column_name,"
     " ordinal_position, data_type, length, numeric_scale, ccsid, is_nullable,"
-    " storage, date_format, date_separator, time_format, time_separator"
+    " storage, date_format, date_separator, time_format, time_separator, hidden"
     " FROM qsys2.syscolumns2"
     " WHERE system_table_schema = ? AND system_table_name = ?"
     " ORDER BY ordinal_position"
@@ -104,6 +112,7 @@ class Column:
     time_format: str = "ISO"
     time_separator: str = ""
     storage: int | None = None
+    hidden: bool = False
     offset: int = 0
     size: int = 0
 
@@ -279,6 +288,8 @@ def _column_from_row(row: Sequence[Any]) -> Column:
         date_separator=_separator(row[12]),
         time_format=normalise_format(row[13], "ISO"),
         time_separator=_separator(row[14]),
+        # SYSCOLUMNS2.HIDDEN: N, P (partially) or I (implicitly hidden).
+        hidden=len(row) > 15 and _text(row[15]).upper() in ("P", "I"),
     )
 
 
@@ -292,3 +303,99 @@ def _separator(value: Any) -> str:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def layout_to_json(layout: Layout) -> str:
+    """A layout as JSON text (for the ``meta`` table)."""
+    return json.dumps(dataclasses.asdict(layout), separators=(",", ":"))
+
+
+def layout_from_json(text: str) -> Layout:
+    """The inverse of :func:`layout_to_json`."""
+    data = json.loads(text)
+    columns = tuple(Column(**column) for column in data.pop("columns"))
+    data["keys"] = tuple(data["keys"])
+    return Layout(columns=columns, **data)
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutVersion:
+    """A layout in force from raw entry ``since`` (0: before anything seen).
+
+    ``layout`` is None for a placeholder: a ``D CG`` was met at ``since`` and
+    the catalog has not been read after it yet.
+    """
+
+    since: int
+    position: str
+    layout: Layout | None
+
+
+class LayoutHistory:
+    """Every known layout version of the relayed tables, keyed by position.
+
+    ``conn`` is the pipeline database; versions are written to its ``meta``
+    table inside the caller's transaction, so a rolled-back step forgets
+    them with everything else (call :meth:`forget` then).
+    """
+
+    PREFIX = "layout."
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._tables: dict[str, list[LayoutVersion]] | None = None
+
+    def _all(self) -> dict[str, list[LayoutVersion]]:
+        if self._tables is None:
+            tables: dict[str, list[LayoutVersion]] = {}
+            rows = self._conn.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'layout.%' ORDER BY key"
+            ).fetchall()
+            for key, value in rows:
+                name, _, since = str(key)[len(self.PREFIX) :].rpartition(".")
+                record = json.loads(value)
+                layout = record["layout"]
+                tables.setdefault(name, []).append(
+                    LayoutVersion(
+                        since=int(since),
+                        position=record["position"],
+                        layout=None if layout is None else layout_from_json(layout),
+                    )
+                )
+            self._tables = tables
+        return self._tables
+
+    def forget(self) -> None:
+        """Drop the in-memory copy (after a rolled-back transaction)."""
+        self._tables = None
+
+    def versions(self, table: str) -> list[LayoutVersion]:
+        """Versions of ``table`` ('LIB/FILE'), oldest first."""
+        return sorted(self._all().get(table, []), key=lambda v: v.since)
+
+    def add(
+        self, table: str, since: int, position: str, layout: Layout | None
+    ) -> LayoutVersion:
+        """Record a version (or a placeholder) in force from raw id ``since``."""
+        version = LayoutVersion(since, position, layout)
+        text = json.dumps(
+            {
+                "position": position,
+                "layout": None if layout is None else layout_to_json(layout),
+            }
+        )
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (f"{self.PREFIX}{table}.{since:012d}", text),
+        )
+        kept = [v for v in self._all().get(table, []) if v.since != since]
+        self._all()[table] = [*kept, version]
+        return version
+
+    def in_force(self, table: str, raw_id: int) -> LayoutVersion | None:
+        """The version in force at ``raw_id``: the latest whose since <= raw_id."""
+        found = None
+        for version in self.versions(table):
+            if version.since <= raw_id:
+                found = version
+        return found

@@ -19,24 +19,30 @@ Invariants:
   two calls) drops the connection and retries with a bounded exponential
   backoff; gaps are only ever decided from a fresh receiver list.
 - Leaving a finished receiver needs the same finish seen on two refreshes one
-  poll apart, so a stale LAST_SEQUENCE_NUMBER right after CHGJRN (jhc #83)
-  cannot make the miner skip the receiver's tail.
+  poll apart, then one bounded read past the reported end that comes back
+  empty, so a stale LAST_SEQUENCE_NUMBER after CHGJRN (jhc #83), even one
+  that stays stale for several polls, cannot make the miner skip the tail.
+- The start-up pre-flight (:mod:`appliance.preflight`) reports journal
+  settings that put data at risk; every 2 s the head and the miner's lag in
+  entries and seconds go to ``meta`` row ``miner.lag``.
 - When the transformer lags (more than 50 windows of unprocessed entries),
   the miner stops reading until it catches up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pyodbc
 
-from appliance import journal, source, store
+from appliance import journal, outbox, preflight, source, store
 from appliance.config import BoxSettings, IbmiSection
 from appliance.errors import DataGapError, SourceError
 from appliance.journal import Bookmark, Gap, Move, Read, Receiver, Wait
@@ -48,6 +54,9 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 MAX_MOVES_PER_STEP = 16
 QUERY_TIMEOUT_S = 120
+LAG_EVERY_S = 2.0
+LAG_KEY = "miner.lag"
+GAP_KEY = "miner.data_gap"
 
 _ENTRY_COLUMNS = (
     "journal, receiver_library, receiver_name, sequence, code, entry_type,"
@@ -112,6 +121,9 @@ class MinerLeg:
         self._retry_at = 0.0
         self._throttled = False
         self._gap: DataGapError | None = None
+        self._checked = not self.ibmi.preflight
+        self._lag_at = float("-inf")
+        self._zone = ZoneInfo(settings.store.timezone)
 
     # -- Leg protocol ----------------------------------------------------------
 
@@ -131,6 +143,8 @@ class MinerLeg:
             raise self._gap
         if time.monotonic() < self._retry_at or self._backlogged():
             return False
+        if outbox.budget_hold(self.conn, self.settings.pipeline):
+            return False
         try:
             worked = self._work()
         except DataGapError:
@@ -145,6 +159,22 @@ class MinerLeg:
         self._drop_source()
         if self._own_store:
             self.conn.close()
+
+    def handle_command(self, kind: str, args: dict[str, Any]) -> str:
+        """Carry out an operator's ``rewind`` (see :mod:`appliance.commands`)."""
+        from appliance import commands
+
+        if kind != "rewind":
+            raise commands.CommandError(f"miner carries out no {kind!r}")
+        self._bookmark = commands.rewind(
+            self.conn,
+            self.journal,
+            self._bookmark,
+            str(args["receiver"]),
+            int(args["sequence"]),
+        )
+        self._stale = True
+        return f"rewound to {self._bookmark.position()}"
 
     def status(self) -> str:
         if self._gap is not None:
@@ -168,6 +198,7 @@ class MinerLeg:
         ):
             self._refresh(src)
             fresh = True
+            self._after_refresh(src)
         for _ in range(MAX_MOVES_PER_STEP):
             action = journal.plan(self._bookmark, self._receivers, self.ibmi.window)
             if isinstance(action, Read):
@@ -187,8 +218,33 @@ class MinerLeg:
             if not self._confirmed(action):
                 self._save_head_alone()
                 return False
+            if self._tail_found(src, action):
+                return True
             self._enter(action)
         return False
+
+    def _tail_found(self, src: Any, move: Move) -> bool:
+        """Probe past the receiver's reported end before leaving it.
+
+        A LAST_SEQUENCE_NUMBER that stays stale for more than one poll would
+        pass the two-refresh rule; one bounded read after the reported end
+        (at-head semantics: the bookmark takes only what came back) finds
+        such a tail and stores it instead of skipping it.
+        """
+        if move.source is None or self._bookmark is None:
+            return False
+        start = self._bookmark.next_sequence
+        probe = Read(move.source, start, start + self.ibmi.window - 1, at_head=True)
+        if not self._read(src, probe):
+            return False
+        with store.transaction(self.conn):
+            store.bump(self.conn, "miner.tails_found")
+        logger.warning(
+            "entries past the reported receiver end stage=miner position=%s",
+            self._bookmark.position() if self._bookmark else "-",
+        )
+        self._stale = True
+        return True
 
     def _refresh(self, src: Any) -> None:
         rows = self._query(
@@ -201,6 +257,69 @@ class MinerLeg:
         self._refreshed_at = time.monotonic()
         self._read_at = time.time()
         self._stale = False
+
+    def _after_refresh(self, src: Any) -> None:
+        """Pre-flight once per start; the head and lag every LAG_EVERY_S."""
+        if not self._checked:
+            found = preflight.run(
+                lambda sql, params: self._described(src, sql, params),
+                self.ibmi.journal_library,
+                self.ibmi.journal_name,
+                self.ibmi.table_library,
+                self.ibmi.tables,
+            )
+            preflight.record(self.conn, self.journal, found)
+            self._checked = True
+        if time.monotonic() - self._lag_at >= LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            self._publish_lag(src)
+
+    def _publish_lag(self, src: Any) -> None:
+        """Write ``meta`` row ``miner.lag``: head, lag in entries and seconds."""
+        entries = journal.lag_entries(self._bookmark, self._receivers)
+        read = journal.head_read(self._receivers)
+        if entries is None or read is None or self._bookmark is None:
+            return
+        seconds: float | None = 0.0
+        if entries > 0:
+            rows = self._query(
+                src,
+                self._sql,
+                journal.window_params(
+                    self.ibmi.journal_library, self.ibmi.journal_name, read
+                ),
+                "reading the head entry",
+            )
+            head_ts = journal.timestamp(rows[-1][0]) if rows else None
+            head_s = journal.utc_seconds(head_ts or "", self._zone)
+            mark_s = journal.utc_seconds(self._bookmark.entry_ts, self._zone)
+            seconds = None if head_s is None or mark_s is None else head_s - mark_s
+            seconds = None if seconds is None else round(max(0.0, seconds), 3)
+        lag = journal.Lag(
+            head=f"{read.receiver.library}/{read.receiver.name}:{read.end}",
+            entries=entries,
+            seconds=seconds,
+        )
+        value = {**lag.__dict__, "bookmark": self._bookmark.position()}
+        value["at"] = round(time.time(), 3)
+        with store.transaction(self.conn):
+            _put_meta(self.conn, LAG_KEY, value)
+            self._save_head()
+
+    def _described(
+        self, src: Any, sql: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[Any]]:
+        """Rows of ``sql`` with their lower-case column names."""
+        try:
+            cursor = src.cursor()
+            try:
+                cursor.execute(sql, *params)
+                names = [str(d[0]).lower() for d in cursor.description or ()]
+                return names, list(cursor.fetchall())
+            finally:
+                cursor.close()
+        except pyodbc.Error as exc:
+            raise source.translate(exc, "checking journal settings") from exc
 
     def _confirmed(self, move: Move) -> bool:
         """A move out of a receiver must be seen on two refreshes, one poll apart."""
@@ -309,6 +428,27 @@ class MinerLeg:
         )
         with store.transaction(self.conn):
             store.bump(self.conn, "miner.data_gaps")
+            _put_meta(
+                self.conn,
+                GAP_KEY,
+                {
+                    "position": where,
+                    "receiver": gap.receiver,
+                    "reason": gap.reason,
+                    "cpf": gap.cpf,
+                    "recovery": self.ibmi.on_data_gap,
+                    "at": round(time.time(), 3),
+                },
+            )
+        if self.ibmi.on_data_gap == "resend":
+            # TODO(#5): re-send the relayed tables through the guardian's
+            # read-and-send, then seed the bookmark at the head; until the
+            # guardian exists, 'resend' stops like 'stop' and says so.
+            logger.error(
+                "data gap recovery resend not available, stopping stage=miner"
+                " position=%s",
+                where,
+            )
         self._gap = error
         store.heartbeat(self.conn, self.name, os.getpid(), "data_gap", self.status())
         logger.error(
@@ -371,6 +511,14 @@ def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
                 f" or out of order (after {previous})"
             )
         previous = seq
+
+
+def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+        " DO UPDATE SET value = excluded.value",
+        (key, json.dumps(value, sort_keys=True)),
+    )
 
 
 def load_bookmark(conn: sqlite3.Connection, journal_id: str) -> Bookmark | None:

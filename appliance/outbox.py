@@ -29,10 +29,14 @@ readers directly.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from appliance import store
+from appliance.config import PipelineSection
 
 logger = logging.getLogger(__name__)
 
@@ -211,3 +215,124 @@ def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
 def lane_confirmations(conn: sqlite3.Connection) -> dict[int, int]:
     """Highest confirmed lane_seq per lane."""
     return {r[0]: r[1] for r in conn.execute("SELECT lane, upto FROM confirmations")}
+
+
+# -- the outbox budget ------------------------------------------------------
+#
+# The box's disk is small and the link to the hub can be down for days. The
+# outbox therefore has a budget: a number of unconfirmed rows and an age of the
+# oldest unconfirmed row. The miner asks :class:`BudgetGate` before each
+# window. Nothing is ever dropped: the miner only reads the journal more
+# slowly, then not at all, and the journal (which the IBM i keeps) holds what
+# is not read yet. Worked example with ``outbox_budget_rows = 1000`` and
+# ``outbox_slow_at = 0.8``: 700 unconfirmed -> ok; 850 -> slow (one window
+# per ``SLOW_PAUSE_S``); 1000 -> paused (ERROR once, counter
+# ``miner.budget_paused``); back under 800 -> ok again, INFO once.
+
+SLOW_PAUSE_S = 1.0
+_MEASURE_EVERY_S = 1.0
+BUDGET_STATES = ("ok", "slow", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """How much of the outbox budget is used: unconfirmed rows and oldest age."""
+
+    rows: int
+    age_s: float
+    share: float
+    state: str
+
+
+def budget_use(
+    conn: sqlite3.Connection, pipeline: PipelineSection, now: float | None = None
+) -> BudgetUse:
+    """Measure the unconfirmed rows against the budget (the larger share wins)."""
+    now = time.time() if now is None else now
+    count, oldest = conn.execute(
+        "SELECT count(*), min(created_at) FROM outbox WHERE state != 'confirmed'"
+    ).fetchone()
+    age = 0.0 if oldest is None else max(0.0, now - float(oldest))
+    share = max(
+        int(count) / pipeline.outbox_budget_rows, age / pipeline.outbox_budget_age_s
+    )
+    state = "ok"
+    if share >= 1.0:
+        state = "paused"
+    elif share >= pipeline.outbox_slow_at:
+        state = "slow"
+    return BudgetUse(int(count), round(age, 1), round(share, 3), state)
+
+
+class BudgetGate:
+    """Tells the miner whether to read now; alarms on each change of state.
+
+    Invariant: the gate never deletes or skips anything; it only delays
+    reading. Each change of state logs once (WARNING slow, ERROR paused,
+    INFO back to ok), bumps ``miner.budget_<state>`` and writes the
+    ``outbox-budget`` heartbeat row that ``appliance status`` and the web UI
+    show.
+    """
+
+    def __init__(self, pipeline: PipelineSection) -> None:
+        self.pipeline = pipeline
+        self.state = "ok"
+        self._measured_at = float("-inf")
+        self._next_read = 0.0
+        self.use: BudgetUse | None = None
+
+    def hold(self, conn: sqlite3.Connection) -> bool:
+        """True when the miner must not read a window now."""
+        mono = time.monotonic()
+        if mono - self._measured_at >= _MEASURE_EVERY_S:
+            self._measured_at = mono
+            self.use = budget_use(conn, self.pipeline)
+            if self.use.state != self.state:
+                self._changed(conn, self.use)
+        if self.state == "paused":
+            return True
+        if self.state == "slow":
+            if mono < self._next_read:
+                return True
+            self._next_read = mono + SLOW_PAUSE_S
+        return False
+
+    def _changed(self, conn: sqlite3.Connection, use: BudgetUse) -> None:
+        before, self.state = self.state, use.state
+        # The budget's own numbers (share, state before) are in the heartbeat.
+        args = (use.rows, use.age_s)
+        if use.state == "paused":
+            logger.error(
+                "outbox budget spent, miner paused, nothing dropped"
+                " stage=miner count=%d elapsed_s=%.0f",
+                *args,
+            )
+        elif use.state == "slow":
+            logger.warning(
+                "outbox budget nearly spent, miner slowed"
+                " stage=miner count=%d elapsed_s=%.0f",
+                *args,
+            )
+        else:
+            logger.info(
+                "outbox budget back under its mark, miner resumed"
+                " stage=miner count=%d elapsed_s=%.0f",
+                *args,
+            )
+        with store.transaction(conn):
+            store.bump(conn, f"miner.budget_{use.state}")
+        status = (
+            f"rows={use.rows} age_s={use.age_s:.0f} share={use.share:.2f} from={before}"
+        )
+        store.heartbeat(conn, "outbox-budget", os.getpid(), use.state, status)
+
+
+_gates: dict[int, tuple[sqlite3.Connection, BudgetGate]] = {}
+
+
+def budget_hold(conn: sqlite3.Connection, pipeline: PipelineSection) -> bool:
+    """The miner's hook: one :class:`BudgetGate` per connection, True = wait."""
+    held = _gates.get(id(conn))
+    if held is None or held[0] is not conn:
+        held = _gates[id(conn)] = (conn, BudgetGate(pipeline))
+    return held[1].hold(conn)

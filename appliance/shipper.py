@@ -70,6 +70,18 @@ __all__ = ["OFFSETS_DDL", "ShipperLeg", "build", "ensure_topics"]
 
 logger = logging.getLogger(__name__)
 
+_LEADERLESS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+_ASSIGN_RETRY_S = 2.0
+
 OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS shipper_offsets (
     topic TEXT NOT NULL,
@@ -112,6 +124,7 @@ class ShipperLeg:
         self._producer: Any = None
         self._consumer: Any = None
         self._confirm_partition = -1
+        self._assign_at = 0.0
         self._next_offset = 0
         self._last_sweep = 0.0
         self._last_prune = 0.0
@@ -129,7 +142,25 @@ class ShipperLeg:
             logger.info("in_flight rows requeued at start count=%d", requeued)
         self._producer = self._new_producer()
         self._consumer = self._new_consumer()
-        self._assign_confirmations()
+        self._try_assign()
+
+    def _try_assign(self) -> bool:
+        """Assign the confirm partition; a broker that is down is retried later.
+
+        Without the partition the step neither reads confirmations nor
+        produces, so nothing moves until the broker answers (a leg that
+        exited instead would only be restarted to wait the same way).
+        """
+        if time.monotonic() < self._assign_at:
+            return False
+        try:
+            self._assign_confirmations()
+        except TransportError as exc:
+            self._confirm_partition = -1
+            self._assign_at = time.monotonic() + _ASSIGN_RETRY_S
+            logger.warning("confirmations not assigned, will retry error=%s", exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Flush (bounded), write the last reports, close the clients."""
@@ -155,6 +186,8 @@ class ShipperLeg:
 
     def step(self) -> bool:
         """Read confirmations, produce a batch, write everything in one commit."""
+        if self._confirm_partition < 0 and not self._try_assign():
+            return False
         if self._fatal:
             self._replace_producer()
         work = _Step()
@@ -235,6 +268,7 @@ class ShipperLeg:
                 self.conn, self.settings.pipeline.replay_window_h, now
             )
             self._last_prune = now
+            store.bump(self.conn, "shipper.pruned", pruned)
             if pruned:
                 logger.debug("confirmed rows pruned count=%d", pruned)
         return resent
@@ -275,8 +309,11 @@ class ShipperLeg:
                     tp, timeout=_METADATA_TIMEOUT_S
                 )
             except KafkaException as exc:
-                # A partition just created or moving has no leader for a moment.
-                if exc.args[0].retriable() and time.monotonic() < deadline:
+                # A partition just created or moving has no leader for a moment;
+                # librdkafka does not flag those codes as retriable.
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _LEADERLESS
+                if transient and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
                 raise translate(exc, f"watermarks topic={topic}") from exc

@@ -57,7 +57,8 @@ def connect(ibmi: IbmiSection, *, timeout_s: int = 15) -> Any:
 
 def translate(exc: Exception, doing: str) -> SourceError:
     """A pyodbc error as a SourceError naming the CPF id when there is one."""
-    text = " ".join(str(arg) for arg in getattr(exc, "args", ()))
+    # Drivers put newlines in messages; one log line per event.
+    text = " ".join(str(arg) for arg in getattr(exc, "args", ())).replace("\n", " ")
     match = _CPF.search(text)
     cpf = match.group(1) if match else None
     state = ""

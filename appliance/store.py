@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import ConfigError
+
 SCHEMA_VERSION = 1
 EPOCH_ORIGIN = 1577836800  # 2020-01-01T00:00:00Z
 VERSION_SPAN = 10**10
@@ -185,6 +187,20 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
+    return conn
+
+
+def connect_existing(path: Path | str) -> sqlite3.Connection:
+    """Open an existing pipeline database for reading; never create one.
+
+    An operator command with a mistyped path must say so, not show an empty,
+    healthy-looking box.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline.db_path: no pipeline database at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    conn.row_factory = sqlite3.Row
     return conn
 
 

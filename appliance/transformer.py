@@ -4,8 +4,10 @@ Each step takes up to ``pipeline.batch`` rows of ``raw_entries`` with
 ``state = 0`` in id order and, in ONE SQLite transaction, writes what they
 produce (``changes``, ``held_changes``, dead letters, counters) and marks them
 ``state = 1``. A crash before COMMIT leaves everything as it was; after, all
-of it is done. Nothing the leg needs between steps lives only in memory
-except the layout cache, which is re-read from the catalog after a restart.
+of it is done. Nothing the leg needs between steps lives only in memory:
+layout versions are in ``meta`` (compiled decoders are rebuilt from them), and
+only the warnings given once per table per run (blank numerics, field
+errors) are forgotten.
 
 What an entry does:
 
@@ -20,13 +22,21 @@ What an entry does:
   sequence reset opens a new, distinct key.
 - ``C CM``: the cycle's changes are reduced to their net effect per table and
   primary key and emitted; ``C RB`` drops them.
-- ``F CR`` (CLRPFM) emits an ``op = 't'`` change; ``D CG``/``D CT`` drop the
-  table's layout so the next record entry reads the catalog again (see
-  :mod:`appliance.layouts` for why that keeps layout versions in journal
-  order). Everything else is counted as ignored.
-- A record that cannot be decoded is parked in dead letters with the table,
-  position ``RECEIVER:SEQUENCE``, field, offset, bytes and expectation; the
-  relay goes on with the next entry.
+- ``F CR`` (CLRPFM) emits an ``op = 't'`` change; ``D CG``/``D CT`` start a
+  new layout version at their position, read from the catalog at the next
+  record entry; entries before it keep the version in force at their own
+  position (:class:`appliance.layouts.LayoutHistory`, kept in ``meta``, so
+  this holds across restarts). Everything else is counted as ignored.
+- A field that cannot be decoded is null in its image and described in the
+  change's ``errors`` (``field``, ``offset``, ``bytes_hex``, ``reason``,
+  ``expected``, ``image``), counted in ``transformer.field_errors``; the row
+  is emitted. An all-blank numeric is null, counted in
+  ``transformer.blank_numerics`` and logged once per table per run.
+- An image that cannot be decoded at all (length not that of its layout
+  version, a minimized null map, a layout the catalog cannot describe) is
+  parked in dead letters with the table, position ``RECEIVER:SEQUENCE``,
+  field, offset, bytes, expectation and layout version; the relay goes on
+  with the next entry.
 
 Net effect, worked through for one key in one cycle (first before image
 against last after image):
@@ -50,14 +60,15 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyodbc
 
 from appliance import layouts, source, store
 from appliance.config import BoxSettings, IbmiSection
-from appliance.decoder import JsonValue, RecordDecoder, compile_layout
+from appliance.decoder import Decoded, JsonValue, RecordDecoder
+from appliance.decoding.versions import CatalogReader, DecoderVersions
 from appliance.errors import DecodeError, SourceError
 
 logger = logging.getLogger(__name__)
@@ -68,17 +79,17 @@ BEFORE_TYPES = frozenset({"UB", "BR"})
 AFTER_TYPES = frozenset({"UP", "UR"})
 INSERT_TYPES = frozenset({"PT", "PX"})
 LAYOUT_TYPES = frozenset({"CG", "CT"})
+# Member entries after which ODH can no longer follow the table from the
+# journal alone: an operator must re-send it (issue 5's guardian).
+MEMBER_ALARMS = {
+    "EJ": "journaling ended: later changes of the table are not journaled",
+    "MR": "member restored: its rows were replaced without record entries",
+}
 MAX_BACKOFF_S = 60.0
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Image = dict[str, JsonValue]
 Event = dict[str, Any]
-
-
-class CatalogReader(Protocol):
-    """Where table layouts come from (the IBM i catalog, or a test's dict)."""
-
-    def load_layout(self, library: str, table: str) -> layouts.Layout: ...
 
 
 class OdbcCatalog:
@@ -132,9 +143,11 @@ def net_effect(events: Iterable[Event]) -> list[Event]:
             state = states[ident] = {
                 "existed": event["kind"] != "insert",
                 "before": event["before"],
+                "before_errors": _errors_of(event, "before"),
             }
         if state["before"] is None and event["kind"] == "delete":
             state["before"] = event["before"]
+            state["before_errors"] = _errors_of(event, "before")
         state["exists"] = event["kind"] != "delete"
         state["after"] = event["after"] if state["exists"] else None
         state["last"] = event
@@ -150,11 +163,15 @@ def _final_change(state: dict[str, Any]) -> Event | None:
         return None
     op = "u" if existed and exists else ("c" if exists else "d")
     last = state["last"]
+    errors = state["before_errors"] if existed else []
+    if exists:
+        errors = errors + _errors_of(last, "after")
     return {
         **last,
         "op": op,
         "before": state["before"] if existed else None,
         "after": state["after"],
+        "errors": errors,
     }
 
 
@@ -178,7 +195,8 @@ class TransformerLeg:
         self._library = settings.ibmi.table_library.strip().upper()
         self._tables = {name.strip().upper() for name in settings.ibmi.tables}
         self._zone = ZoneInfo(settings.store.timezone)
-        self._decoders: dict[tuple[str, str], RecordDecoder | DecodeError] = {}
+        self._versions = DecoderVersions(conn, catalog, settings.ibmi.ccsid_overrides)
+        self._warned: set[tuple[str, str]] = set()
         self._retry_at = 0.0
         self._failures = 0
         self._tally: Counter[str] = Counter()
@@ -205,7 +223,6 @@ class TransformerLeg:
             is None
         ):
             return False
-        saved = dict(self._decoders)
         try:
             with store.transaction(self.conn):
                 rows = self.conn.execute(
@@ -214,7 +231,8 @@ class TransformerLeg:
                 ).fetchall()
                 done, failure = self._process(rows)
         except BaseException:
-            self._decoders = saved
+            # What the rolled-back transaction wrote to meta is gone: re-read it.
+            self._versions.forget()
             raise
         if failure is not None:
             self._back_off(failure)
@@ -277,10 +295,16 @@ class TransformerLeg:
         elif code == "C" and kind in ("SC", "CM", "RB"):
             self._commit_control(row, kind)
         elif code == "D" and kind in LAYOUT_TYPES and self._relayed(row):
-            self._decoders.pop(_object_names(row), None)
+            library, table = _object_names(row)
+            self._versions.changed(row, f"{library}/{table}", _position(row))
             self._count("transformer.layout_changes")
         elif code == "F" and kind == "CR" and self._relayed(row):
             self._cleared(row)
+        elif code == "F" and kind in MEMBER_ALARMS and self._relayed(row):
+            self._member_alarm(row, kind)
+        elif code == "F" and kind == "RG" and self._relayed(row):
+            # RGZPFM renumbers RRNs; keys come from images, so only count it.
+            self._count("transformer.reorganized")
         else:
             self._count("transformer.ignored")
 
@@ -294,18 +318,17 @@ class TransformerLeg:
     # -- record entries -----------------------------------------------------
 
     def _record(self, row: sqlite3.Row) -> None:
-        decoder = self._decoder(*_object_names(row))
         try:
-            if isinstance(decoder, DecodeError):
-                raise decoder
-            image = decoder.decode(
+            decoder = self._versions.decoder(row, *_object_names(row), _position(row))
+            decoded = decoder.decode_record(
                 bytes(row["data"] or b""), row["null_map"], position=_position(row)
             )
-            source_info = self._source(row, decoder.layout)
+            source_info = self._source(row, decoder)
         except DecodeError as exc:
             self._park(row, exc)
             return
-        events = self._events(row, decoder.layout, image, source_info)
+        self._tally_problems(decoder, decoded, row)
+        events = self._events(row, decoder.layout, decoded, source_info)
         if not events:
             return
         if row["commit_cycle"]:
@@ -313,47 +336,78 @@ class TransformerLeg:
         else:
             self._emit(net_effect(events))
 
-    def _decoder(self, library: str, table: str) -> RecordDecoder | DecodeError:
-        """The compiled layout in force for the table (SourceError propagates)."""
-        found = self._decoders.get((library, table))
-        if found is None:
-            try:
-                layout = self.catalog.load_layout(library, table)
-                found = compile_layout(layout, self.settings.ibmi.ccsid_overrides)
-            except DecodeError as exc:
-                found = exc
-            self._decoders[(library, table)] = found
-        return found
+    def _tally_problems(
+        self, decoder: RecordDecoder, decoded: Decoded, row: sqlite3.Row
+    ) -> None:
+        """Count field errors and blank numerics; warn once per table and kind.
+
+        Both are in the event or counted, so a log line per record would add
+        nothing but noise: the first of each kind per table and run is logged.
+        """
+        if decoded.errors:
+            self._count("transformer.field_errors", len(decoded.errors))
+            if ("error", decoder.table) not in self._warned:
+                self._warned.add(("error", decoder.table))
+                first = decoded.errors[0]
+                logger.warning(
+                    "field decode errors carried in changes stage=%s table=%s"
+                    " position=%s field=%s reason=%s",
+                    STAGE,
+                    decoder.table,
+                    _position(row),
+                    first["field"],
+                    first["reason"],
+                )
+        if decoded.blanks:
+            self._count("transformer.blank_numerics", len(decoded.blanks))
+            if ("blank", decoder.table) not in self._warned:
+                self._warned.add(("blank", decoder.table))
+                logger.warning(
+                    "blank numeric fields read as null stage=%s table=%s"
+                    " position=%s field=%s",
+                    STAGE,
+                    decoder.table,
+                    _position(row),
+                    ",".join(decoded.blanks),
+                )
 
     def _events(
         self,
         row: sqlite3.Row,
         layout: layouts.Layout,
-        image: Image,
+        decoded: Decoded,
         source_info: dict[str, Any],
     ) -> list[Event]:
         """Row events of one entry: [] while a before image waits for its after."""
-        kind = row["entry_type"]
+        kind, image = row["entry_type"], decoded.values
         slot = f"before:{row['object']}|{row['rrn']}|{row['job']}"
         if kind in BEFORE_TYPES:
-            self._keep_before(slot, row["id"], image)
+            self._keep_before(slot, row["id"], image, decoded.errors)
             return []
         base = {"table": layout.sql_name, "raw_id": row["id"], **source_info}
         if kind in INSERT_TYPES:
-            return [_event(base, "insert", _key(layout, image, row), None, image)]
+            errors = _tagged(decoded.errors, "after")
+            key = _key(layout, image, row)
+            return [_event(base, "insert", key, None, image, errors=errors)]
         if kind not in AFTER_TYPES:
-            return [_event(base, "delete", _key(layout, image, row), image, None)]
-        before = self._take_before(slot)
+            errors = _tagged(decoded.errors, "before")
+            key = _key(layout, image, row)
+            return [_event(base, "delete", key, image, None, errors=errors)]
+        before, before_errors = self._take_before(slot)
+        errors = before_errors + _tagged(decoded.errors, "after")
         old_key, new_key = _key(layout, before or image, row), _key(layout, image, row)
         if old_key == new_key:
-            return [_event(base, "update", new_key, before, image)]
+            return [_event(base, "update", new_key, before, image, errors=errors)]
         # An update of the primary key is a delete of the old key, insert of the new.
+        after_errors = errors[len(before_errors) :]
         return [
-            _event(base, "delete", old_key, before, None),
-            _event(base, "insert", new_key, None, image),
+            _event(base, "delete", old_key, before, None, errors=before_errors),
+            _event(base, "insert", new_key, None, image, errors=after_errors),
         ]
 
-    def _keep_before(self, slot: str, raw_id: int, image: Image) -> None:
+    def _keep_before(
+        self, slot: str, raw_id: int, image: Image, errors: list[dict[str, Any]]
+    ) -> None:
         replaced = self.conn.execute(
             "DELETE FROM held_changes WHERE cycle_key = ?", (slot,)
         ).rowcount
@@ -361,17 +415,22 @@ class TransformerLeg:
             self._count("transformer.unpaired_before", replaced)
         self.conn.execute(
             "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, ?)",
-            (slot, raw_id, canonical(image)),
+            (slot, raw_id, canonical([image, _tagged(errors, "before")])),
         )
 
-    def _take_before(self, slot: str) -> Image | None:
+    def _take_before(self, slot: str) -> tuple[Image | None, list[dict[str, Any]]]:
+        """The held before image of ``slot`` and its field errors (or None, [])."""
         found = self.conn.execute(
             "DELETE FROM held_changes WHERE cycle_key = ? RETURNING change", (slot,)
         ).fetchall()
         if not found:
-            return None
-        image: Image = json.loads(found[-1][0])
-        return image
+            return None, []
+        held = json.loads(found[-1][0])
+        if isinstance(held, dict):  # written before field errors were kept
+            return held, []
+        image: Image = held[0]
+        errors: list[dict[str, Any]] = held[1]
+        return image, errors
 
     def _park(self, row: sqlite3.Row, exc: DecodeError) -> None:
         library, table = _object_names(row)
@@ -488,13 +547,10 @@ class TransformerLeg:
 
     def _cleared(self, row: sqlite3.Row) -> None:
         """CLRPFM: every row of the member is gone, with no DL entries."""
-        decoder = self._decoder(*_object_names(row))
-        if isinstance(decoder, DecodeError):
-            self._park(row, decoder)
-            return
-        layout = decoder.layout
         try:
-            source_info = self._source(row, layout)
+            decoder = self._versions.decoder(row, *_object_names(row), _position(row))
+            layout = decoder.layout
+            source_info = self._source(row, decoder)
         except DecodeError as exc:
             self._park(row, exc)
             return
@@ -505,11 +561,39 @@ class TransformerLeg:
             "key": {},
             "before": None,
             "after": None,
+            "errors": [],
             **source_info,
         }
         self._emit([change])
 
+    def _member_alarm(self, row: sqlite3.Row, kind: str) -> None:
+        """F EJ / F MR of a relayed table: an alarm an operator must act on.
+
+        Parked as a dead letter (visible in ``appliance status`` and the web
+        page), counted as ``transformer.alarm.<type>``, logged at ERROR.
+        """
+        library, table = _object_names(row)
+        reason = MEMBER_ALARMS[kind]
+        store.park(
+            self.conn,
+            stage=STAGE,
+            reason=f"F {kind}: {reason}",
+            table=f"{library}/{table}",
+            position=_position(row),
+            expected="re-send the table from the IBM i (guardian, issue 5)",
+            raw_id=row["id"],
+        )
+        self._count(f"transformer.alarm.{kind}")
+        logger.error(
+            "journal alarm, odh may drift stage=%s table=%s position=%s reason=%s",
+            STAGE,
+            table,
+            _position(row),
+            reason,
+        )
+
     def _emit(self, changes: list[Event]) -> None:
+        """Write changes; field errors travel in ``source.errors`` (contracts §2)."""
         self.conn.executemany(
             "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
             " entry_ts_ms, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -521,7 +605,7 @@ class TransformerLeg:
                     canonical(change["key"]),
                     None if change["before"] is None else canonical(change["before"]),
                     None if change["after"] is None else canonical(change["after"]),
-                    canonical(change["source"]),
+                    canonical(_with_errors(change)),
                     change["entry_ts_ms"],
                     change["mined_at"],
                 )
@@ -532,8 +616,9 @@ class TransformerLeg:
             self._count("transformer.changes", len(changes))
             self._tally["changes"] += len(changes)
 
-    def _source(self, row: sqlite3.Row, layout: layouts.Layout) -> dict[str, Any]:
+    def _source(self, row: sqlite3.Row, decoder: RecordDecoder) -> dict[str, Any]:
         """``source``, ``entry_ts_ms`` and ``mined_at`` of a change made by ``row``."""
+        layout = decoder.layout
         local_text = row["entry_ts"]
         try:
             local = dt.datetime.fromisoformat(local_text)
@@ -560,6 +645,8 @@ class TransformerLeg:
             "entry_ts": local_text,
             "entry_ts_utc": utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
+        if decoder.hidden:
+            source_info["hidden_columns"] = list(decoder.hidden)
         return {
             "source": source_info,
             "entry_ts_ms": (utc - _EPOCH) // dt.timedelta(milliseconds=1),
@@ -573,8 +660,34 @@ def _event(
     key: dict[str, JsonValue],
     before: Image | None,
     after: Image | None,
+    *,
+    errors: list[dict[str, Any]] | None = None,
 ) -> Event:
-    return {**base, "kind": kind, "key": key, "before": before, "after": after}
+    return {
+        **base,
+        "kind": kind,
+        "key": key,
+        "before": before,
+        "after": after,
+        "errors": errors or [],
+    }
+
+
+def _tagged(errors: list[dict[str, Any]], image: str) -> list[dict[str, Any]]:
+    """Field errors marked with the image they belong to ('before'/'after')."""
+    return [{**error, "image": image} for error in errors]
+
+
+def _errors_of(event: Event, image: str) -> list[dict[str, Any]]:
+    return [e for e in event.get("errors", []) if e.get("image") == image]
+
+
+def _with_errors(change: Event) -> dict[str, Any]:
+    """The change's ``source``, with ``errors`` added when a field failed."""
+    errors = change.get("errors")
+    if not errors:
+        return dict(change["source"])
+    return {**change["source"], "errors": errors}
 
 
 def _key(

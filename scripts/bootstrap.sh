@@ -5,9 +5,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Tools for building and booting the disk image (`make image`, issue #7);
+# only `scripts/bootstrap.sh image-tools` installs them, never the default run.
+image_tools() {
+  local tools=(
+    debootstrap systemd-container fdisk dosfstools mtools e2fsprogs
+    systemd-boot sbsigntool ovmf qemu-system-x86 qemu-utils
+  )
+  local need=()
+  for p in "${tools[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+      || need+=("$p")
+  done
+  ((${#need[@]})) || return 0
+  echo "bootstrap: installing image tools: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 \
+    install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+if [ "${1:-}" = image-tools ]; then
+  image_tools
+  exit 0
+fi
+
 packages=(
   unixodbc odbc-postgresql postgresql-15 default-jre-headless maven
   libbsh-java librhino-java libjt400-java libsystemd-dev pkg-config
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,8 +42,12 @@ done
 if ((${#missing[@]})); then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Wait for another apt run (unattended upgrades, a parallel make) instead
+  # of failing on the dpkg lock.
+  lock=(-o DPkg::Lock::Timeout=600)
+  $SUDO apt-get "${lock[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get "${lock[@]}" install -y -qq \
+    "${missing[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}

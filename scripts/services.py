@@ -364,17 +364,49 @@ def _choose_kafka_ports(props: Path) -> tuple[int, int]:
             return broker, controller
 
 
+def set_kafka_proxy(state_dir: Path | str, advertised_port: int) -> int:
+    """Give the broker of ``state_dir`` a PROXIED listener; return its real port.
+
+    The listener binds a free loopback port but advertises ``advertised_port``,
+    where a fault proxy (``appliance/faults/proxy.py``) forwards to it: a
+    client bootstrapped through the proxy then keeps talking through it. Takes
+    effect at the broker's next start; kept across restarts.
+    """
+    base = _kafka_paths(_resolve(state_dir))["base"]
+    base.mkdir(parents=True, exist_ok=True)
+    backend = _free_port()
+    entry = {"advertised_port": advertised_port, "backend_port": backend}
+    (base / "proxied.json").write_text(json.dumps(entry) + "\n")
+    return backend
+
+
+def _proxied(paths: dict[str, Path]) -> tuple[int, int] | None:
+    """(advertised, backend) ports of the PROXIED listener, when configured."""
+    try:
+        entry = json.loads((paths["base"] / "proxied.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(entry["advertised_port"]), int(entry["backend_port"])
+
+
 def _write_kafka_config(paths: dict[str, Path], broker: int, controller: int) -> None:
+    listeners = f"PLAINTEXT://{LOOPBACK}:{broker},CONTROLLER://{LOOPBACK}:{controller}"
+    advertised = f"PLAINTEXT://{LOOPBACK}:{broker}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    proxied = _proxied(paths)
+    if proxied is not None:
+        listeners += f",PROXIED://{LOOPBACK}:{proxied[1]}"
+        advertised += f",PROXIED://{LOOPBACK}:{proxied[0]}"
+        protocols += ",PROXIED:PLAINTEXT"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{LOOPBACK}:{controller}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{broker},CONTROLLER://{LOOPBACK}:"
-        f"{controller}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{broker}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(paths["data"]),
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",

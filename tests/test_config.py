@@ -126,3 +126,49 @@ def test_settings_page_matches_the_models() -> None:
     for cls in (config.BoxSettings, config.HubSettings):
         for key, _, text in config.describe(cls):
             assert text, f"{key} has no help text"
+
+
+def test_a_misplaced_password_is_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown key may hold a secret: its value is not in the error."""
+    path = _write(
+        tmp_path,
+        '[store]\nid = "MQ01"\n[ibmi]\npassword = "hunter2SECRET"\n'
+        '[shiper]\nx = "s3"\n',
+    )
+    monkeypatch.setenv("APPLIANCE_KAFKA__PASSWORD", "envSECRET")
+    with pytest.raises(ConfigError) as caught:
+        config.load_box(path)
+    text = str(caught.value)
+    assert "ibmi.password: Extra inputs" in text
+    assert "shiper" in text
+    for secret in ("hunter2SECRET", "envSECRET", "s3"):
+        assert secret not in text
+
+
+def test_an_override_from_the_environment_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error names the variable, not only the file."""
+    monkeypatch.setenv("APPLIANCE_IBMI__PORT", "notaport")
+    with pytest.raises(ConfigError, match=r"\[from APPLIANCE_IBMI__PORT\]"):
+        config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
+
+
+def test_unknown_time_zone_is_refused_at_load(tmp_path: Path) -> None:
+    """A zone the tz database lacks fails validation, not the transformer later."""
+    path = _write(tmp_path, '[store]\nid = "MQ01"\ntimezone = "Mars/Olympus"\n')
+    with pytest.raises(ConfigError, match=r"store\.timezone: .*tz database"):
+        config.load_box(path)
+
+
+def test_plaintext_kafka_is_refused_off_loopback(tmp_path: Path) -> None:
+    """Across a network the relay speaks TLS: PLAINTEXT stays on loopback."""
+    ok = '[store]\nid = "MQ01"\n[kafka]\nbootstrap = "localhost:9092,[::1]:9093"\n'
+    assert config.load_box(_write(tmp_path, ok)).kafka.bootstrap.startswith("local")
+    far = '[store]\nid = "MQ01"\n[kafka]\nbootstrap = "10.1.2.3:9092"\n'
+    with pytest.raises(ConfigError, match="PLAINTEXT is allowed only with loopback"):
+        config.load_box(_write(tmp_path, far))
+    tls = far + 'security_protocol = "SASL_SSL"\n'
+    assert config.load_box(_write(tmp_path, tls)).kafka.security_protocol == "SASL_SSL"

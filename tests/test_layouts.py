@@ -12,10 +12,21 @@ from typing import Any
 
 import pytest
 
+from appliance import store
 from appliance.config import IbmiSection
 from appliance.decoder import compile_layout
 from appliance.errors import DecodeError
-from appliance.layouts import COLUMNS_SQL, KEYS_SQL, Column, load_layout, make_layout
+from appliance.layouts import (
+    COLUMNS_SQL,
+    KEYS_SQL,
+    Column,
+    LayoutHistory,
+    LayoutVersion,
+    layout_from_json,
+    layout_to_json,
+    load_layout,
+    make_layout,
+)
 
 
 def test_ibm_worked_example_offsets() -> None:
@@ -105,6 +116,7 @@ def catalog_row(
     storage: int | None = None,
     datfmt: str | None = None,
     datsep: str | None = None,
+    hidden: str = "N",
 ) -> tuple[Any, ...]:
     return (
         "MAGASIN",
@@ -122,6 +134,7 @@ def catalog_row(
         datsep,
         None,
         None,
+        hidden,
     )
 
 
@@ -159,6 +172,58 @@ def test_load_layout_of_unknown_table_is_an_error() -> None:
     with pytest.raises(DecodeError, match="not found in catalog") as caught:
         load_layout(FakeCursor([], []), "MAG", "NOPE")
     assert caught.value.table == "MAG/NOPE"
+
+
+def test_hidden_columns_from_the_catalog_are_flagged_and_placed() -> None:
+    """SYSCOLUMNS2.HIDDEN I/P: the column is in the image (offset) and flagged."""
+    cursor = FakeCursor(
+        [
+            catalog_row("ARTNUM", "CHAR", 6, ccsid=297),
+            catalog_row("MAJ", "TIMESTMP", 26, hidden="I"),
+            catalog_row("PRIX", "DECIMAL", 9, 2),
+        ],
+        [("ARTNUM", 1)],
+    )
+    layout = load_layout(cursor, "MAG", "PRIX")
+    assert [(c.name, c.offset, c.hidden) for c in layout.columns] == [
+        ("ARTNUM", 0, False),
+        ("MAJ", 6, True),
+        ("PRIX", 32, False),
+    ]
+
+
+def test_layout_survives_its_json_form() -> None:
+    """Versions are kept in meta as JSON; reading them back gives the same layout."""
+    layout = make_layout(
+        "MAG",
+        "PRIX",
+        [
+            Column("ARTNUM", "CHAR", 6, ccsid=297),
+            Column("DEBUT", "DATE", date_format="DMY", date_separator="-"),
+            Column("MAJ", "TIMESTMP", 26, hidden=True),
+        ],
+        ["ARTNUM"],
+    )
+    assert layout_from_json(layout_to_json(layout)) == layout
+
+
+def test_layout_history_picks_the_version_in_force(tmp_path: Path) -> None:
+    """§4.5: the version in force at raw id r is the latest with since <= r."""
+    conn = store.connect(tmp_path / "pipeline.db")
+    v1 = make_layout("MAG", "PRIX", [Column("A", "CHAR", 2, ccsid=37)])
+    v2 = make_layout("MAG", "PRIX", [Column("A", "CHAR", 3, ccsid=37)])
+    history = LayoutHistory(conn)
+    history.add("MAG/PRIX", 0, "", v1)
+    history.add("MAG/PRIX", 12, "QSQJRN0001:512", None)
+    assert history.in_force("MAG/PRIX", 11) == LayoutVersion(0, "", v1)
+    assert history.in_force("MAG/PRIX", 12) == LayoutVersion(12, "QSQJRN0001:512", None)
+    history.add("MAG/PRIX", 12, "QSQJRN0001:512", v2)
+
+    reread = LayoutHistory(conn)  # a restart: versions come back from meta
+    assert [v.since for v in reread.versions("MAG/PRIX")] == [0, 12]
+    assert reread.in_force("MAG/PRIX", 40) == LayoutVersion(12, "QSQJRN0001:512", v2)
+    assert reread.in_force("MAG/OTHER", 40) is None
+    conn.close()
 
 
 # --- integration: the emulator's catalog through ODBC ---------------------------

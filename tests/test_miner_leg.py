@@ -125,7 +125,9 @@ class FakeConnection:
 def settings(tmp_path: Path, window: int = 100) -> BoxSettings:
     return BoxSettings(
         store={"id": "MQ01"},
-        ibmi=IbmiSection(dialect="emulator", window=window, poll_interval_s=0.05),
+        ibmi=IbmiSection(
+            dialect="emulator", window=window, poll_interval_s=0.05, preflight=False
+        ),
         pipeline={"db_path": tmp_path / "pipeline.db"},
     )
 

@@ -349,24 +349,41 @@ def test_mis_sized_image_is_parked_and_the_relay_goes_on(box: Any) -> None:
     assert letter["field"] == "PRIX"  # the first field the short image cuts
     assert letter["byte_offset"] == 6
     assert letter["bytes_hex"] == "0000"
-    assert letter["expected"] == f"{PRIX.record_length} bytes, got 8"
+    assert letter["reason"] == "image length does not match its layout version"
+    assert letter["expected"] == (
+        f"{PRIX.record_length} bytes, got 8 (layout in force since the first"
+        " layout read)"
+    )
     assert letter["raw_id"] == bad
     assert [c["raw_id"] for c in changes(conn)] == [good]
     assert store.counters(conn)["transformer.dead_letters"] == 1
 
 
-def test_invalid_packed_field_is_parked_with_its_bytes(box: Any) -> None:
-    """A bad sign nibble names the field, offset, bytes and the expectation."""
+def test_invalid_packed_field_is_a_field_error_carried_in_the_change(
+    box: Any,
+) -> None:
+    """Popsink #31: a bad sign nibble nulls PRIX, the row ships with its error."""
     conf, conn, journal = box
-    data = bytearray(image("000001", 100))
+    data = bytearray(image("000001", 100, "ok"))
     data[9] = 0x07  # last byte of PRIX: digit 0, sign nibble 7
-    journal.add("R", "PT", rrn=1, data=bytes(data))
+    raw = journal.add("R", "PT", rrn=1, data=bytes(data))
     drain(leg_for(conf, conn))
-    letter = conn.execute("SELECT * FROM dead_letters").fetchone()
-    assert (letter["field"], letter["byte_offset"]) == ("PRIX", 6)
-    assert letter["bytes_hex"] == "00001007"
-    assert letter["reason"] == "invalid packed sign nibble"
-    assert letter["expected"] == "sign nibble A-F"
+
+    assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+    [change] = changes(conn)
+    assert change["raw_id"] == raw
+    assert change["after"] == {"ARTNUM": "000001", "PRIX": None, "LIBELLE": "ok"}
+    assert change["source"]["errors"] == [
+        {
+            "field": "PRIX",
+            "offset": 6,
+            "bytes_hex": "00001007",
+            "reason": "invalid packed sign nibble 7",
+            "expected": "sign A-F",
+            "image": "after",
+        }
+    ]
+    assert store.counters(conn)["transformer.field_errors"] == 1
 
 
 def test_crash_between_steps_repeats_nothing_and_loses_nothing(tmp_path: Path) -> None:
@@ -527,3 +544,175 @@ def test_build_wires_the_pipeline_database(tmp_path: Path) -> None:
         assert leg.status() == "entries=0 changes=0 parked=0"
     finally:
         leg.close()
+
+
+def test_before_image_errors_survive_the_commit_cycle(box: Any) -> None:
+    """A bad field in a UB held until CM is reported on the update's before."""
+    conf, conn, journal = box
+    bad_before = bytearray(image("000001", 100))
+    bad_before[9] = 0x3A  # digit 3, sign A: fine; then break a digit nibble
+    bad_before[7] = 0xAB
+    cycle = journal.start()
+    journal.add("R", "UB", cycle=cycle, rrn=1, data=bytes(bad_before))
+    journal.add("R", "UP", cycle=cycle, rrn=1, data=image("000001", 250))
+    journal.add("C", "CM", cycle=cycle, table="")
+    drain(leg_for(conf, conn))
+
+    [change] = changes(conn)
+    assert change["op"] == "u"
+    assert change["before"]["PRIX"] is None
+    assert change["after"] == row_of("000001", 250)
+    errors = change["source"]["errors"]
+    assert [(e["field"], e["image"], e["reason"]) for e in errors] == [
+        ("PRIX", "before", "invalid packed digit nibble")
+    ]
+
+
+def test_blank_numerics_are_null_counted_and_warned_once_per_table(
+    box: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Popsink #52: 0x40-filled PRIX is null, counted per field, one WARNING."""
+    conf, conn, journal = box
+    for rrn in (1, 2, 3):
+        data = bytearray(image(f"00000{rrn}", 100))
+        data[6:10] = b"\x40" * 4
+        journal.add("R", "PT", rrn=rrn, data=bytes(data))
+    with caplog.at_level("WARNING", logger="appliance.transformer"):
+        drain(leg_for(conf, conn))
+
+    assert [c["after"]["PRIX"] for c in changes(conn)] == [None, None, None]
+    assert all("errors" not in c["source"] for c in changes(conn))
+    assert store.counters(conn)["transformer.blank_numerics"] == 3
+    warnings = [r for r in caplog.records if "blank numeric" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "table=PRIX" in warnings[0].getMessage()
+
+
+def test_entries_before_an_alter_keep_their_layout_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """§4.5: old-layout entries queued before D CG decode after a restart too."""
+    conf = settings(tmp_path, batch=1)
+    conn = store.connect(conf.pipeline.db_path)
+    journal = Journal(conn)
+    catalog = DictCatalog(PRIX)
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    TransformerLeg(conf, conn, catalog).step()  # layout v1 read and kept
+
+    # The relay falls behind: the ALTER happens, the catalog moves on.
+    journal.add("R", "PT", rrn=2, data=image("000002", 200))
+    journal.add("D", "CG")
+    journal.add("R", "PT", rrn=3, data=image("000003", 300, promo=7))
+    catalog.layouts[("MAG", "PRIX")] = PRIX_V2
+    restarted = TransformerLeg(conf, store.connect(conf.pipeline.db_path), catalog)
+    drain(restarted)
+
+    after = [c["after"] for c in changes(conn)]
+    assert after[1] == row_of("000002", 200)
+    assert after[2] == {**row_of("000003", 300), "PROMO": 7}
+    assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+    assert catalog.loads == 2
+
+
+def test_first_read_behind_an_alter_parks_older_images_with_a_clear_reason(
+    box: Any,
+) -> None:
+    """§4.5: only the newer layout is known: older images are parked, never shifted."""
+    conf, conn, journal = box
+    old = journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("D", "CG")
+    journal.add("R", "PT", rrn=2, data=image("000002", 200, promo=1))
+    drain(leg_for(conf, conn, DictCatalog(PRIX_V2)))
+
+    letter = conn.execute("SELECT * FROM dead_letters").fetchone()
+    assert letter["raw_id"] == old
+    assert letter["reason"] == (
+        "image older than every known layout version of the table"
+    )
+    assert letter["expected"] == (
+        f"{PRIX_V2.record_length} bytes, got {PRIX.record_length}"
+        " (layout in force since QSQJRN0001:1001)"
+    )
+    assert [c["after"].get("PROMO") for c in changes(conn)] == [1]
+
+
+def test_hidden_columns_are_decoded_and_named_in_source(box: Any) -> None:
+    """§4.1: a hidden column is in the image and the change says it is hidden."""
+    conf, conn, journal = box
+    hidden = make_layout(
+        "MAG",
+        "PRIX",
+        [*PRIX.columns, Column("ROWCHG", "SMALLINT", hidden=True)],
+        ["ARTNUM"],
+    )
+    journal.add("R", "PT", rrn=1, data=image("000001", 100, promo=3))
+    drain(leg_for(conf, conn, DictCatalog(hidden)))
+    [change] = changes(conn)
+    assert change["after"]["ROWCHG"] == 3
+    assert change["source"]["hidden_columns"] == ["ROWCHG"]
+
+
+def test_field_errors_reach_the_message_through_the_enricher(box: Any) -> None:
+    """Contracts §2/§3: source.errors of a change becomes the message's errors."""
+    from appliance.enricher import EnricherLeg
+
+    conf, conn, journal = box
+    data = bytearray(image("000001", 100))
+    data[9] = 0x07
+    journal.add("R", "PT", rrn=1, data=bytes(data))
+    drain(leg_for(conf, conn))
+    enricher = EnricherLeg(conf, conn)
+    enricher.setup()
+    while enricher.step():
+        pass
+
+    payload = json.loads(conn.execute("SELECT payload FROM outbox").fetchone()[0])
+    assert payload["after"]["PRIX"] is None
+    assert "errors" not in payload["source"]
+    assert [(e["field"], e["bytes_hex"]) for e in payload["errors"]] == [
+        ("PRIX", "00001007")
+    ]
+
+
+def test_ccsid_overrides_from_settings_decode_mis_tagged_and_65535_columns(
+    tmp_path: Path,
+) -> None:
+    """jhc #40 (PR #46), node-jt400 #4: TABLE.* and TABLE.COLUMN overrides apply."""
+    tagged = make_layout(
+        "MAG",
+        "PRIX",
+        [
+            Column("ARTNUM", "CHAR", 6, ccsid=65535),
+            Column("PRIX", "DECIMAL", 7, 2),
+            Column("LIBELLE", "VARCHAR", 10, ccsid=37),
+        ],
+        ["ARTNUM"],
+    )
+    plain_conf = settings(tmp_path)
+    ibmi = plain_conf.ibmi.model_copy(
+        update={"ccsid_overrides": {"PRIX.*": 1147, "PRIX.LIBELLE": 297}}
+    )
+    conf = plain_conf.model_copy(update={"ibmi": ibmi})
+    conn = store.connect(conf.pipeline.db_path)
+    Journal(conn).add("R", "PT", rrn=1, data=image("00000A", 100, "Café"))
+    drain(TransformerLeg(conf, conn, DictCatalog(tagged)))
+    assert changes(conn)[0]["after"] == row_of("00000A", 100, "Café")
+
+    plain = store.connect(tmp_path / "plain.db")
+    Journal(plain).add("R", "PT", rrn=1, data=image("00000A", 100, "Café"))
+    drain(TransformerLeg(plain_conf, plain, DictCatalog(tagged)))
+    after = changes(plain)[0]["after"]
+    assert after["ARTNUM"] == "F0F0F0F0F0C1"  # 65535 without override: hex
+    assert after["LIBELLE"] == "Caf{"  # 1147 bytes read as the 37 tag says
+
+
+def test_minimized_entry_is_parked_with_its_reason(box: Any) -> None:
+    """§1.4/§4.6: null indicator '9' (MINENTDTA) parks the entry, never decodes it."""
+    conf, conn, journal = box
+    raw = journal.add("R", "UP", rrn=1, data=image("000001", 100), null_map=b"090")
+    drain(leg_for(conf, conn))
+    letter = conn.execute("SELECT * FROM dead_letters").fetchone()
+    assert letter["raw_id"] == raw
+    assert letter["reason"] == "field not recorded (minimized entry, null indicator 9)"
+    assert letter["field"] == "PRIX"
+    assert changes(conn) == []

@@ -124,6 +124,11 @@ BEGIN
             RAISE EXCEPTION 'CPF9801 Object % in library % not found.',
                 r.receiver_name, r.receiver_library USING ERRCODE = '42704';
         END IF;
+        IF r.status = 'FREED' THEN
+            -- [U] the CPF id of a saved-and-freed receiver is to be checked.
+            RAISE EXCEPTION 'CPF7053 Receiver % in library % saved with storage freed.',
+                r.receiver_name, r.receiver_library USING ERRCODE = '55000';
+        END IF;
         ids := ids || r.receiver_id;
     END LOOP;
     RETURN ids;
@@ -189,6 +194,12 @@ BEGIN
     IF starting_sequence IS NOT NULL AND starting_timestamp IS NOT NULL THEN
         RAISE EXCEPTION 'CPF7054 Starting sequence and starting timestamp are exclusive.'
             USING ERRCODE = '22023';
+    END IF;
+    IF ending_sequence < starting_sequence
+       AND upper(trim(coalesce(starting_receiver_name, '*CURRENT')))
+           = upper(trim(coalesce(ending_receiver_name, '*CURRENT'))) THEN
+        RAISE EXCEPTION 'CPF7054 Ending sequence % is before starting sequence %.',
+            ending_sequence, starting_sequence USING ERRCODE = '22023';
     END IF;
     IF '*RCD' = ANY (types) THEN
         types := types || ARRAY['PT', 'PX', 'UB', 'UP', 'DL', 'BR', 'UR', 'DR', 'IL'];

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +130,8 @@ class Job:
             entries = [self._image("UP", tdef, rrn, after)]
             if tdef.images == "*BOTH" or not self.autocommit:
                 entries.insert(0, self._image("UB", tdef, rrn, before))
+            if self.emu.minimized:
+                entries = [_minimized(tdef, e, set(values)) for e in entries]
             self._journal(cur, entries)
         self._remember(Undo("UP", tdef, rrn, before))
 
@@ -143,7 +145,11 @@ class Job:
                 raise _missing(tdef, keys)
             before, rrn = found
             self._check_lock(tdef, rrn)
-            self._journal(cur, [self._image("DL", tdef, rrn, before)])
+            entry = self._image("DL", tdef, rrn, before)
+            if tdef.images == "*AFTER" and self.autocommit:
+                # IMAGES(*AFTER) outside commitment control: no usable image.
+                entry = replace(entry, data=b"", null_map="")
+            self._journal(cur, [entry])
         self._remember(Undo("DL", tdef, rrn, before))
 
     # ------------------------------------------------------ transactions --
@@ -161,6 +167,11 @@ class Job:
     def savepoint(self) -> int:
         """A savepoint: the number of changes made so far in the cycle."""
         return len(self._undo)
+
+    def end_by_system(self) -> None:
+        """The system ends the open cycle with a rollback (IPL, job end)."""
+        if self.cycle is not None:
+            self._end("RB", IMPLICIT)
 
     def rollback_to(self, savepoint: int) -> None:
         """ROLLBACK TO SAVEPOINT: compensations only, the cycle stays open."""
@@ -241,6 +252,16 @@ class Job:
                 f"{holder.name}",
                 cpf="CPF5027",
             )
+
+
+def _minimized(table: TableDef, entry: Entry, changed: set[str]) -> Entry:
+    """MINENTDTA(*FLDBDY): fields neither changed nor key are '9' (not recorded)."""
+    full = entry.null_map or "0" * len(table.columns)
+    marks = [
+        mark if column.name in changed or column.name in table.key else "9"
+        for column, mark in zip(table.columns, full, strict=True)
+    ]
+    return replace(entry, null_map="".join(marks))
 
 
 def split_job(job: str) -> tuple[str, str, str]:

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from appliance.emulator import grants, receivers, store_tables
+from appliance.emulator import grants, operations, receivers, store_tables
 from appliance.emulator.encoder import DEFAULTS
 from appliance.emulator.job import Entry, Job, split_job
 from appliance.emulator.layout import Column, check_name
@@ -43,7 +43,7 @@ from appliance.errors import SourceError
 logger = logging.getLogger(__name__)
 
 CPF = re.compile(r"\bCP[FDI][0-9A-F]{4}\b")
-SCRIPTS = ("schema.sql", "display_journal.sql")
+SCRIPTS = ("schema.sql", "display_journal.sql", "behaviours.sql")
 INSTALL_LOCK = 0x1B3A_0001
 SYSTEM_JOB = "000000/QSYS/SCPF"
 OPERATOR_JOB = "000001/QSECOFR/QPADEV0001"
@@ -89,6 +89,8 @@ class Emulator:
         self._conn: psycopg.Connection[Any] | None = None
         self._journal_id: int | None = None
         self._tables: dict[str, TableDef] = {}
+        self.unjournaled: set[str] = set()  # OBJECTs after ENDJRNPF
+        self.minimized = False  # MINENTDTA(*FLDBDY): updates log changed fields
 
     # ------------------------------------------------------- connection --
 
@@ -219,7 +221,21 @@ class Emulator:
         if not self._tables:
             with self.transaction() as cur:
                 self._tables = load_tables(cur, self.library)
+                cur.execute(
+                    "SELECT system_table_name FROM qsys2.emu_table "
+                    "WHERE system_table_schema = %s AND NOT journaled",
+                    [self.library],
+                )
+                ended = {row[0] for row in cur.fetchall()}
+            # ENDJRNPF outlives this object: another Emulator must not journal.
+            self.unjournaled = {
+                t.object for name, t in self._tables.items() if name in ended
+            }
         return self._tables
+
+    def forget_tables(self) -> None:
+        """Drop the cached definitions (after ALTER or CHGJRNOBJ)."""
+        self._tables = {}
 
     def table(self, name: str) -> TableDef:
         found = self.tables().get(name.upper())
@@ -297,6 +313,10 @@ class Emulator:
     ) -> list[int]:
         """Append ``entries`` (inside the caller's transaction); their sequences."""
         number, user, name = split_job(job)
+        if self.unjournaled:
+            entries = [
+                e for e in entries if e.code != "R" or e.object not in self.unjournaled
+            ]
         gap = self._rng.randint(1, 3) if self._rng.random() < self.gap_rate else 0
         cur.execute(
             "SELECT qsys2.emu_emit(%s, %s, %s, %s::text[], %s, %s::text[], "
@@ -330,14 +350,61 @@ class Emulator:
     def ipl(self) -> str:
         """An IPL of a system-managed journal: CHGJRN *GEN with *RESET.
 
-        Refused with CPF7018 while a commit cycle is open (a real IPL would
-        first roll the open cycles back).
+        Like a real IPL it first ends every open commit cycle with a system
+        rollback (compensations, C RB with indicator '2'), so the reset is
+        never refused; the jobs that held them find their cycle gone.
         """
+        for job in {id(j): j for j in self.locks.values()}.values():
+            job.end_by_system()
         return receivers.change_receiver(self, reset=True, job=SYSTEM_JOB)
 
     def delete_receiver(self, name: str) -> None:
         """DLTJRNRCV: the receiver and its entries are gone (CPF7021 if attached)."""
         receivers.delete_receiver(self, name)
+
+    def clear_member(self, table: str) -> int:
+        """CLRPFM (F CR, no DL entries); see :mod:`.operations`."""
+        return operations.clear_member(self, table)
+
+    def reorganize(self, table: str) -> int:
+        """RGZPFM (F RG, RRNs renumbered); see :mod:`.operations`."""
+        return operations.reorganize(self, table)
+
+    def end_journaling(self, table: str) -> None:
+        """ENDJRNPF (F EJ): later changes of ``table`` are not journaled."""
+        operations.set_journaling(self, table, on=False)
+
+    def start_journaling(self, table: str) -> None:
+        """STRJRNPF (F JM): changes of ``table`` are journaled again."""
+        operations.set_journaling(self, table, on=True)
+
+    def restore_member(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """RSTOBJ (F MR): data replaced by ``rows`` without R entries."""
+        operations.restore_member(self, table, rows)
+
+    def add_column(self, table: str, column: Column) -> None:
+        """ALTER TABLE ADD COLUMN (D CG, new record length)."""
+        operations.add_column(self, table, column)
+
+    def save_and_free(self, name: str) -> None:
+        """SAVJRNRCV STG(*FREE): receiver status FREED, entries gone."""
+        operations.save_and_free(self, name)
+
+    def set_journal(self, **options: str) -> None:
+        """DLTRCV, MNGRCV, MINENTDTA, receiver retention; see :mod:`.operations`."""
+        operations.set_journal(self, **options)
+
+    def set_images(self, table: str, images: str) -> None:
+        """Journal images of ``table``: '*BOTH' or '*AFTER'."""
+        operations.set_images(self, table, images)
+
+    def arm_glitches(
+        self, *, null_attach: int = 0, stale_last: int = 0, stale_by: int = 3
+    ) -> None:
+        """JOURNAL_RECEIVER_INFO glitches for that many reads (jhc #55, #83)."""
+        operations.arm_glitches(
+            self, null_attach=null_attach, stale_last=stale_last, stale_by=stale_by
+        )
 
     def head(self) -> Head:
         """The attached receiver and the last sequence written to it."""

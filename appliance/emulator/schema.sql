@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS qsys2.emu_journal (
     minimize_entry_data varchar(10) NOT NULL DEFAULT '*NONE',
     time_zone text NOT NULL,
     latency_ms int NOT NULL DEFAULT 0,
+    receiver_retention varchar(20) NOT NULL DEFAULT '*NOMAX',
+    glitch_null_attach_reads int NOT NULL DEFAULT 0,
+    glitch_stale_last_reads int NOT NULL DEFAULT 0,
+    glitch_stale_by int NOT NULL DEFAULT 3,
     UNIQUE (journal_library, journal_name)
 );
 
@@ -98,6 +102,7 @@ CREATE TABLE IF NOT EXISTS qsys2.emu_table (
     journal_id int NOT NULL REFERENCES qsys2.emu_journal,
     journal_images varchar(6) NOT NULL DEFAULT '*BOTH',
     record_length int NOT NULL,
+    journaled boolean NOT NULL DEFAULT true,
     PRIMARY KEY (system_table_schema, system_table_name)
 );
 
@@ -134,7 +139,8 @@ SELECT j.journal_library, j.journal_name,
        j.receiver_size_option,
        j.minimize_entry_data AS minimize_entry_specific_data,
        'ACTIVE'::varchar(10) AS journal_state,
-       j.time_zone
+       j.time_zone,
+       j.receiver_retention
   FROM qsys2.emu_journal j
   LEFT JOIN qsys2.emu_receiver r ON r.receiver_id = j.attached_receiver_id;
 

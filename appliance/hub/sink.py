@@ -110,8 +110,16 @@ class SinkLeg:
     # -- lifecycle ---------------------------------------------------------
 
     def setup(self) -> None:
-        """Connect to PostgreSQL, create the base tables, open Kafka clients."""
-        self._pg = self._connect()
+        """Open Kafka clients and connect to PostgreSQL (a database down is retried).
+
+        PostgreSQL unreachable at start is an outage like any other: the step
+        reconnects with the doubling backoff instead of the leg exiting.
+        """
+        try:
+            self._pg = self._connect()
+        except SinkError as exc:
+            self._retry_at = time.monotonic() + self._backoff_s
+            logger.warning("postgresql unreachable at start, will retry error=%s", exc)
         kafka = self.settings.kafka
         try:
             self._consumer = Consumer(

@@ -1,0 +1,488 @@
+"""Operator actions as commands that the legs carry out (issue 6).
+
+The web page never changes pipeline state itself: it inserts a row into
+``commands`` (and one into ``audit``, same transaction) and the leg named by
+the row carries it out between two steps (:class:`Runner`, driven by
+:func:`appliance.daemon.run`).
+
+Invariants:
+
+- A command runs at most once. :meth:`Runner.run_pending` moves it from
+  ``pending`` to ``running`` before calling the handler and to ``done`` or
+  ``failed`` after. A leg killed in between leaves it ``running``; the next
+  start marks it ``failed`` ("interrupted") rather than repeat it, and the
+  operator sees that in the audit page and asks again if needed.
+- ``pause`` and ``resume`` are handled here for every leg: the flag is kept
+  in ``leg_flags`` so a paused leg stays paused across a restart.
+- Only the enricher writes ``outbox.lane_seq``: a re-send (:func:`resend`)
+  runs inside the enricher with the enricher's own lane counters. Copies keep
+  the original ``version``, so the hub's version guard applies a copy only
+  where the ODH lost the row or holds an older image; elsewhere it skips it.
+- Dead-letter actions (retry, discard) run in the leg of the letter's stage.
+  A transformer letter is retried by resetting its raw entry to ``state = 0``
+  only when that entry is outside a commit cycle: an entry of a cycle whose
+  commit already went by would be held forever waiting for a commit that will
+  not come again.
+
+Worked example: the technician asks to re-send table PRIX. The page inserts
+``commands(leg='enricher', kind='resend', args={"table": "PRIX"})``. Between
+two batches the enricher copies each confirmed PRIX message (one per
+version) to a new outbox row of the same lane with the next ``lane_seq``;
+the shipper sends them as any other message; the hub re-inserts the row that
+was deleted behind the relay's back and skips the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from appliance import store
+from appliance.errors import ApplianceError
+
+logger = logging.getLogger(__name__)
+
+LEGS = ("miner", "transformer", "enricher", "shipper")
+KINDS = {
+    "pause": LEGS,
+    "resume": LEGS,
+    "resend": ("enricher",),
+    "retry_dead_letter": ("transformer", "enricher"),
+    "discard_dead_letter": ("transformer", "enricher"),
+    "rewind": ("miner",),
+}
+POLL_EVERY_S = 0.5
+_META_SEQ = "enricher.lane_seq."
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    leg TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '{}',
+    requested_by TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    result TEXT NOT NULL DEFAULT '',
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands (leg, state, id);
+CREATE TABLE IF NOT EXISTS leg_flags (
+    leg TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    user_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    command_id INTEGER
+)
+"""
+
+
+class CommandError(ApplianceError):
+    """A command that cannot be requested or carried out (message says why)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    leg: str
+    kind: str
+    args: dict[str, Any]
+
+
+class Handles(Protocol):
+    """A leg that carries out its own kinds of command."""
+
+    def handle_command(self, kind: str, args: dict[str, Any]) -> str: ...
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the commands, leg_flags and audit tables if missing."""
+    with store.transaction(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+
+def audit(
+    conn: sqlite3.Connection,
+    user: str,
+    action: str,
+    detail: str = "",
+    command_id: int | None = None,
+) -> None:
+    """Append to the audit log (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO audit (at, user_name, action, detail, command_id)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (time.time(), user, action, detail[:500], command_id),
+    )
+
+
+def request(
+    conn: sqlite3.Connection, leg: str, kind: str, args: dict[str, Any], user: str
+) -> int:
+    """Queue a command for ``leg`` and audit it; return its id."""
+    if kind not in KINDS:
+        raise CommandError(f"command kind {kind[:40]!r} unknown, expected {KINDS}")
+    if leg not in KINDS[kind]:
+        raise CommandError(
+            f"command {kind!r} not for leg {leg[:40]!r}, expected {KINDS[kind]}"
+        )
+    text = json.dumps(args, sort_keys=True)
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO commands (leg, kind, args, requested_by, requested_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (leg, kind, text, user, time.time()),
+        )
+        command_id = int(cur.lastrowid or 0)
+        audit(conn, user, kind, f"leg={leg} {text}", command_id)
+    logger.info("command requested stage=%s kind=%s id=%d", leg, kind, command_id)
+    return command_id
+
+
+def take(conn: sqlite3.Connection, leg: str) -> list[Command]:
+    """Claim the pending commands of ``leg`` (now ``running``), oldest first."""
+    with store.transaction(conn):
+        rows = conn.execute(
+            "UPDATE commands SET state = 'running' WHERE leg = ? AND state = 'pending'"
+            " RETURNING id, leg, kind, args",
+            (leg,),
+        ).fetchall()
+    commands = [Command(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+    return sorted(commands, key=lambda c: c.id)
+
+
+def finish(conn: sqlite3.Connection, command_id: int, ok: bool, result: str) -> None:
+    """Record the outcome of a command."""
+    with store.transaction(conn):
+        conn.execute(
+            "UPDATE commands SET state = ?, result = ?, done_at = ? WHERE id = ?",
+            ("done" if ok else "failed", result[:1000], time.time(), command_id),
+        )
+
+
+def is_paused(conn: sqlite3.Connection, leg: str) -> bool:
+    row = conn.execute("SELECT paused FROM leg_flags WHERE leg = ?", (leg,)).fetchone()
+    return bool(row and row[0])
+
+
+def _set_paused(conn: sqlite3.Connection, leg: str, paused: bool) -> None:
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO leg_flags (leg, paused, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (leg) DO UPDATE SET paused = excluded.paused,"
+            " updated_at = excluded.updated_at",
+            (leg, int(paused), time.time()),
+        )
+
+
+class Runner:
+    """Carries out a leg's commands between its steps (see module doc)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        leg: object,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.conn = conn
+        self.leg = leg
+        self.name = name
+        self._clock = clock
+        self._polled = float("-inf")
+        ensure_schema(conn)
+        with store.transaction(conn):
+            conn.execute(
+                "UPDATE commands SET state = 'failed', done_at = ?,"
+                " result = 'interrupted by a restart; not repeated'"
+                " WHERE leg = ? AND state = 'running'",
+                (time.time(), name),
+            )
+        self.paused = is_paused(conn, name)
+        if self.paused:
+            logger.warning("leg starts paused stage=%s", name)
+
+    def run_pending(self) -> int:
+        """Run what is pending (at most every POLL_EVERY_S); return how many."""
+        now = self._clock()
+        if now - self._polled < POLL_EVERY_S:
+            return 0
+        self._polled = now
+        todo = take(self.conn, self.name)
+        for command in todo:
+            ok, result = self._run(command)
+            finish(self.conn, command.id, ok, result)
+            log = logger.info if ok else logger.warning
+            log(
+                "command %s stage=%s kind=%s id=%d",
+                "done" if ok else "failed",
+                self.name,
+                command.kind,
+                command.id,
+            )
+        return len(todo)
+
+    def _run(self, command: Command) -> tuple[bool, str]:
+        try:
+            if command.kind in ("pause", "resume"):
+                self.paused = command.kind == "pause"
+                _set_paused(self.conn, self.name, self.paused)
+                return True, command.kind + "d"
+            if command.kind in ("retry_dead_letter", "discard_dead_letter"):
+                letter = int(command.args["id"])
+                if command.kind == "discard_dead_letter":
+                    return True, discard_dead_letter(self.conn, letter)
+                return True, retry_dead_letter(self.conn, letter, self.name)
+            handler = getattr(self.leg, "handle_command", None)
+            if handler is None:
+                raise CommandError(f"leg {self.name} carries out no {command.kind}")
+            return True, str(handler(command.kind, command.args))
+        except (ApplianceError, KeyError, ValueError, TypeError) as exc:
+            return False, f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+# -- dead letters ------------------------------------------------------------
+
+
+def _letter(conn: sqlite3.Connection, letter_id: int, stage: str) -> sqlite3.Row:
+    row = conn.execute(
+        "SELECT id, stage, state, raw_id, payload FROM dead_letters WHERE id = ?",
+        (letter_id,),
+    ).fetchone()
+    if row is None:
+        raise CommandError(f"dead letter {letter_id} not found")
+    if row["stage"] != stage:
+        raise CommandError(f"dead letter {letter_id} is of stage {row['stage']!r}")
+    if row["state"] != "parked":
+        raise CommandError(f"dead letter {letter_id} already {row['state']}")
+    return row  # type: ignore[no-any-return]
+
+
+def discard_dead_letter(conn: sqlite3.Connection, letter_id: int) -> str:
+    """Mark a parked letter discarded (its bytes stay for the record)."""
+    with store.transaction(conn):
+        cur = conn.execute(
+            "UPDATE dead_letters SET state = 'discarded'"
+            " WHERE id = ? AND state = 'parked'",
+            (letter_id,),
+        )
+        if cur.rowcount != 1:
+            raise CommandError(f"dead letter {letter_id} is not parked")
+    return f"dead letter {letter_id} discarded"
+
+
+def retry_dead_letter(conn: sqlite3.Connection, letter_id: int, stage: str) -> str:
+    """Feed a parked letter back to its stage (see the module invariants)."""
+    with store.transaction(conn):
+        row = _letter(conn, letter_id, stage)
+        if stage == "enricher":
+            detail = _retry_change(conn, row)
+        else:
+            detail = _retry_raw(conn, row)
+        conn.execute(
+            "UPDATE dead_letters SET state = 'retried' WHERE id = ?", (letter_id,)
+        )
+        store.bump(conn, f"{stage}.retried")
+    return detail
+
+
+def _retry_change(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+    if not row["payload"]:
+        raise CommandError(f"dead letter {row['id']} has no change to retry")
+    change = json.loads(row["payload"])
+
+    def text(name: str) -> str | None:
+        value = change.get(name)
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    cur = conn.execute(
+        "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
+        " entry_ts_ms, mined_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        (
+            int(change["raw_id"]),
+            str(change["table"]),
+            str(change["op"]),
+            text("key"),
+            text("before"),
+            text("after"),
+            text("source"),
+            int(change["entry_ts_ms"]),
+            float(change["mined_at"]),
+        ),
+    )
+    return f"dead letter {row['id']} back as change {cur.lastrowid}"
+
+
+def _retry_raw(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+    raw_id = row["raw_id"]
+    if raw_id is None:
+        raise CommandError(f"dead letter {row['id']} names no raw entry")
+    raw = conn.execute(
+        "SELECT commit_cycle FROM raw_entries WHERE id = ?", (raw_id,)
+    ).fetchone()
+    if raw is None:
+        raise CommandError(f"raw entry {raw_id} is gone (pruned); cannot retry")
+    if int(raw[0]) != 0:
+        raise CommandError(
+            f"raw entry {raw_id} belongs to commit cycle {raw[0]}, whose commit"
+            " went by: re-send the table instead"
+        )
+    conn.execute("UPDATE raw_entries SET state = 0 WHERE id = ?", (raw_id,))
+    return f"dead letter {row['id']}: raw entry {raw_id} decoded again"
+
+
+# -- re-send -----------------------------------------------------------------
+
+
+def resend(
+    conn: sqlite3.Connection,
+    lane_seqs: dict[int, int],
+    *,
+    table: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> tuple[int, dict[int, int]]:
+    """Copy confirmed messages to new outbox rows; return (count, new lane_seqs).
+
+    One copy per version (a message re-sent twice is copied once), in the
+    original order, each with the next ``lane_seq`` of its lane and the same
+    version. ``since``/``until`` bound ``mined_at`` (unix seconds). The
+    caller keeps ``lane_seqs`` and adopts the returned counters only after
+    this returns (the transaction committed).
+    """
+    where = ["state = 'confirmed'"]
+    params: list[Any] = []
+    if table:
+        where.append("table_name = ?")
+        params.append(table.upper())
+    if since is not None:
+        where.append("mined_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("mined_at < ?")
+        params.append(until)
+    seqs = dict(lane_seqs)
+    now = time.time()
+    with store.transaction(conn):
+        rows = conn.execute(
+            "SELECT lane, interest, version, table_name, op, payload, mined_at"
+            " FROM outbox WHERE id IN (SELECT min(id) FROM outbox"
+            f" WHERE {' AND '.join(where)} GROUP BY version) ORDER BY id",
+            params,
+        ).fetchall()
+        seq_row = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()
+        next_id = (int(seq_row[0]) if seq_row else 0) + 1
+        copies = []
+        for row in rows:
+            lane = int(row["lane"])
+            seqs[lane] = seqs.get(lane, 0) + 1
+            message = json.loads(row["payload"])
+            message["lane_seq"] = seqs[lane]
+            message["outbox_id"] = next_id
+            payload = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+            copies.append(
+                (
+                    next_id,
+                    lane,
+                    seqs[lane],
+                    row["interest"],
+                    row["version"],
+                    row["table_name"],
+                    row["op"],
+                    payload,
+                    now,
+                    row["mined_at"],
+                )
+            )
+            next_id += 1
+        conn.executemany(
+            "INSERT INTO outbox (id, lane, lane_seq, interest, version, table_name,"
+            " op, payload, created_at, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            copies,
+        )
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(f"{_META_SEQ}{lane}", str(seq)) for lane, seq in seqs.items()],
+        )
+        if copies:
+            store.bump(conn, "enricher.resent", len(copies))
+    logger.warning(
+        "messages re-sent stage=enricher table=%s count=%d", table or "*", len(copies)
+    )
+    return len(copies), seqs
+
+
+def resend_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate the arguments of a ``resend`` command."""
+    out: dict[str, Any] = {}
+    table = args.get("table")
+    if table is not None:
+        if not isinstance(table, str) or not table.isidentifier() or len(table) > 30:
+            raise CommandError(f"table {str(table)[:40]!r} is not a table name")
+        out["table"] = table.upper()
+    for name in ("since", "until"):
+        value = args.get(name)
+        if value is not None:
+            out[name] = float(value)
+    if not out:
+        raise CommandError("resend needs a table or a time range")
+    return out
+
+
+# -- rewind ------------------------------------------------------------------
+
+
+def rewind(
+    conn: sqlite3.Connection,
+    journal_id: str,
+    bookmark: Any,
+    receiver: str,
+    sequence: int,
+) -> Any:
+    """Move the miner's bookmark back to ``sequence`` of its current receiver.
+
+    Returns the new bookmark (a :class:`appliance.journal.Bookmark`); the
+    entries from ``sequence`` on are read again as new raw entries, hence new
+    (higher) versions: the hub applies them in journal order and ends at the
+    state it had. Only the current receiver: an older one may be gone.
+    """
+    import dataclasses
+
+    from appliance.miner import save_bookmark
+
+    if bookmark is None:
+        raise CommandError("the miner has no bookmark yet: nothing to rewind")
+    if receiver != bookmark.receiver_name:
+        raise CommandError(
+            f"receiver {receiver[:20]!r} is not the current one"
+            f" {bookmark.receiver_name!r}"
+        )
+    lowest = max(1, int(bookmark.first_sequence or 1))
+    if not lowest <= sequence <= bookmark.sequence:
+        raise CommandError(f"sequence {sequence} outside {lowest}..{bookmark.sequence}")
+    moved = dataclasses.replace(bookmark, sequence=sequence, processed=False)
+    with store.transaction(conn):
+        save_bookmark(conn, journal_id, moved)
+    logger.warning(
+        "miner rewound stage=miner position=%s count=%d",
+        moved.position(),
+        bookmark.sequence - sequence + 1,
+    )
+    return moved

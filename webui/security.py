@@ -1,0 +1,230 @@
+"""Secrets of the web page: TLS certificate, session key, users, tokens, limiter.
+
+Everything lives in ``webui.state_dir`` (mode 0700), each secret file 0600.
+
+Invariants:
+
+- No default password. Until a technician has set one, the page only offers
+  the setup form, which asks for a one-time setup code printed to stderr (the
+  console and the journal) at start; only its scrypt hash is on disk, and it
+  is deleted once used.
+- Passwords are hashed with scrypt (werkzeug, memory-hard); API and metrics
+  tokens are 32 random bytes, stored as SHA-256 (a hash of a random value
+  that long cannot be guessed back) and compared in constant time.
+- No secret value is ever logged, rendered in an error, or stored in clear
+  (the session key is the exception: it must be usable, so it is 0600).
+- Failed logins are counted per client address: each failure waits a little
+  longer; after ``limit`` failures within ``LOCK_S`` the login answers 429.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from appliance.config import read_secret
+from appliance.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LOCK_S = 300.0
+MIN_PASSWORD = 12
+_USERS = "users.json"
+_SETUP = "setup-code.hash"
+
+
+def _private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file readable by its owner only."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    tmp.replace(path)
+
+
+def prepare_dir(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+
+
+def ensure_certificate(state_dir: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (IPs or DNS names), made once."""
+    cert, key = state_dir / "tls.crt", state_dir / "tls.key"
+    if cert.exists() and key.exists():
+        return cert, key
+    alt = ",".join(
+        ("IP:" if n.replace(".", "").isdigit() or ":" in n else "DNS:") + n
+        for n in names
+    )
+    tmp_key = state_dir / "tls.key.tmp"
+    old = os.umask(0o077)
+    try:
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(tmp_key),
+                "-out",
+                str(cert),
+                "-days",
+                "825",
+                "-subj",
+                f"/CN={names[0]}",
+                "-addext",
+                f"subjectAltName={alt}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        os.umask(old)
+    tmp_key.chmod(0o600)
+    tmp_key.replace(key)
+    logger.info("tls certificate made path=%s", cert)
+    return cert, key
+
+
+def session_key(state_dir: Path) -> bytes:
+    """The Flask secret key: credential 'webui-secret', else a 0600 file."""
+    path = state_dir / "secret-key"
+    try:
+        return read_secret("webui-secret", path).encode()
+    except ConfigError:
+        pass
+    _private_file(path, secrets.token_hex(32).encode())
+    return path.read_text().strip().encode()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Users:
+    """The technician accounts and the API tokens (hashes only), one JSON file."""
+
+    state_dir: Path
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / _USERS
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            data: dict[str, dict[str, str]] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {"users": {}, "tokens": {}}
+        return data
+
+    def configured(self) -> bool:
+        return bool(self._load()["users"])
+
+    def check(self, user: str, password: str) -> bool:
+        """True when the password is right (always hashes: no timing oracle)."""
+        stored = self._load()["users"].get(user)
+        if stored is None:
+            check_password_hash(_DUMMY_HASH, password)
+            return False
+        return check_password_hash(stored, password)
+
+    def token_role(self, token: str) -> str | None:
+        """'api' or 'metrics' for a valid bearer token, else None."""
+        digest = token_hash(token)
+        for role, stored in self._load()["tokens"].items():
+            if hmac.compare_digest(stored, digest):
+                return role
+        return None
+
+    def create(self, user: str, password: str) -> dict[str, str]:
+        """The first account; returns the new API and metrics tokens (shown once)."""
+        tokens = {role: secrets.token_urlsafe(32) for role in ("api", "metrics")}
+        with self._lock:
+            data = self._load()
+            data["users"][user] = generate_password_hash(password)
+            data["tokens"] = {r: token_hash(t) for r, t in tokens.items()}
+            _private_file(self.path, json.dumps(data).encode())
+        return tokens
+
+
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+class SetupCode:
+    """The one-time code that lets the first technician choose a password."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / _SETUP
+
+    def issue(self) -> None:
+        """Make a new code, keep its hash, print it on stderr (never logged)."""
+        code = "-".join(secrets.token_hex(3).upper() for _ in range(3))
+        _private_file(self.path, generate_password_hash(code).encode())
+        print(
+            f"appliance-webui: first access, setup code: {code}",
+            file=sys.stderr,
+            flush=True,
+        )
+        logger.warning("no technician yet: setup code printed on the console")
+
+    def check(self, code: str) -> bool:
+        try:
+            stored = self.path.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return check_password_hash(stored, code.strip().upper())
+
+    def used(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class LoginLimiter:
+    """Failed logins per client: a growing delay, then 429 (module doc)."""
+
+    def __init__(self, limit: int, delay_s: float) -> None:
+        self.limit = limit
+        self.delay_s = delay_s
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < LOCK_S]
+        self._failures[client] = kept
+        return kept
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client, time.time())) >= self.limit
+
+    def failed(self, client: str) -> float:
+        """Count a failure; return the delay to wait before answering."""
+        with self._lock:
+            recent = self._recent(client, time.time())
+            recent.append(time.time())
+            return self.delay_s * len(recent)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)

@@ -1,0 +1,226 @@
+"""The pages: setup, login, overview, journal, outbox, dead letters, actions, audit.
+
+Each action page only requests a command (:func:`request_command`) and says
+that it was queued; the leg carries it out and the audit page shows the
+outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session
+from flask import url_for as url
+from werkzeug.wrappers import Response as BaseResponse
+
+from appliance import commands
+from webui import state
+from webui.app import current_user, db, ext, text
+from webui.security import MIN_PASSWORD
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ui", __name__)
+
+
+def _client() -> str:
+    return request.remote_addr or "?"
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+def setup() -> str | BaseResponse | tuple[str, int]:
+    users = ext()["users"]
+    if users.configured():
+        return redirect(url("ui.login"))
+    limiter = ext()["limiter"]
+    if request.method == "GET":
+        return render_template("setup.html")
+    if limiter.blocked(_client()):
+        return render_template("setup.html", error=text("login.blocked")), 429
+    form = request.form
+    if not ext()["setup_code"].check(form.get("code", "")):
+        time.sleep(limiter.failed(_client()))
+        logger.warning("setup refused reason=code client=%s", _client())
+        return render_template("setup.html", error=text("setup.bad_code")), 401
+    user = form.get("user", "").strip()[:40]
+    password = form.get("password", "")
+    if not user or len(password) < MIN_PASSWORD or password != form.get("confirm"):
+        return render_template("setup.html", error=text("setup.bad_password")), 400
+    tokens = users.create(user, password)
+    ext()["setup_code"].used()
+    commands.audit(db(), user, "setup", "first technician account created")
+    logger.info("technician account created")
+    return render_template("setup_done.html", tokens=tokens)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> str | BaseResponse | tuple[str, int]:
+    users = ext()["users"]
+    if not users.configured():
+        return redirect(url("ui.setup"))
+    if request.method == "GET":
+        return render_template("login.html")
+    limiter = ext()["limiter"]
+    client = _client()
+    if limiter.blocked(client):
+        logger.warning("login refused reason=rate_limited client=%s", client)
+        return render_template("login.html", error=text("login.blocked")), 429
+    user = request.form.get("user", "")[:40]
+    if not users.check(user, request.form.get("password", "")):
+        time.sleep(limiter.failed(client))
+        logger.warning("login failed client=%s", client)
+        return render_template("login.html", error=text("login.bad")), 401
+    limiter.succeeded(client)
+    lang = session.get("lang")
+    session.clear()  # a new session: no fixation
+    session.permanent = True
+    session["user"] = user
+    if lang:
+        session["lang"] = lang
+    logger.info("login client=%s", client)
+    return redirect(url("ui.overview"))
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> BaseResponse:
+    session.clear()
+    return redirect(url("ui.login"))
+
+
+@bp.route("/lang", methods=["POST"])
+def switch_language() -> BaseResponse:
+    session["lang"] = "en" if request.form.get("lang") == "en" else "fr"
+    return redirect(url("ui.overview"))
+
+
+def stalled_after() -> float:
+    return float(ext()["settings"].webui.stalled_after_s)
+
+
+@bp.route("/")
+def overview() -> str:
+    facts = state.overview(db(), ext()["rates"], stalled_after())
+    return render_template("overview.html", o=facts)
+
+
+@bp.route("/journal")
+def journal() -> str:
+    return render_template("journal.html", j=state.journal(db()))
+
+
+@bp.route("/outbox")
+def outbox() -> str:
+    box = state.outbox(db())
+    return render_template(
+        "outbox.html", b=box, chart=state.chart_svg(box["per_minute"])
+    )
+
+
+@bp.route("/dead-letters")
+def dead_letters() -> str:
+    return render_template("dead_letters.html", letters=state.dead_letters(db()))
+
+
+@bp.route("/dead-letters/<int:letter_id>")
+def dead_letter(letter_id: int) -> str:
+    letter = state.dead_letter(db(), letter_id)
+    if letter is None:
+        abort(404)
+    decoded: Any = None
+    if letter["payload"]:
+        try:
+            decoded = json.loads(letter["payload"])
+        except ValueError:
+            decoded = None
+    pretty = json.dumps(decoded, indent=2, ensure_ascii=False) if decoded else ""
+    return render_template("dead_letter.html", d=letter, decoded=pretty)
+
+
+@bp.route(
+    "/dead-letters/<int:letter_id>/<any(retry, discard):action>", methods=["POST"]
+)
+def dead_letter_action(letter_id: int, action: str) -> BaseResponse:
+    letter = state.dead_letter(db(), letter_id)
+    if letter is None:
+        abort(404)
+    request_command(str(letter["stage"]), f"{action}_dead_letter", {"id": letter_id})
+    return redirect(url("ui.dead_letter", letter_id=letter_id))
+
+
+@bp.route("/actions")
+def actions() -> str:
+    legs = state.legs(db(), stalled_after())
+    tables = ext()["settings"].ibmi.tables
+    return render_template("actions.html", legs=legs, tables=tables)
+
+
+@bp.route("/actions/resend", methods=["POST"])
+def resend() -> BaseResponse:
+    args: dict[str, Any] = {}
+    table = request.form.get("table", "")
+    if table:
+        args["table"] = table
+    try:
+        for name in ("since", "until"):
+            value = request.form.get(name, "").strip()
+            if value:
+                at = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+                args[name] = at.timestamp()
+        commands.resend_args(args)
+    except (ValueError, commands.CommandError) as exc:
+        flash(text("act.bad", detail=str(exc)[:200]), "error")
+        return redirect(url("ui.actions"))
+    request_command("enricher", "resend", args)
+    return redirect(url("ui.actions"))
+
+
+@bp.route("/actions/<any(pause, resume):kind>/<leg>", methods=["POST"])
+def pause_resume(kind: str, leg: str) -> BaseResponse:
+    if leg not in commands.LEGS:
+        abort(404)
+    request_command(leg, kind, {})
+    return redirect(url("ui.actions"))
+
+
+@bp.route("/actions/rewind", methods=["GET", "POST"])
+def rewind() -> str | BaseResponse:
+    """GET: what a rewind to ?sequence=N will send again; POST: queue it."""
+    bookmark = state.journal(db())["bookmark"]
+    try:
+        sequence = int(request.values.get("sequence", ""))
+    except ValueError:
+        sequence = 0
+    if bookmark is None or not 0 < sequence <= int(bookmark["sequence"]):
+        flash(text("act.bad", detail=f"sequence {sequence}"), "error")
+        return redirect(url("ui.actions"))
+    if request.method == "POST":
+        args = {"receiver": bookmark["receiver_name"], "sequence": sequence}
+        request_command("miner", "rewind", args)
+        return redirect(url("ui.actions"))
+    plan = {
+        "start": sequence,
+        "end": bookmark["sequence"],
+        "receiver": bookmark["receiver_name"],
+        "count": int(bookmark["sequence"]) - sequence + 1,
+    }
+    return render_template("rewind.html", plan=plan)
+
+
+@bp.route("/audit")
+def audit() -> str:
+    return render_template("audit.html", rows=state.audit(db()))
+
+
+def request_command(leg: str, kind: str, args: dict[str, Any]) -> int | None:
+    """Queue a command as the current user; flash the outcome."""
+    try:
+        command_id = commands.request(db(), leg, kind, args, current_user())
+    except commands.CommandError as exc:
+        flash(text("act.bad", detail=str(exc)[:200]), "error")
+        return None
+    flash(text("act.queued", id=command_id), "info")
+    return command_id
