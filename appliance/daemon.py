@@ -13,10 +13,12 @@ honoured between two steps, and ``close`` gets ``stop_timeout_s`` at most.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -120,13 +122,18 @@ def run(
     ping_every = watchdog_interval_s()
     last_ping = last_beat = 0.0
     steps = 0
+    closed = False
     try:
         while not stopper.stopping:
             paused = False
             if commands is not None:
                 commands.run_pending()
                 paused = commands.paused
-            worked = False if paused else leg.step()
+            try:
+                worked = False if paused else _step(leg, stopper, ping_every, heartbeat)
+            except _StoppedWhileDown:
+                closed = True
+                break
             steps += 1
             now = time.monotonic()
             if ping_every is not None and now - last_ping >= ping_every:
@@ -145,7 +152,8 @@ def run(
     finally:
         notify("STOPPING=1")
         started = time.monotonic()
-        leg.close()
+        if not closed:
+            leg.close()
         if heartbeat is not None:
             heartbeat("stopped", leg.status())
         logger.info(
@@ -154,6 +162,97 @@ def run(
             time.monotonic() - started,
         )
     return 0
+
+
+_TRANSIENT_SQLITE = ("database or disk is full", "disk i/o error", "database is locked")
+_DISK_RETRY_FIRST_S = 1.0
+_DISK_RETRY_MAX_S = 30.0
+_DISK_ERROR_AFTER_S = 300.0
+
+
+def _step(
+    leg: Leg,
+    stopper: Stopper,
+    ping_every: float | None,
+    heartbeat: Callable[[str, str], None] | None,
+) -> bool:
+    """One step; a full or failing pipeline disk is waited out, not fatal.
+
+    The step's transaction rolled back, so nothing was half written. The leg
+    is closed and set up again once the disk answers, which reloads what it
+    keeps in memory (lane counters, bookmarks) from the database, exactly as
+    a restart would, without spending systemd's restart budget on an outage
+    that can last hours. WARNING at first, ERROR once it lasts (an operator
+    must free space).
+    """
+    try:
+        return leg.step()
+    except sqlite3.OperationalError as exc:
+        if not str(exc).lower().startswith(_TRANSIENT_SQLITE):
+            raise
+        _wait_for_disk(leg, stopper, ping_every, heartbeat, exc)
+        return False
+
+
+def _wait_for_disk(
+    leg: Leg,
+    stopper: Stopper,
+    ping_every: float | None,
+    heartbeat: Callable[[str, str], None] | None,
+    first: sqlite3.OperationalError,
+) -> None:
+    started = time.monotonic()
+    delay = _DISK_RETRY_FIRST_S
+    error: Exception = first
+    attempt = 0
+    leg.close()
+    while not stopper.stopping:
+        attempt += 1
+        elapsed = time.monotonic() - started
+        level = logging.ERROR if elapsed >= _DISK_ERROR_AFTER_S else logging.WARNING
+        logger.log(
+            level,
+            "pipeline database unavailable, waiting stage=%s attempt=%d"
+            " elapsed_s=%.0f error=%s",
+            leg.name,
+            attempt,
+            elapsed,
+            error,
+        )
+        notify(f"STATUS=waiting for the pipeline disk: {error}")
+        if heartbeat is not None:
+            with contextlib.suppress(sqlite3.Error):
+                heartbeat("waiting", f"pipeline disk: {error}")
+        _wait_pinging(stopper, delay, ping_every)
+        delay = min(delay * 2, _DISK_RETRY_MAX_S)
+        try:
+            leg.setup()
+        except sqlite3.OperationalError as exc:
+            error = exc
+            continue
+        logger.warning(
+            "pipeline database back stage=%s elapsed_s=%.0f",
+            leg.name,
+            time.monotonic() - started,
+        )
+        return
+    raise _StoppedWhileDown
+
+
+class _StoppedWhileDown(Exception):
+    """Stop requested while the leg was closed for a disk outage."""
+
+
+def _wait_pinging(stopper: Stopper, seconds: float, ping_every: float | None) -> None:
+    """Sleep (interrupted by a stop) while still telling systemd we are alive."""
+    deadline = time.monotonic() + seconds
+    while not stopper.stopping:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        stopper.event.wait(left if ping_every is None else min(left, ping_every))
+        if ping_every is not None:
+            notify("WATCHDOG=1")
 
 
 def _idle_wait(idle_s: float, ping_every: float | None) -> float:

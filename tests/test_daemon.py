@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -100,3 +101,52 @@ def test_notify_without_systemd_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> N
     """Outside systemd nothing is sent and nothing fails."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert daemon.notify("READY=1") is False
+
+
+class DiskFullOnce:
+    """A leg whose second step meets a full disk; setup counts reloads."""
+
+    name = "disky"
+
+    def __init__(self) -> None:
+        self.setups = 0
+        self.closes = 0
+        self.steps = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def step(self) -> bool:
+        self.steps += 1
+        if self.steps == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return True
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def status(self) -> str:
+        return f"steps={self.steps}"
+
+
+def test_full_disk_is_waited_out_and_the_leg_reloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full pipeline disk does not end the process: close, wait, set up again."""
+    monkeypatch.setattr(daemon, "_DISK_RETRY_FIRST_S", 0.01)
+    leg = DiskFullOnce()
+    assert daemon.run(leg, max_steps=5, stopper=daemon.Stopper()) == 0
+    assert leg.setups == 2  # the start, and the reload after the outage
+    assert leg.closes == 2  # before waiting, and at the end
+    assert leg.steps == 5
+
+
+def test_other_sqlite_errors_still_end_the_leg() -> None:
+    """Only outages are waited out; a bug (e.g. a bad statement) surfaces."""
+
+    class Broken(CountingLeg):
+        def step(self) -> bool:
+            raise sqlite3.OperationalError("no such table: outbox")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        daemon.run(Broken(), max_steps=3, stopper=daemon.Stopper())
