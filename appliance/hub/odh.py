@@ -63,7 +63,7 @@ _TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS {table} ("
     " store_id text NOT NULL, pk text NOT NULL, key jsonb NOT NULL, data jsonb,"
     " enrichment jsonb, version bigint NOT NULL,"
-    " deleted boolean NOT NULL DEFAULT false, source jsonb,"
+    " deleted boolean NOT NULL DEFAULT false, source jsonb, errors jsonb,"
     " applied_at timestamptz NOT NULL DEFAULT now(),"
     " PRIMARY KEY (store_id, pk))"
 )
@@ -159,11 +159,11 @@ def upsert(
         return 0
     query = sql.SQL(
         "INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
-        " deleted, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " deleted, source, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
         " data = coalesce(excluded.data, t.data), enrichment = excluded.enrichment,"
         " version = excluded.version, deleted = excluded.deleted,"
-        " source = excluded.source, applied_at = now()"
+        " source = excluded.source, errors = excluded.errors, applied_at = now()"
         " WHERE t.version < excluded.version"
     ).format(t=table_ident(schema, msgs[0]["table"]))
     with conn.cursor() as cur:
@@ -182,6 +182,9 @@ def _row_params(msg: dict[str, Any], deleted: bool) -> tuple[Any, ...]:
         msg["version"],
         deleted,
         _jsonb_or_none(msg.get("source")),
+        # Field-level decode errors stay with the row they concern, so data
+        # quality can be queried at the hub (NULL when the image was clean).
+        _jsonb_or_none(msg.get("errors")),
     )
 
 

@@ -215,3 +215,22 @@ def test_reflashed_box_starts_its_own_lanes_and_wins_by_version(rig: Rig) -> Non
     assert row(rig, "A")["data"] == {"ARTNUM": "A", "PRIX": "3.00"}
     assert row(rig, "A")["version"] == 8 * 10**10 + 1
     assert odh.applied_count(rig.pg, STORE, schema=rig.schema) == 4
+
+
+def test_field_errors_are_kept_beside_the_row(rig: Rig) -> None:
+    """A row with a field the box could not decode keeps the error at the hub."""
+    sink = rig.sink()
+    bad = payload(0, 1, key="A")
+    bad["errors"] = [
+        {"field": "PRIX", "offset": 6, "bytes_hex": "12345A", "reason": "bad sign"}
+    ]
+    send(rig, bad, payload(0, 2, key="B"))
+    drain(rig, sink, 0, 2)
+    got = dict(
+        rig.pg.execute(
+            f'SELECT pk, errors FROM "{rig.schema}".prix WHERE store_id = %s',
+            (STORE,),
+        ).fetchall()
+    )
+    assert got[odh.canonical_pk({"ARTNUM": "A"})] == bad["errors"]
+    assert got[odh.canonical_pk({"ARTNUM": "B"})] is None
