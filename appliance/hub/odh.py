@@ -99,8 +99,13 @@ def ensure_base(conn: psycopg.Connection[Any], schema: str) -> None:
 
 
 def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
-    """Create the ODH table of a relayed table when missing."""
-    conn.execute(sql.SQL(_TABLE_DDL).format(table=table_ident(schema, table)))
+    """Create the ODH table of a relayed table when missing (or add new columns)."""
+    ident = table_ident(schema, table)
+    conn.execute(sql.SQL(_TABLE_DDL).format(table=ident))
+    # Tables made before the errors column existed get it on first sight.
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS errors jsonb").format(ident)
+    )
 
 
 Stream = tuple[str, int, int]
