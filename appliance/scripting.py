@@ -66,7 +66,12 @@ from appliance.errors import ScriptError
 logger = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 4096
-LOAD_LIMIT_S = 10.0
+# Loading happens once, at start, in a JVM that may be cold on a slow or busy
+# box (seen: >10 s under qemu TCG). Stopping a thread while the JVM
+# initialises a class poisons that class for the life of the process
+# (NoClassDefFoundError later), so the limit is generous. The enricher unit's
+# TimeoutStartSec covers three scripts at this limit.
+LOAD_LIMIT_S = 60.0
 # How long past its limit a self-stopping script (JS, Python) may take
 # before the watchdog stops its thread from outside.
 SOFT_GRACE_S = 0.25

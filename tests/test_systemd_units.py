@@ -189,3 +189,13 @@ def test_the_target_does_not_wait_for_its_legs() -> None:
         if unit.startswith("appliance-") and "firstboot" not in unit
     ]
     assert "shutdown.target" in target["Conflicts"]
+
+
+def test_no_unit_of_the_shared_user_can_read_another_units_credentials() -> None:
+    """Legs and the page share one user: each hides /run/credentials but its own."""
+    for path in UNITS.glob("appliance-*.service"):
+        unit = _unit(path.name)
+        if unit.get("User") != ["appliance"]:
+            continue
+        assert unit.get("TemporaryFileSystem") == ["/run/credentials:ro"], path.name
+        assert unit.get("BindReadOnlyPaths") == ["-/run/credentials/%n"], path.name
