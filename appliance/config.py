@@ -186,7 +186,17 @@ class KafkaSection(Section):
     password_file: Path | None = Field(
         None, description="SASL password file; else credential 'kafka-password'."
     )
-    ca_file: Path | None = Field(None, description="CA bundle for TLS.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle for TLS; unset: the system's CA store."
+    )
+    oauth_token_file: Path | None = Field(
+        None,
+        description="OAUTHBEARER (Google Managed Kafka): access token file that an"
+        " outside agent (metadata server poller, sidecar) keeps fresh.",
+    )
+    oauth_service_account: str = Field(
+        "", description="OAUTHBEARER: service account email, the token's 'sub'."
+    )
 
     @model_validator(mode="after")
     def _plaintext_stays_on_loopback(self) -> KafkaSection:

@@ -6,6 +6,14 @@ librdkafka settings and ``confluent_kafka`` errors into
 or the systemd credential ``kafka-password`` and never reaches a log line or
 an error message.
 
+Security: over ``SSL`` and ``SASL_SSL`` the broker's certificate is always
+verified, chain (``kafka.ca_file``, else the system's CA store) and name
+(endpoint identification ``https``); no setting turns either off. The SASL
+mechanisms are PLAIN and SCRAM-SHA-512 with the password above, and
+OAUTHBEARER with Google Managed Kafka's token
+(:class:`~appliance.gcp_token.GoogleTokenSource` as ``oauth_cb``). See
+docs/kafka-security.md.
+
 Partitioning: both the shipper and the hub use librdkafka's
 ``murmur2_random`` partitioner, which is the Java client's default. The
 shipper reads the confirmations of its own store only, so it must compute the
@@ -26,6 +34,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from appliance.config import KafkaSection, read_secret
 from appliance.errors import ConfigError, TransportError
+from appliance.gcp_token import GoogleTokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +91,11 @@ def common_config(kafka: KafkaSection) -> dict[str, Any]:
         "security.protocol": kafka.security_protocol,
         "logger": logging.getLogger("confluent_kafka"),
     }
-    if kafka.security_protocol != "PLAINTEXT" and kafka.ca_file is not None:
-        conf["ssl.ca.location"] = str(kafka.ca_file)
+    if kafka.security_protocol != "PLAINTEXT":
+        conf["enable.ssl.certificate.verification"] = True
+        conf["ssl.endpoint.identification.algorithm"] = "https"
+        if kafka.ca_file is not None:
+            conf["ssl.ca.location"] = str(kafka.ca_file)
     if kafka.security_protocol == "SASL_SSL":
         conf.update(_sasl_config(kafka))
     return conf
@@ -91,12 +103,7 @@ def common_config(kafka: KafkaSection) -> dict[str, Any]:
 
 def _sasl_config(kafka: KafkaSection) -> dict[str, Any]:
     if kafka.sasl_mechanism == "OAUTHBEARER":
-        # librdkafka's OIDC method needs a client id, secret and token URL
-        # that KafkaSection does not carry yet.
-        raise ConfigError(
-            "kafka.sasl_mechanism: OAUTHBEARER is not configurable yet"
-            " (expected PLAIN or SCRAM-SHA-512)"
-        )
+        return _oauth_config(kafka)
     if not kafka.sasl_username:
         raise ConfigError("kafka.sasl_username: required with SASL_SSL (got '')")
     return {
@@ -104,6 +111,16 @@ def _sasl_config(kafka: KafkaSection) -> dict[str, Any]:
         "sasl.username": kafka.sasl_username,
         "sasl.password": read_secret("kafka-password", kafka.password_file),
     }
+
+
+def _oauth_config(kafka: KafkaSection) -> dict[str, Any]:
+    """Google Managed Kafka: librdkafka asks ``oauth_cb`` for each token."""
+    if kafka.oauth_token_file is None:
+        raise ConfigError(
+            "kafka.oauth_token_file: required with OAUTHBEARER (got unset)"
+        )
+    source = GoogleTokenSource(kafka.oauth_token_file, kafka.oauth_service_account)
+    return {"sasl.mechanism": "OAUTHBEARER", "oauth_cb": source}
 
 
 def producer_config(

@@ -53,6 +53,8 @@ KAFKA_HEAP = "-Xmx512m"
 KAFKA_START_TIMEOUT = 120.0
 PG_START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+KAFKA_SASL_USER = "relay"
+TLS_DAYS = 30
 MARKER = ".complete"
 # sockaddr_un.sun_path is 108 bytes on Linux, including the trailing NUL.
 MAX_SOCKET_PATH = 107
@@ -333,6 +335,8 @@ def _kafka_paths(state_dir: Path) -> dict[str, Path]:
         "log": base / "kafka.log",
         "pidfile": base / "kafka.pid",
         "cluster_id": base / "cluster.id",
+        "secure": base / "sasl_ssl.json",
+        "tls": base / "tls",
     }
 
 
@@ -348,8 +352,9 @@ def _previous_kafka_ports(props: Path) -> tuple[int, int] | None:
                 name, _, rest = item.partition("://")
                 with contextlib.suppress(ValueError):
                     ports[name] = int(rest.rsplit(":", 1)[1])
-    if "PLAINTEXT" in ports and "CONTROLLER" in ports:
-        return ports["PLAINTEXT"], ports["CONTROLLER"]
+    broker = ports.get("PLAINTEXT", ports.get("SASL_SSL"))
+    if broker is not None and "CONTROLLER" in ports:
+        return broker, ports["CONTROLLER"]
     return None
 
 
@@ -389,15 +394,154 @@ def _proxied(paths: dict[str, Path]) -> tuple[int, int] | None:
     return int(entry["advertised_port"]), int(entry["backend_port"])
 
 
+def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
+    """A throwaway CA (``<name>.pem``, ``<name>.key`` 0600) made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+        "-keyout", str(key), "-out", str(cert), "-days", str(TLS_DAYS),
+        "-subj", f"/CN=store-relay throwaway {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def _openssl(*args: str) -> None:
+    tool = shutil.which("openssl")
+    if tool is None:
+        raise ServiceError("openssl not found on PATH (apt-get install openssl)")
+    _run([tool, *args])
+
+
+def _make_server_keystore(tls: Path, store_password: Path) -> None:
+    """CA, then a 127.0.0.1/localhost server certificate in a PKCS12 keystore."""
+    ca_cert, ca_key = make_ca(tls)
+    key, csr, cert = tls / "server.key", tls / "server.csr", tls / "server.pem"
+    ext = tls / "server.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        f"subjectAltName=IP:{LOOPBACK},DNS:localhost\n"
+    )
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+        "-out", str(csr), "-subj", f"/CN={LOOPBACK}",
+    )  # fmt: skip
+    os.chmod(key, 0o600)
+    _openssl(
+        "x509", "-req", "-sha256", "-in", str(csr), "-CA", str(ca_cert),
+        "-CAkey", str(ca_key), "-set_serial", str(secrets.randbits(63)),
+        "-days", str(TLS_DAYS), "-extfile", str(ext), "-out", str(cert),
+    )  # fmt: skip
+    _openssl(
+        "pkcs12", "-export", "-name", "kafka", "-in", str(cert), "-inkey", str(key),
+        "-certfile", str(ca_cert), "-out", str(tls / "server.p12"),
+        "-passout", f"file:{store_password}",
+    )  # fmt: skip
+    os.chmod(tls / "server.p12", 0o600)
+
+
+def enable_kafka_sasl_ssl(state_dir: Path | str) -> dict[str, str]:
+    """Make the broker of ``state_dir`` listen with SASL_SSL (PLAIN) only.
+
+    Once per state directory: a throwaway CA, a server certificate for
+    127.0.0.1 in a PKCS12 keystore, a generated password for the user
+    ``relay`` in a 0600 file. Takes effect at the broker's next start and is
+    kept across restarts; ``kafka stop --wipe`` removes it. The controller
+    listener stays PLAINTEXT on loopback. Refused for the shared state
+    directory, whose PLAINTEXT broker every other test uses.
+    """
+    resolved = _resolve(state_dir)
+    if resolved == REPO / ".cache" / "services":
+        raise ServiceError(f"SASL_SSL is for a state dir of its own, not {resolved}")
+    paths = _kafka_paths(resolved)
+    found = _secure(paths)
+    if found is not None:
+        return found
+    tls = paths["tls"]
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls, 0o700)
+    store_password = tls / "keystore.password"
+    _write_secret(store_password, secrets.token_urlsafe(24))
+    _make_server_keystore(tls, store_password)
+    user_password = paths["base"] / f"sasl-{KAFKA_SASL_USER}.password"
+    _write_secret(user_password, secrets.token_urlsafe(24))
+    entry = {
+        "ca_file": str(tls / "ca.pem"),
+        "keystore": str(tls / "server.p12"),
+        "keystore_password_file": str(store_password),
+        "sasl_username": KAFKA_SASL_USER,
+        "password_file": str(user_password),
+    }
+    paths["secure"].write_text(json.dumps(entry, indent=2) + "\n")
+    return entry
+
+
+def _secure(paths: dict[str, Path]) -> dict[str, str] | None:
+    """The SASL_SSL material of this broker, when it was enabled."""
+    try:
+        entry = json.loads(paths["secure"].read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(key): str(value) for key, value in entry.items()}
+
+
+def _secure_settings(secure: dict[str, str], names: list[str]) -> dict[str, str]:
+    """Broker settings of the SASL_SSL listeners ``names`` (server.properties)."""
+    user = secure["sasl_username"]
+    password = Path(secure["password_file"]).read_text().strip()
+    store = Path(secure["keystore_password_file"]).read_text().strip()
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required"
+        f' username="{user}" password="{password}" user_{user}="{password}";'
+    )
+    settings = {
+        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": secure["keystore"],
+        "ssl.keystore.password": store,
+        "ssl.key.password": store,
+        # The broker's own client (inter-broker listener) trusts the same CA.
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": secure["ca_file"],
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+    for name in names:
+        settings[f"listener.name.{name.lower()}.plain.sasl.jaas.config"] = jaas
+    return settings
+
+
+def _client_conf(paths: dict[str, Path]) -> dict[str, Any]:
+    """librdkafka settings a readiness probe needs to talk to this broker."""
+    secure = _secure(paths)
+    if secure is None:
+        return {}
+    return {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": secure["ca_file"],
+        "ssl.endpoint.identification.algorithm": "https",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": secure["sasl_username"],
+        "sasl.password": Path(secure["password_file"]).read_text().strip(),
+    }
+
+
 def _write_kafka_config(paths: dict[str, Path], broker: int, controller: int) -> None:
-    listeners = f"PLAINTEXT://{LOOPBACK}:{broker},CONTROLLER://{LOOPBACK}:{controller}"
-    advertised = f"PLAINTEXT://{LOOPBACK}:{broker}"
-    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secure = _secure(paths)
+    main = "PLAINTEXT" if secure is None else "SASL_SSL"
+    listeners = f"{main}://{LOOPBACK}:{broker},CONTROLLER://{LOOPBACK}:{controller}"
+    advertised = f"{main}://{LOOPBACK}:{broker}"
+    protocols = f"{main}:{main},CONTROLLER:PLAINTEXT"
     proxied = _proxied(paths)
     if proxied is not None:
         listeners += f",PROXIED://{LOOPBACK}:{proxied[1]}"
         advertised += f",PROXIED://{LOOPBACK}:{proxied[0]}"
-        protocols += ",PROXIED:PLAINTEXT"
+        protocols += f",PROXIED:{main}"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -405,7 +549,7 @@ def _write_kafka_config(paths: dict[str, Path], broker: int, controller: int) ->
         "listeners": listeners,
         "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": main,
         "listener.security.protocol.map": protocols,
         "log.dirs": str(paths["data"]),
         "offsets.topic.replication.factor": "1",
@@ -418,9 +562,14 @@ def _write_kafka_config(paths: dict[str, Path], broker: int, controller: int) ->
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
     }
+    if secure is not None:
+        names = [main] + (["PROXIED"] if proxied is not None else [])
+        settings.update(_secure_settings(secure, names))
     lines = ["# Generated by scripts/services.py; rewritten on every start."]
     lines += [f"{key}={value}" for key, value in settings.items()]
     paths["props"].write_text("\n".join(lines) + "\n")
+    if secure is not None:
+        os.chmod(paths["props"], 0o600)  # it holds the passwords
     log4j = [
         "# Generated by scripts/services.py: everything to stdout,",
         "# which the script redirects into kafka.log.",
@@ -470,14 +619,22 @@ def _kafka_needles(paths: dict[str, Path]) -> tuple[str, ...]:
     return ("kafka.Kafka", str(paths["props"]))
 
 
-def _kafka_metadata_ok(bootstrap: str, timeout: float) -> bool:
+def _kafka_metadata_ok(
+    bootstrap: str, timeout: float, conf: dict[str, Any] | None = None
+) -> bool:
     """Ask the broker for cluster metadata; True when it lists a broker."""
     try:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
-    except ImportError:
+    except ImportError as exc:
+        if conf:
+            raise ServiceError(
+                "a SASL_SSL broker is probed with confluent_kafka"
+            ) from exc
         return _kafka_metadata_raw(bootstrap, timeout)
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    client = AdminClient(
+        {"bootstrap.servers": bootstrap, "log_level": 0, **(conf or {})}
+    )
     try:
         metadata = client.list_topics(timeout=timeout)
     except KafkaException:  # timed out or refused: not ready yet
@@ -516,14 +673,28 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _kafka_ready(port: int, timeout: float = 5.0) -> bool:
+def _kafka_ready(
+    port: int, timeout: float = 5.0, conf: dict[str, Any] | None = None
+) -> bool:
     if not _tcp_answers(port):
         return False
-    return _kafka_metadata_ok(f"{LOOPBACK}:{port}", timeout)
+    return _kafka_metadata_ok(f"{LOOPBACK}:{port}", timeout, conf)
 
 
 def _kafka_entry(paths: dict[str, Path], pid: int, port: int) -> dict[str, Any]:
-    return {"bootstrap": f"{LOOPBACK}:{port}", "pid": pid, "log": str(paths["log"])}
+    entry: dict[str, Any] = {
+        "bootstrap": f"{LOOPBACK}:{port}",
+        "pid": pid,
+        "log": str(paths["log"]),
+    }
+    secure = _secure(paths)
+    if secure is not None:
+        entry["security_protocol"] = "SASL_SSL"
+        entry["sasl_mechanism"] = "PLAIN"
+        entry["sasl_username"] = secure["sasl_username"]
+        entry["password_file"] = secure["password_file"]
+        entry["ca_file"] = secure["ca_file"]
+    return entry
 
 
 def _running_kafka(state_dir: Path) -> tuple[int, int] | None:
@@ -589,7 +760,7 @@ def _wait_kafka(state_dir: Path, pid: int, port: int) -> None:
     while time.monotonic() < deadline:
         if not _alive(pid):
             raise ServiceError(f"Kafka exited during start-up; see {paths['log']}")
-        if _kafka_ready(port):
+        if _kafka_ready(port, conf=_client_conf(paths)):
             return
         time.sleep(0.5)
     _terminate(pid, signal.SIGTERM, _kafka_needles(paths))
@@ -598,11 +769,20 @@ def _wait_kafka(state_dir: Path, pid: int, port: int) -> None:
     )
 
 
-def start_kafka(state_dir: Path | None = None) -> dict[str, Any]:
-    """Start the broker unless it already runs and answers; return its entry."""
+def start_kafka(
+    state_dir: Path | None = None, *, sasl_ssl: bool = False
+) -> dict[str, Any]:
+    """Start the broker unless it already runs and answers; return its entry.
+
+    ``sasl_ssl`` first calls :func:`enable_kafka_sasl_ssl` (own state dir only).
+    """
     state_dir = _resolve(state_dir)
     _make_state_dir(state_dir)
     with _locked(state_dir / ".lock"):
+        if sasl_ssl and _secure(_kafka_paths(state_dir)) is None:
+            if _running_kafka(state_dir) is not None:
+                raise ServiceError("a PLAINTEXT broker runs here; stop it first")
+            enable_kafka_sasl_ssl(state_dir)
         pending = _kafka_begin(state_dir)
         return _kafka_finish(state_dir, pending)
 
@@ -620,7 +800,7 @@ def _kafka_begin(state_dir: Path) -> _KafkaLaunch:
     running = _running_kafka(state_dir)
     if running is not None:
         pid, port = running
-        if _kafka_ready(port):
+        if _kafka_ready(port, conf=_client_conf(paths)):
             return _KafkaLaunch(pid, port, None)
         # Alive but silent: give it the start-up budget, else replace it.
         try:
@@ -1054,7 +1234,9 @@ def status(state_dir: Path | None = None) -> tuple[bool, list[str]]:
     else:
         port = int(str(kafka["bootstrap"]).rpartition(":")[2])
         paths = _kafka_paths(resolved)
-        ok = _is_ours(int(kafka["pid"]), *_kafka_needles(paths)) and _kafka_ready(port)
+        ok = _is_ours(int(kafka["pid"]), *_kafka_needles(paths)) and _kafka_ready(
+            port, conf=_client_conf(paths)
+        )
         healthy &= ok
         word = "up" if ok else "DOWN (pid gone or broker silent)"
         lines.append(f"kafka: {word} at {kafka['bootstrap']}, pid {kafka['pid']}")
@@ -1116,6 +1298,12 @@ def _parser() -> argparse.ArgumentParser:
         one = sub.add_parser(name, help=f"start or stop {name} alone")
         one.add_argument("action", choices=("start", "stop"))
         one.add_argument("--wipe", action="store_true", help="with stop: delete data")
+        if name == "kafka":
+            one.add_argument(
+                "--sasl-ssl",
+                action="store_true",
+                help="with start: SASL_SSL (PLAIN) listener, own --state-dir only",
+            )
     return parser
 
 
@@ -1139,7 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
                 _, fetched = ensure_kafka_jars()
                 if fetched is not None:
                     print(f"kafka jars: fetched from Maven Central in {fetched:.1f}s")
-                print(_summary("kafka", start_kafka(state_dir)))
+                entry = start_kafka(state_dir, sasl_ssl=args.sasl_ssl)
+                print(_summary("kafka", entry))
             else:
                 print(f"kafka: {stop_kafka(state_dir, wipe=args.wipe)}")
         elif args.action == "start":
