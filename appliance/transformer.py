@@ -22,6 +22,11 @@ What an entry does:
   sequence reset opens a new, distinct key.
 - ``C CM``: the cycle's changes are reduced to their net effect per table and
   primary key and emitted; ``C RB`` drops them.
+- Every PT PX UP UR DL DR keeps the table's RRN -> key map
+  (:mod:`appliance.rrnmap`) up to date; a DL whose image cannot be read
+  (``IMAGES(*AFTER)``) is a delete of the key the map holds for its RRN, or
+  parked when the RRN is unknown. ``F RG`` (RGZPFM) re-reads the map from the
+  source; ``F CR`` empties it.
 - ``F CR`` (CLRPFM) emits an ``op = 't'`` change; ``D CG``/``D CT`` start a
   new layout version at their position, read from the catalog at the next
   record entry; entries before it keep the version in force at their own
@@ -60,12 +65,12 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import pyodbc
 
-from appliance import layouts, source, store
+from appliance import layouts, rrnmap, source, store
 from appliance.config import BoxSettings, IbmiSection
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
@@ -90,6 +95,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Image = dict[str, JsonValue]
 Event = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class OdbcCatalog:
@@ -103,17 +109,33 @@ class OdbcCatalog:
         self._conn: Any = None
 
     def load_layout(self, library: str, table: str) -> layouts.Layout:
+        def read(cursor: Any) -> layouts.Layout:
+            return layouts.load_layout(cursor, library, table)
+
+        return self._read(read, f"reading layout of {library}/{table}")
+
+    def read_rrn_pairs(
+        self, library: str, layout: layouts.Layout
+    ) -> list[tuple[int, rrnmap.Key]]:
+        """The table's current (RRN, key) pairs (after RGZPFM)."""
+
+        def read(cursor: Any) -> list[tuple[int, rrnmap.Key]]:
+            return rrnmap.read_pairs(cursor, self._ibmi.dialect, library, layout)
+
+        return self._read(read, f"reading rrns of {library}/{layout.table}")
+
+    def _read(self, read: Callable[[Any], _T], doing: str) -> _T:
         if self._conn is None:
             self._conn = self._connect(self._ibmi)
         try:
             cursor = self._conn.cursor()
             try:
-                return layouts.load_layout(cursor, library, table)
+                return read(cursor)
             finally:
                 cursor.close()
         except pyodbc.Error as exc:
             self.close()
-            raise source.translate(exc, f"reading layout of {library}/{table}") from exc
+            raise source.translate(exc, doing) from exc
 
     def close(self) -> None:
         if self._conn is not None:
@@ -196,6 +218,7 @@ class TransformerLeg:
         self._tables = {name.strip().upper() for name in settings.ibmi.tables}
         self._zone = ZoneInfo(settings.store.timezone)
         self._versions = DecoderVersions(conn, catalog, settings.ibmi.ccsid_overrides)
+        self._rrns = rrnmap.RrnMap(conn)
         self._warned: set[tuple[str, str]] = set()
         self._retry_at = 0.0
         self._failures = 0
@@ -299,12 +322,12 @@ class TransformerLeg:
             self._versions.changed(row, f"{library}/{table}", _position(row))
             self._count("transformer.layout_changes")
         elif code == "F" and kind == "CR" and self._relayed(row):
+            self._rrns.clear("/".join(_object_names(row)))
             self._cleared(row)
         elif code == "F" and kind in MEMBER_ALARMS and self._relayed(row):
             self._member_alarm(row, kind)
         elif code == "F" and kind == "RG" and self._relayed(row):
-            # RGZPFM renumbers RRNs; keys come from images, so only count it.
-            self._count("transformer.reorganized")
+            self._reorganized(row)
         else:
             self._count("transformer.ignored")
 
@@ -325,16 +348,67 @@ class TransformerLeg:
             )
             source_info = self._source(row, decoder)
         except DecodeError as exc:
-            self._park(row, exc)
-            return
-        self._tally_problems(decoder, decoded, row)
-        events = self._events(row, decoder.layout, decoded, source_info)
+            if row["entry_type"] == "DL":
+                # IMAGES(*AFTER): the slot is known, the row only through the map.
+                events = self._imageless_delete(row, exc)
+            else:
+                self._park(row, exc)
+                return
+        else:
+            self._tally_problems(decoder, decoded, row)
+            self._track(row, decoder.layout, decoded.values)
+            events = self._events(row, decoder.layout, decoded, source_info)
         if not events:
             return
         if row["commit_cycle"]:
             self._hold(row, events)
         else:
             self._emit(net_effect(events))
+
+    def _track(self, row: sqlite3.Row, layout: layouts.Layout, image: Image) -> None:
+        """Follow the entry in the RRN map: after images set, deletes free."""
+        table, kind = "/".join(_object_names(row)), row["entry_type"]
+        if kind in INSERT_TYPES or kind in AFTER_TYPES:
+            self._rrns.put(table, row["rrn"], _key(layout, image, row))
+        elif kind in ("DL", "DR"):
+            self._rrns.drop(table, row["rrn"])
+
+    def _imageless_delete(self, row: sqlite3.Row, exc: DecodeError) -> list[Event]:
+        """A DL with no usable image: delete the key mapped to its RRN."""
+        library, table = _object_names(row)
+        # The layout in force, without the image-length check the DL fails.
+        unsized = cast(sqlite3.Row, {**dict(row), "code": "", "data": b""})
+        try:
+            decoder = self._versions.decoder(unsized, library, table, _position(row))
+            source_info = self._source(row, decoder)
+        except DecodeError:
+            self._park(row, exc)  # the layout itself is the problem
+            return []
+        key = self._rrns.take(f"{library}/{table}", row["rrn"])
+        if key is None:
+            self._park(row, rrnmap.unknown_rrn(library, table, row["rrn"]))
+            return []
+        self._count("transformer.deletes_by_rrn")
+        base = {"table": decoder.layout.sql_name, "raw_id": row["id"], **source_info}
+        return [_event(base, "delete", key, None, None)]
+
+    def _reorganized(self, row: sqlite3.Row) -> None:
+        """RGZPFM renumbered every RRN: re-read the table's map from the source.
+
+        A source failure propagates (the entry is retried); a catalog that
+        cannot read RRNs leaves the map empty (image-less deletes then park).
+        """
+        library, table = _object_names(row)
+        try:
+            decoder = self._versions.decoder(row, library, table, _position(row))
+        except DecodeError as exc:
+            self._rrns.clear(f"{library}/{table}")
+            self._park(row, exc)
+            return
+        reader = getattr(self.catalog, "read_rrn_pairs", None)
+        pairs = reader(library, decoder.layout) if callable(reader) else []
+        self._rrns.replace(f"{library}/{table}", pairs, position=_position(row))
+        self._count("transformer.reorganized")
 
     def _tally_problems(
         self, decoder: RecordDecoder, decoded: Decoded, row: sqlite3.Row

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance import store
+from appliance import rrnmap, store
 from appliance.config import BoxSettings, IbmiSection, PipelineSection, StoreSection
 from appliance.errors import SourceError
 from appliance.layouts import Column, Layout, make_layout
@@ -716,3 +718,165 @@ def test_minimized_entry_is_parked_with_its_reason(box: Any) -> None:
     assert letter["reason"] == "field not recorded (minimized entry, null indicator 9)"
     assert letter["field"] == "PRIX"
     assert changes(conn) == []
+
+
+class SlotCatalog(DictCatalog):
+    """A catalog that also answers the (RRN, key) read made after RGZPFM."""
+
+    def __init__(self, *layouts: Layout) -> None:
+        super().__init__(*layouts)
+        self.pairs: list[tuple[int, dict[str, Any]]] = []
+        self.slot_failures = 0
+
+    def read_rrn_pairs(
+        self, library: str, layout: Layout
+    ) -> list[tuple[int, dict[str, Any]]]:
+        if self.slot_failures:
+            self.slot_failures -= 1
+            raise SourceError("source failed while reading rrns: connection lost")
+        return list(self.pairs)
+
+
+def reasons(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT reason FROM dead_letters ORDER BY id")]
+
+
+def test_imageless_delete_removes_the_key_last_seen_at_its_rrn(box: Any) -> None:
+    """IMAGES(*AFTER): an image-less DL deletes the mapped key, across restarts."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("R", "PT", rrn=2, data=image("000002", 200))
+    journal.add("R", "UP", rrn=2, data=image("000022", 250))  # key moved at RRN 2
+    drain(leg_for(conf, conn))
+    dl = journal.add("R", "DL", rrn=2, data=b"")
+    drain(leg_for(conf, conn))  # a new leg: the map came from the database
+
+    last = changes(conn)[-1]
+    assert (last["op"], last["key"], last["raw_id"]) == ("d", {"ARTNUM": "000022"}, dl)
+    assert last["before"] is None and last["after"] is None
+    assert last["source"]["rrn"] == 2
+    assert reasons(conn) == []
+    assert store.counters(conn)["transformer.deletes_by_rrn"] == 1
+
+
+def test_imageless_delete_of_an_unknown_rrn_is_parked_never_guessed(box: Any) -> None:
+    """No image and no key known for the RRN: a dead letter, no change."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("R", "DL", rrn=1, data=image("000001", 100))  # frees RRN 1
+    journal.add("R", "DL", rrn=1, data=b"")
+    journal.add("R", "DL", rrn=7, data=b"")
+    drain(leg_for(conf, conn))
+
+    assert [c["op"] for c in changes(conn)] == ["c", "d"]
+    assert reasons(conn) == [
+        "delete of RRN 1 in PRIX without image and no known key",
+        "delete of RRN 7 in PRIX without image and no known key",
+    ]
+
+
+def test_imageless_delete_in_a_cycle_follows_rollbacks(box: Any) -> None:
+    """The map follows RRNs in entry order: a rolled-back insert frees its slot."""
+    conf, conn, journal = box
+    cycle = journal.start()
+    journal.add("R", "PT", cycle=cycle, rrn=3, data=image("000003", 300))
+    journal.add("R", "DR", cycle=cycle, rrn=3, data=image("000003", 300))
+    journal.add("C", "RB", cycle=cycle, table="")
+    journal.add("R", "PT", rrn=4, data=image("000004", 400))
+    cycle = journal.start()
+    journal.add("R", "DL", cycle=cycle, rrn=4, data=b"")
+    journal.add("R", "DL", cycle=cycle, rrn=3, data=b"")
+    journal.add("C", "CM", cycle=cycle, table="")
+    drain(leg_for(conf, conn))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [
+        ("c", "000004"),
+        ("d", "000004"),
+    ]
+    assert reasons(conn) == ["delete of RRN 3 in PRIX without image and no known key"]
+
+
+def test_reorganize_replaces_the_map_with_the_source_pairs(box: Any) -> None:
+    """F RG renumbers RRNs: the map is what the source says after it."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("R", "PT", rrn=5, data=image("000005", 500))
+    journal.add("R", "DL", rrn=1, data=image("000001", 100))
+    journal.add("F", "RG")
+    journal.add("R", "DL", rrn=1, data=b"")  # 000005 moved to RRN 1
+    journal.add("R", "DL", rrn=5, data=b"")  # nothing at RRN 5 any more
+    catalog = SlotCatalog(PRIX)
+    catalog.pairs = [(1, {"ARTNUM": "000005"})]
+    drain(leg_for(conf, conn, catalog))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)][-1] == ("d", "000005")
+    assert reasons(conn) == ["delete of RRN 5 in PRIX without image and no known key"]
+    assert store.counters(conn)["transformer.reorganized"] == 1
+
+
+def test_reorganize_read_failure_keeps_the_entry_for_a_retry(box: Any) -> None:
+    """A lost connection while re-reading RRNs backs off; nothing is guessed."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("F", "RG")
+    journal.add("R", "DL", rrn=1, data=b"")
+    catalog = SlotCatalog(PRIX)
+    catalog.pairs = [(1, {"ARTNUM": "000001"})]
+    catalog.slot_failures = 1
+    now = [100.0]
+    leg = TransformerLeg(conf, conn, catalog, clock=lambda: now[0])
+    assert leg.step() is True
+    pending = conn.execute("SELECT count(*) FROM raw_entries WHERE state = 0")
+    assert pending.fetchone()[0] == 2
+    now[0] += 61
+    assert leg.step() is True
+    assert [op for op, _, _, _ in ops(conn)] == ["c", "d"]
+    assert store.counters(conn)["transformer.reorganized"] == 1
+
+
+def test_clear_member_voids_the_map(box: Any) -> None:
+    """After F CR (CLRPFM) no slot is known: an image-less DL is parked."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("F", "CR")
+    journal.add("R", "DL", rrn=1, data=b"")
+    drain(leg_for(conf, conn))
+    assert [c["op"] for c in changes(conn)] == ["c", "t"]
+    assert reasons(conn) == ["delete of RRN 1 in PRIX without image and no known key"]
+
+
+def test_rrn_query_differs_between_dialects_only_in_rrn_and_case() -> None:
+    """RRN(T) on DB2 for i, the emulator's _rrn column in PostgreSQL."""
+    assert rrnmap.snapshot_sql("ibmi", "MAG", "PRIX", ["ARTNUM"]) == (
+        'SELECT RRN(T), "ARTNUM" FROM "MAG"."PRIX" AS T'
+    )
+    assert rrnmap.snapshot_sql("emulator", "MAG", "PRIX", ["ARTNUM"]) == (
+        'SELECT T._rrn, "artnum" FROM "mag"."prix" AS T'
+    )
+
+
+def test_rrn_pairs_read_through_odbc_are_spelled_like_decoded_keys() -> None:
+    """Padded CHAR, Decimal and dates from ODBC match the decoder's JSON values."""
+    layout = make_layout(
+        "MAG",
+        "STOCK",
+        [
+            Column("ART", "CHAR", 6, ccsid=1147),
+            Column("MAG", "DECIMAL", 5, 1),
+            Column("JOUR", "DATE"),
+            Column("QTE", "INTEGER"),
+        ],
+        ["ART", "MAG", "JOUR"],
+    )
+
+    class Cursor:
+        def execute(self, text: str) -> None:
+            self.text = text
+
+        def fetchall(self) -> list[tuple[Any, ...]]:
+            return [(4, "000123", Decimal("-0.0"), dt.date(2026, 12, 4))]
+
+    cursor = Cursor()
+    pairs = rrnmap.read_pairs(cursor, "ibmi", "MAG", layout)
+    assert cursor.text.startswith('SELECT RRN(T), "ART", "MAG", "JOUR" FROM')
+    assert pairs == [(4, {"ART": "000123", "MAG": "0.0", "JOUR": "2026-12-04"})]

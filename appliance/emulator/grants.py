@@ -2,8 +2,10 @@
 
 The reader role may execute ``qsys2.display_journal`` and select the qsys2
 catalog views, nothing else (the emu_* tables behind them are closed to
-PUBLIC; the function runs as its owner). With ``data`` it may also select
-the store tables in ``mag``, for the guardian's re-reads.
+PUBLIC; the function runs as its owner), and select the ``_rrn`` and
+primary-key columns of each table in ``mag`` (the transformer's RRN map after
+RGZPFM), no other column. With ``data`` it may also select the store tables
+in ``mag``, for the guardian's re-reads.
 
 The password is turned into a SCRAM-SHA-256 verifier on this side, so the
 clear text never reaches the server, its statement log or an error message.
@@ -16,6 +18,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -66,14 +69,44 @@ def reader_grants(data: bool) -> list[str]:
         + DISPLAY_JOURNAL_ARGS
         + ") TO {role}",
         *(f"GRANT SELECT ON qsys2.{view} TO {{role}}" for view in READER_VIEWS),
+        # Name lookup only; columns are granted one by one (grant_slots).
+        "GRANT USAGE ON SCHEMA mag TO {role}",
     ]
     if data:
         grants += [
-            "GRANT USAGE ON SCHEMA mag TO {role}",
             "GRANT SELECT ON ALL TABLES IN SCHEMA mag TO {role}",
             "ALTER DEFAULT PRIVILEGES IN SCHEMA mag GRANT SELECT ON TABLES TO {role}",
         ]
     return grants
+
+
+def grant_slots(
+    cur: psycopg.Cursor[Any],
+    roles: Sequence[str],
+    table: sql.Composable,
+    key: Sequence[str],
+) -> None:
+    """Let ``roles`` select the RRN and key columns of ``table``, nothing more."""
+    names = ["_rrn", *(name.lower() for name in key)]
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+    for role in roles:
+        cur.execute(
+            sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+                columns, table, sql.Identifier(role)
+            )
+        )
+
+
+def readers(cur: psycopg.Cursor[Any]) -> list[str]:
+    """Roles holding the reader's rights (EXECUTE on display_journal)."""
+    cur.execute(
+        "SELECT r.rolname FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a"
+        " JOIN pg_roles r ON r.oid = a.grantee"
+        " WHERE p.oid = %s::regprocedure AND a.privilege_type = 'EXECUTE'"
+        " AND a.grantee <> p.proowner ORDER BY 1",
+        [f"qsys2.display_journal({DISPLAY_JOURNAL_ARGS})"],
+    )
+    return [str(row[0]) for row in cur.fetchall()]
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:

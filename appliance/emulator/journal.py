@@ -178,11 +178,16 @@ class Emulator:
     def grant_reader(self, role: str, password: str, *, data: bool = False) -> None:
         """A login role that may only read the journal and the catalog views.
 
-        With ``data`` it may also SELECT the store tables in ``mag`` (the
-        guardian's re-reads). The password travels as a SCRAM verifier.
+        It may also select the ``_rrn`` and key columns of every table, now
+        and created later (``RRN(T)`` after RGZPFM). With ``data`` it may
+        also SELECT the store tables in ``mag`` (the guardian's re-reads).
+        The password travels as a SCRAM verifier.
         """
+        tables = list(self.tables().values())
         with self.transaction() as cur:
             grants.grant_reader(cur, role, password, data=data)
+            for table in tables:
+                grants.grant_slots(cur, [role], table.ident, table.key)
         logger.info("reader granted role=%s data=%s", role, data)
 
     # ----------------------------------------------------------- tables --
@@ -211,6 +216,7 @@ class Emulator:
         with self.transaction() as cur:
             write_catalog(cur, table, self.journal_id)
             cur.execute(table.ddl())
+            grants.grant_slots(cur, grants.readers(cur), table.ident, table.key)
             self.emit(cur, SYSTEM_JOB, None, [Entry("D", "CT", table.object)])
         self._tables[table.name] = table
         logger.info("table created table=%s", table.name)

@@ -9,6 +9,7 @@ usable image), the test asserts the alarm AND documents what ODH holds.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 
@@ -171,16 +172,21 @@ def test_rgzpfm_renumbering_keeps_odh_right(relay: Stack) -> None:
 
 
 def test_after_images_update_and_delete(relay: Stack) -> None:
-    """*AFTER: UP with no UB is right by key; a DL with no image is parked.
+    """*AFTER: UP with no UB is right by key; a DL with no image deletes its row.
 
-    ODH keeps a row whose DL came with no usable image (the table's rows
-    carry no RRN map yet): the dead letter is the operator's alarm.
+    The transformer keys an image-less DL through its RRN -> key map, also
+    after RGZPFM renumbered the RRNs (the map is read again from the source).
     """
-    put(relay, "SC_AFT", "A1", "A2")
+    put(relay, "SC_AFT", "A1", "A2", "A5", "A6", "A7")
     emu = relay.emulator()
     with emu.job(APP, autocommit=True) as job:
         job.update("SC_AFT", {"K": "A1"}, {"V": 9})
         job.delete("SC_AFT", {"K": "A2"})
+        job.delete("SC_AFT", {"K": "A5"})
+    emu.reorganize("SC_AFT")
+    drained(relay)  # the map is read at F RG: before the next change (see docs)
+    with emu.job(APP, autocommit=True) as job:
+        job.delete("SC_AFT", {"K": "A7"})  # A7 moved from RRN 5 to RRN 3
     with emu.job("123456/POS/CAISSE05") as job:
         job.insert("SC_AFT", {"K": "A3", "V": 3})
         job.delete("SC_AFT", {"K": "A3"})
@@ -190,10 +196,15 @@ def test_after_images_update_and_delete(relay: Stack) -> None:
         job.delete("SC_AFT", {"K": "A4"})
         job.commit()
     drained(relay)
+    rows = support.odh_rows(relay, "SC_AFT")
+    # By key: a delete without image brings no data (null if ODH had none).
+    gone = sorted(json.loads(pk)["K"] for pk, (_, deleted) in rows.items() if deleted)
+    assert gone == ["A2", "A4", "A5", "A7"]
     live = {r["K"]: r["V"] for r in support.live(relay, "SC_AFT")}
-    assert live == {"A1": 9, "A2": 1}
-    assert {r["K"] for r in support.source(relay, "SC_AFT")} == {"A1"}
-    assert len(letters(relay, "SC_AFT")) == 1
+    assert live == {"A1": 9, "A6": 1}
+    assert support.live(relay, "SC_AFT") == support.source(relay, "SC_AFT")
+    assert letters(relay, "SC_AFT") == []
+    assert support.counters(relay).get("transformer.deletes_by_rrn", 0) == 3
 
 
 def test_end_journaling_raises_an_alarm(relay: Stack) -> None:
