@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from appliance.emulator import receivers
 from appliance.emulator.job import Entry
 from appliance.emulator.layout import Column
 from appliance.errors import SourceError
@@ -178,26 +179,7 @@ def add_column(emu: Emulator, table: str, column: Column) -> None:
 
 def save_and_free(emu: Emulator, name: str) -> None:
     """SAVJRNRCV STG(*FREE): status FREED, entries no longer on the system."""
-    with emu.transaction() as cur:
-        cur.execute(
-            "SELECT r.receiver_id, r.receiver_id = j.attached_receiver_id "
-            "FROM qsys2.emu_receiver r JOIN qsys2.emu_journal j USING (journal_id) "
-            "WHERE r.journal_id = %s AND r.receiver_name = %s "
-            "AND r.status NOT IN ('DELETED', 'FREED') FOR UPDATE OF r",
-            [emu.journal_id, name.upper()],
-        )
-        found = cur.fetchone()
-        if found is None:
-            raise SourceError(f"CPF9801 receiver {name[:10]} not found", cpf="CPF9801")
-        if found[1]:
-            raise SourceError(
-                f"CPF7021 receiver {name[:10]} is attached", cpf="CPF7021"
-            )
-        cur.execute("DELETE FROM qsys2.emu_entry WHERE receiver_id = %s", [found[0]])
-        cur.execute(
-            "UPDATE qsys2.emu_receiver SET status = 'FREED' WHERE receiver_id = %s",
-            [found[0]],
-        )
+    receivers.drop_entries(emu, name, "FREED", gone=("DELETED", "FREED"))
     logger.info("receiver saved and freed receiver=%s", name.upper())
 
 

@@ -54,13 +54,25 @@ def change_receiver(emu: Emulator, *, reset: bool, job: str) -> str:
 
 def delete_receiver(emu: Emulator, name: str) -> None:
     """DLTJRNRCV: entries gone, receiver DELETED; CPF7021 if attached."""
+    drop_entries(emu, name, "DELETED", gone=("DELETED",))
+    logger.info("receiver deleted receiver=%s", name.upper())
+
+
+def drop_entries(
+    emu: Emulator, name: str, status: str, *, gone: tuple[str, ...]
+) -> None:
+    """Remove a receiver's entries and give it ``status`` (DELETED, FREED).
+
+    CPF9801 when no receiver of that name is in a status outside ``gone``;
+    CPF7021 when it is the attached one (its entries are still being written).
+    """
     with emu.transaction() as cur:
         cur.execute(
             "SELECT r.receiver_id, r.receiver_id = j.attached_receiver_id "
             "FROM qsys2.emu_receiver r JOIN qsys2.emu_journal j USING (journal_id) "
             "WHERE r.journal_id = %s AND r.receiver_name = %s "
-            "AND r.status <> 'DELETED' FOR UPDATE OF r",
-            [emu.journal_id, name.upper()],
+            "AND NOT (r.status = ANY(%s)) FOR UPDATE OF r",
+            [emu.journal_id, name.upper(), list(gone)],
         )
         found = cur.fetchone()
         if found is None:
@@ -71,10 +83,9 @@ def delete_receiver(emu: Emulator, name: str) -> None:
             )
         cur.execute("DELETE FROM qsys2.emu_entry WHERE receiver_id = %s", [found[0]])
         cur.execute(
-            "UPDATE qsys2.emu_receiver SET status = 'DELETED' WHERE receiver_id = %s",
-            [found[0]],
+            "UPDATE qsys2.emu_receiver SET status = %s WHERE receiver_id = %s",
+            [status, found[0]],
         )
-    logger.info("receiver deleted receiver=%s", name.upper())
 
 
 def _refuse_open_cycles(emu: Emulator, cur: psycopg.Cursor[Any]) -> None:
