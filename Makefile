@@ -4,7 +4,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/services.py
 
 .PHONY: setup services services-down demo check lint typecheck test bench clean \
-	image image-test units-check
+	image image-test units-check ansible-check
 
 setup:
 	@scripts/bootstrap.sh
@@ -49,6 +49,17 @@ image: setup
 image-test: setup
 	@scripts/bootstrap.sh image-tools
 	APPLIANCE_IMAGE_TESTS=1 .venv/bin/pytest -q -m image tests/image
+
+# The fleet role and playbooks (issue #8): Ansible in its own venv (never a
+# dependency of the appliance), ansible-lint offline on the production
+# profile, then the rollout test on fake boxes (minutes; not part of `check`).
+ANSIBLE_VENV := .cache/ansible-venv
+ansible-check: setup
+	@test -x $(ANSIBLE_VENV)/bin/ansible-lint || \
+		{ python3 -m venv $(ANSIBLE_VENV) && \
+		  $(ANSIBLE_VENV)/bin/pip install -q ansible-core ansible-lint; }
+	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-lint --offline --profile production
+	APPLIANCE_ANSIBLE_VENV=$(CURDIR)/$(ANSIBLE_VENV) .venv/bin/pytest -q -m ansible tests/ansible
 
 clean:
 	rm -rf .cache/demo .cache/bench artifacts
