@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -140,7 +141,8 @@ def request(
         raise CommandError(
             f"command {kind!r} not for leg {leg[:40]!r}, expected {KINDS[kind]}"
         )
-    text = json.dumps(args, sort_keys=True)
+    _check_numbers(args)
+    text = json.dumps(args, sort_keys=True, allow_nan=False)
     with store.transaction(conn):
         cur = conn.execute(
             "INSERT INTO commands (leg, kind, args, requested_by, requested_at)"
@@ -251,7 +253,13 @@ class Runner:
             if handler is None:
                 raise CommandError(f"leg {self.name} carries out no {command.kind}")
             return True, str(handler(command.kind, command.args))
-        except (ApplianceError, KeyError, ValueError, TypeError) as exc:
+        except (
+            ApplianceError,
+            KeyError,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ) as exc:
             return False, f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
@@ -486,3 +494,24 @@ def rewind(
         bookmark.sequence - sequence + 1,
     )
     return moved
+
+
+_SQLITE_INT = 2**63
+
+
+def _check_numbers(value: Any) -> None:
+    """Refuse numbers no leg can use: NaN, infinities, integers past 64 bits.
+
+    Found by a breaker run: such arguments were queued, then raised
+    OverflowError inside the leg that took the command.
+    """
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise CommandError(f"argument {value!r}: expected a finite number")
+    elif isinstance(value, int) and not -_SQLITE_INT <= value < _SQLITE_INT:
+        raise CommandError("argument: expected an integer that fits 64 bits")

@@ -323,8 +323,10 @@ def _shown(item: Any) -> str:
     any key whose name sounds secret show no value at all.
     """
     key = str(item["loc"][-1]).lower() if item["loc"] else ""
-    if item["type"] == "extra_forbidden" or any(w in key for w in _SECRETISH):
-        return ""
+    if item["type"] in ("extra_forbidden", "dict_type", "model_type") or any(
+        w in key for w in _SECRETISH
+    ):
+        return ""  # an unknown key, or a whole section given as text
     value = item.get("input")
     if isinstance(value, dict):
         return ""

@@ -145,6 +145,10 @@ def test_a_misplaced_password_is_never_echoed(
     assert "shiper" in text
     for secret in ("hunter2SECRET", "envSECRET", "s3"):
         assert secret not in text
+    section = _write(tmp_path, 'ibmi = "password=HUNTER2"\n[store]\nid = "MQ01"\n')
+    with pytest.raises(ConfigError, match=r"ibmi: Input should be a valid") as caught:
+        config.load_box(section)
+    assert "HUNTER2" not in str(caught.value)
 
 
 def test_an_override_from_the_environment_is_named_as_such(

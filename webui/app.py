@@ -56,6 +56,8 @@ def create_app(settings: BoxSettings, *, login_delay_s: float = 0.5) -> Flask:
     state_dir = Path(web.state_dir)
     security.prepare_dir(state_dir)
     app = Flask(__name__)
+    # An id past 64 bits cannot name a row: "not found", not a 500.
+    app.register_error_handler(OverflowError, lambda _exc: ("not found", 404))
     app.config.update(
         SECRET_KEY=security.session_key(state_dir),
         SESSION_COOKIE_SECURE=True,

@@ -200,6 +200,10 @@ class SetupCode:
             self.path.unlink()
 
 
+ANY_CLIENT = "*"  # the account's bucket: tries from every address together
+ACCOUNT_FACTOR = 4  # the account allows this many times one client's limit
+
+
 class LoginLimiter:
     """Failed logins per client: a growing delay, then 429 (module doc)."""
 
@@ -214,17 +218,28 @@ class LoginLimiter:
         self._failures[client] = kept
         return kept
 
-    def blocked(self, client: str) -> bool:
-        with self._lock:
-            return len(self._recent(client, time.time())) >= self.limit
+    def attempt(self, client: str) -> float | None:
+        """Reserve one try BEFORE the slow password check.
 
-    def failed(self, client: str) -> float:
-        """Count a failure; return the delay to wait before answering."""
+        None when the client (or the account, from all clients together) is
+        over its limit; else the delay to wait if the try then fails. Counting
+        first means a burst of parallel requests cannot all pass the gate
+        before the first failure is recorded (found by a breaker run).
+        """
         with self._lock:
-            recent = self._recent(client, time.time())
-            recent.append(time.time())
-            return self.delay_s * len(recent)
+            now = time.time()
+            buckets = ((client, self.limit), (ANY_CLIENT, self.limit * ACCOUNT_FACTOR))
+            if any(len(self._recent(key, now)) >= cap for key, cap in buckets):
+                return None
+            for key, _cap in buckets:
+                self._recent(key, now).append(now)
+            return self.delay_s * len(self._failures[client])
 
     def succeeded(self, client: str) -> None:
+        """A right password: the client's tries are forgiven, and its reserved
+        try no longer counts against the account."""
         with self._lock:
             self._failures.pop(client, None)
+            shared = self._failures.get(ANY_CLIENT)
+            if shared:
+                shared.pop()

@@ -17,7 +17,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from appliance import config, daemon, logs
 from appliance.errors import ConfigError
@@ -39,10 +39,24 @@ def build_server(settings: config.BoxSettings) -> BaseWSGIServer:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(cert), str(key))
-    server = make_server(web.bind, web.port, app, threaded=True, ssl_context=context)
+    server = make_server(
+        web.bind, web.port, app, threaded=True, request_handler=_Handler
+    )
+    # TLS is added here rather than by werkzeug so that the handshake runs in
+    # the request's own thread, under its timeout: a client that connects and
+    # says nothing must not hold the accept loop (and the watchdog) hostage.
+    server.socket = context.wrap_socket(
+        server.socket, server_side=True, do_handshake_on_connect=False
+    )
+    server.ssl_context = context  # tells werkzeug the scheme is https
     server.timeout = POLL_S
-    server.socket.settimeout(REQUEST_TIMEOUT_S)
     return server
+
+
+class _Handler(WSGIRequestHandler):
+    """Every connection, handshake included, is bounded by REQUEST_TIMEOUT_S."""
+
+    timeout = REQUEST_TIMEOUT_S
 
 
 def serve(server: BaseWSGIServer, stopper: daemon.Stopper) -> None:

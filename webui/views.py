@@ -39,11 +39,12 @@ def setup() -> str | BaseResponse | tuple[str, int]:
     limiter = ext()["limiter"]
     if request.method == "GET":
         return render_template("setup.html")
-    if limiter.blocked(_client()):
+    delay = limiter.attempt(_client())
+    if delay is None:
         return render_template("setup.html", error=text("login.blocked")), 429
     form = request.form
     if not ext()["setup_code"].check(form.get("code", "")):
-        time.sleep(limiter.failed(_client()))
+        time.sleep(delay)
         logger.warning("setup refused reason=code client=%s", _client())
         return render_template("setup.html", error=text("setup.bad_code")), 401
     user = form.get("user", "").strip()[:40]
@@ -52,6 +53,7 @@ def setup() -> str | BaseResponse | tuple[str, int]:
         return render_template("setup.html", error=text("setup.bad_password")), 400
     tokens = users.create(user, password)
     ext()["setup_code"].used()
+    limiter.succeeded(_client())
     commands.audit(db(), user, "setup", "first technician account created")
     logger.info("technician account created")
     return render_template("setup_done.html", tokens=tokens)
@@ -66,12 +68,13 @@ def login() -> str | BaseResponse | tuple[str, int]:
         return render_template("login.html")
     limiter = ext()["limiter"]
     client = _client()
-    if limiter.blocked(client):
+    delay = limiter.attempt(client)
+    if delay is None:
         logger.warning("login refused reason=rate_limited client=%s", client)
         return render_template("login.html", error=text("login.blocked")), 429
     user = request.form.get("user", "")[:40]
     if not users.check(user, request.form.get("password", "")):
-        time.sleep(limiter.failed(client))
+        time.sleep(delay)
         logger.warning("login failed client=%s", client)
         return render_template("login.html", error=text("login.bad")), 401
     limiter.succeeded(client)

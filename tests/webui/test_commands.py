@@ -212,3 +212,18 @@ def test_dead_letter_retry_and_discard(conn: sqlite3.Connection) -> None:
     commands.discard_dead_letter(conn, in_cycle)
     letters = conn.execute("SELECT state FROM dead_letters ORDER BY id").fetchall()
     assert [r[0] for r in letters] == ["retried", "retried", "discarded"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"id": float("inf")}, {"id": 10**23}, {"since": float("nan")}, {"x": [1e999]}],
+)
+def test_numbers_no_leg_can_use_are_refused_when_queued(
+    tmp_path: Path, args: dict[str, object]
+) -> None:
+    """Breaker run: such arguments were queued, then crashed the leg."""
+    conn = store.connect(tmp_path / "p.db")
+    commands.ensure_schema(conn)
+    with pytest.raises(commands.CommandError):
+        commands.request(conn, "transformer", "retry_dead_letter", args, "tech")
+    assert conn.execute("SELECT count(*) FROM commands").fetchone()[0] == 0

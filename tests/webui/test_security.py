@@ -7,12 +7,14 @@ cookie is Secure); the real TLS server is exercised by the browser test.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 from flask import Flask
 from webui_support import BASE, PASSWORD, csrf, login
 
+from webui import security
 from webui.app import PUBLIC
 
 # The forms an anonymous visitor must reach, and the stylesheet they use.
@@ -187,3 +189,33 @@ def test_no_secret_in_any_page_or_log(
         content = path.read_bytes()
         for secret in (PASSWORD, tokens["api"], tokens["metrics"]):
             assert secret.encode() not in content, path
+
+
+def test_a_burst_of_parallel_tries_gets_only_the_limit() -> None:
+    """Breaker run: 20 parallel wrong passwords were all checked, none refused.
+
+    Tries are now reserved before the slow check, so a burst gets the limit.
+    """
+    limiter = security.LoginLimiter(limit=3, delay_s=0.0)
+    barrier = threading.Barrier(20)
+    results: list[float | None] = []
+
+    def one() -> None:
+        barrier.wait()
+        results.append(limiter.attempt("127.0.0.2"))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert sum(r is not None for r in results) == 3
+
+
+def test_many_addresses_share_the_account_budget() -> None:
+    """Breaker run: each new LAN address got a fresh set of guesses."""
+    limiter = security.LoginLimiter(limit=3, delay_s=0.0)
+    allowed = sum(
+        limiter.attempt(f"10.0.0.{n}") is not None for n in range(40) for _ in range(3)
+    )
+    assert allowed == 3 * security.ACCOUNT_FACTOR
