@@ -115,12 +115,16 @@ def test_the_web_page_answers_over_tls_when_installed(
 ) -> None:
     if not _webui_installed(uefi_vm, ssh_key):
         pytest.skip("appliance-webui.service is not in the image")
-    # From outside, through the firewall (the test's store LAN is qemu's).
+    _assert_webui_over_tls(uefi_vm)
+
+
+def _assert_webui_over_tls(vm: Vm) -> None:
+    """From outside, through the firewall (the test's store LAN is qemu's)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the box's own self-signed certificate
     conn = http.client.HTTPSConnection(
-        "127.0.0.1", uefi_vm.webui, timeout=30, context=context
+        "127.0.0.1", vm.webui, timeout=30, context=context
     )
     conn.connect()
     assert isinstance(conn.sock, ssl.SSLSocket)
@@ -184,6 +188,7 @@ def test_secure_boot_boots_the_signed_image(disk: Path, ssh_key: Path) -> None:
         out = vm.ssh(ssh_key, "systemctl is-active " + " ".join(UNITS))
         assert out.stdout.split() == ["active"] * len(UNITS)
         assert _refused_from_outside(vm.probe)
+        _assert_webui_over_tls(vm)
     finally:
         vm.stop()
 
