@@ -36,11 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from appliance.devstack import STORE_TABLES, Services, Stack
+from appliance.devstack import Services, Stack
 from appliance.emulator import Column, Emulator, workload
-from appliance.hub import odh
 
 logger = logging.getLogger(__name__)
 
@@ -73,37 +70,6 @@ class SoakReport:
     write_s: float = 0.0
     drain_s: float = 0.0
     duration_s: float = 0.0
-
-
-def compare(stack: Stack, tables: tuple[str, ...] = STORE_TABLES) -> dict[str, Any]:
-    """ODH against the emulator, per table; a column added by ALTER that an
-    ODH row never saw (no change since) counts as NULL, as on the IBM i."""
-    emu = stack.emulator()
-    emu.forget_tables()
-    report: dict[str, Any] = {}
-    with psycopg.connect(stack.services.conninfo(stack.odh_db)) as pg:
-        for table in tables:
-            source = emu.rows(table)
-            names = [c.name for c in emu.table(table).columns]
-            try:
-                found = list(odh.fetch_rows(pg, table, stack.store_id).values())
-            except psycopg.errors.UndefinedTable:
-                pg.rollback()
-                found = []
-            target = [{n: row.get(n) for n in names} for row in found]
-            left, right = _canonical(source), _canonical(target)
-            report[table] = {
-                "source": len(left),
-                "odh": len(right),
-                "equal": left == right,
-                "only_source": sorted(set(left) - set(right))[:3],
-                "only_odh": sorted(set(right) - set(left))[:3],
-            }
-    return report
-
-
-def _canonical(rows: Any) -> list[str]:
-    return sorted(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)
 
 
 def _caught_up(stack: Stack, timeout_s: float) -> None:
@@ -186,7 +152,7 @@ def run(
     report.applied = counts["hub.applied"]
     report.distinct = counts["hub.applied_distinct"]
     report.dead_letters = counts["dead_letters"]
-    report.tables = compare(stack)
+    report.tables = stack.compare()
     report.equal = all(t["equal"] for t in report.tables.values())
     logger.info(
         "soak done count=%d elapsed_s=%.1f equal=%s",

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 import scenario_support as support
 
-from appliance import soak
 from appliance.devstack import Stack
 from appliance.emulator import Column, workload
 
@@ -249,7 +248,7 @@ def test_alter_mid_stream_decodes_both_layouts(relay: Stack) -> None:
         job.update("SC_ALT", {"K": "L1"}, {"EXTRA": 5})
         job.insert("SC_ALT", {"K": "L3", "V": 3})
     drained(relay)
-    report = soak.compare(relay, ("SC_ALT",))
+    report = relay.compare(("SC_ALT",))
     assert report["SC_ALT"]["equal"], report
     assert {r["K"]: r.get("EXTRA") for r in support.live(relay, "SC_ALT")} == {
         "L1": 5,
