@@ -75,11 +75,3 @@ SELECT f.journal_receiver_library::varchar(10),
        f.number_of_journal_entries, f.pending_transactions::varchar(3)
   FROM qsys2.emu_receiver_rows() AS f;
 
-CREATE OR REPLACE VIEW qsys2.journaled_objects AS
-SELECT t.system_table_schema AS object_library,
-       t.system_table_name AS object_name,
-       '*FILE'::varchar(10) AS object_type,
-       j.journal_library, j.journal_name, t.journal_images
-  FROM qsys2.emu_table t
-  JOIN qsys2.emu_journal j ON j.journal_id = t.journal_id
- WHERE t.journaled;

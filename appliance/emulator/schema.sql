@@ -170,7 +170,8 @@ SELECT t.system_table_schema AS object_library,
        '*FILE'::varchar(10) AS object_type,
        j.journal_library, j.journal_name, t.journal_images
   FROM qsys2.emu_table t
-  JOIN qsys2.emu_journal j ON j.journal_id = t.journal_id;
+  JOIN qsys2.emu_journal j ON j.journal_id = t.journal_id
+ WHERE t.journaled;  -- ENDJRNPF takes a file out of the view
 
 CREATE OR REPLACE VIEW qsys2.systables AS
 SELECT t.table_schema, t.table_name, t.system_table_schema, t.system_table_name,
