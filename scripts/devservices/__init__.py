@@ -1,0 +1,1 @@
+"""The parts of ``scripts/services.py``: one module per service, one shared."""
