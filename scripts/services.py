@@ -35,6 +35,7 @@ from devservices.common import (  # noqa: F401 (the scripts' public API)
     _resolve,
     _state_file,
     default_state_dir,
+    free_port,
     kafka_cache_dir,
     load_state,
 )

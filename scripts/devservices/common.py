@@ -161,7 +161,7 @@ def _is_ours(pid: int, *needles: str) -> bool:
     return all(any(needle in arg for arg in args) for needle in needles)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]

@@ -29,7 +29,6 @@ from devservices.common import (
     ServiceError,
     _alive,
     _file_sha256,
-    _free_port,
     _is_ours,
     _locked,
     _make_state_dir,
@@ -41,6 +40,7 @@ from devservices.common import (
     _terminate,
     _update_state,
     _write_secret,
+    free_port,
     kafka_cache_dir,
     load_state,
 )
@@ -150,7 +150,7 @@ def _choose_kafka_ports(props: Path) -> tuple[int, int]:
     if previous and all(_port_is_free(port) for port in previous):
         return previous
     while True:
-        broker, controller = _free_port(), _free_port()
+        broker, controller = free_port(), free_port()
         if broker != controller:
             return broker, controller
 
@@ -165,7 +165,7 @@ def set_kafka_proxy(state_dir: Path | str, advertised_port: int) -> int:
     """
     base = _kafka_paths(_resolve(state_dir))["base"]
     base.mkdir(parents=True, exist_ok=True)
-    backend = _free_port()
+    backend = free_port()
     entry = {"advertised_port": advertised_port, "backend_port": backend}
     (base / "proxied.json").write_text(json.dumps(entry) + "\n")
     return backend

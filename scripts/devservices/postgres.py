@@ -24,7 +24,6 @@ from devservices.common import (
     REPO,
     ServiceError,
     _alive,
-    _free_port,
     _is_ours,
     _locked,
     _make_state_dir,
@@ -35,6 +34,7 @@ from devservices.common import (
     _terminate,
     _update_state,
     _write_secret,
+    free_port,
 )
 
 # --------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def _pg_start_locked(state_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     created = _initdb(state_dir)
     previous = _previous_pg_port(paths["conf"])
-    port = previous if previous and _port_is_free(previous) else _free_port()
+    port = previous if previous and _port_is_free(previous) else free_port()
     _write_pg_conf(state_dir, port)
     _rotate(paths["log"])
     cmd = [
