@@ -188,7 +188,7 @@ class Harness:
     def _setup(self) -> Stack:
         svc = self.services
         shared = Services.from_state(svc.ensure_up())
-        proxy_port = svc._free_port()
+        proxy_port = svc.free_port()
         backend = svc.set_kafka_proxy(self.state_dir, proxy_port)
         kafka = svc.start_kafka(self.state_dir)
         own = Services.from_state(
