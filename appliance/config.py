@@ -113,7 +113,8 @@ class IbmiSection(Section):
     on_data_gap: Literal["stop", "resend"] = Field(
         "stop",
         description="After a data gap: 'stop' reading until an operator acts;"
-        " 'resend' re-sends the relayed tables (needs the guardian, issue 5).",
+        " 'resend' resumes at the oldest entry left and has the guardian check"
+        " and repair every relayed table.",
     )
     preflight: bool = Field(
         True, description="Check at start the journal settings that risk data."
@@ -242,6 +243,11 @@ class SinkSection(Section):
     group_id: str = Field("odh-sink", description="Kafka consumer group.")
     schema_name: str = Field("odh", description="PostgreSQL schema of ODH tables.")
     batch: int = Field(500, ge=1, description="Most messages applied per transaction.")
+    guardian_items: int = Field(
+        20,
+        ge=1,
+        description="Guardian checksum parts evaluated per sink step (bounded work).",
+    )
 
 
 class WebuiSection(Section):
@@ -259,6 +265,60 @@ class WebuiSection(Section):
     )
     login_failures: int = Field(
         5, ge=1, description="Failed logins in a row before 429 for a while."
+    )
+    session_max_h: float = Field(
+        12, gt=0, description="A login ends after this long, active or not."
+    )
+
+
+class GuardianSection(Section):
+    interval_s: float = Field(
+        21_600.0,
+        ge=0,
+        description="Seconds between scheduled checks of every table; 0 = never.",
+    )
+    tables: dict[str, Literal["repair", "log"]] = Field(
+        default_factory=dict,
+        description="Table -> 'repair' (fix differences) or 'log' (only record"
+        " them); empty = every ibmi.tables in default_mode.",
+    )
+    default_mode: Literal["repair", "log"] = Field(
+        "repair", description="Mode of the tables that 'tables' does not name."
+    )
+    initial_load: bool = Field(
+        True,
+        description="Send every row of a table never loaded (meta"
+        " guardian.loaded.<TABLE>) once, as 'r' changes.",
+    )
+    narrow_bits: int = Field(
+        6, ge=1, le=10, description="Bits a narrowed bucket is split by."
+    )
+    keys_at_most: int = Field(
+        64,
+        ge=1,
+        le=2000,
+        description="A narrowed bucket with at most this many rows is answered key"
+        " by key; a fuller one is split again (fewer bytes, one more round trip).",
+    )
+    read_chunk_rows: int = Field(
+        2000, ge=10, le=100_000, description="Rows read from the IBM i per query."
+    )
+    max_rows_per_s: float = Field(
+        5000.0,
+        ge=1,
+        description="Most rows read per second from the IBM i (spares the store).",
+    )
+    cache_keep_h: float = Field(
+        24.0,
+        gt=0,
+        description="Hours a run's cached hashes are kept when the hub never says"
+        " done.",
+    )
+    wait_pipeline_s: float = Field(
+        120.0,
+        gt=0,
+        description="Most seconds a read waits for the miner and transformer to"
+        " pass its end before it is abandoned and retried.",
     )
 
 
@@ -293,6 +353,7 @@ class BoxSettings(FileSettings):
     kafka: KafkaSection = KafkaSection()
     shipper: ShipperSection = ShipperSection()
     webui: WebuiSection = WebuiSection()
+    guardian: GuardianSection = GuardianSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the appliance's loggers."
     )

@@ -35,6 +35,9 @@ from appliance import store
 logger = logging.getLogger(__name__)
 
 BOX_LEGS = ("miner", "transformer", "enricher", "shipper")
+# The guardian (issue 5) runs beside the data flow; the fault harness kills
+# and times the data legs above, so it is kept apart from them.
+GUARDIAN_LEG = "control"
 STORE_TABLES = ("ARTICLE", "PRIX", "STOCK")
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "config" / "scripts"
 
@@ -115,6 +118,10 @@ class Stack:
     pipeline_dir: Path | None = None
     confirm_timeout_s: float = 30.0
     pipeline_extra: str = ""
+    # The guardian (control leg): no scheduled check and no initial load
+    # unless a test asks, so other tests see only the changes they made.
+    guardian_interval_s: float = 0.0
+    guardian_initial_load: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -144,7 +151,8 @@ class Stack:
         emulator = self.emulator()
         emulator.install()
         emulator.create_store_tables()
-        emulator.grant_reader(reader, reader_password)
+        # data: the guardian reads the store tables through the same login.
+        emulator.grant_reader(reader, reader_password, data=True)
         sink_role = f"odh_sink_{self.name}"
         self._create_sink_role(sink_role, self._secret("odh-password"))
         from appliance import kafka as kafka_boundary
@@ -233,7 +241,10 @@ class Stack:
             f"window = {self.window}\npoll_interval_s = 0.2\n\n"
             f'[pipeline]\ndb_path = "{self.pipeline_db}"\n{self.pipeline_extra}\n'
             f"[enricher]\ntimeout_ms = 2000\n{scripts}\n"
-            f"{box_kafka}\n[shipper]\nconfirm_timeout_s = {self.confirm_timeout_s}\n"
+            f"{box_kafka}\n[shipper]\nconfirm_timeout_s = {self.confirm_timeout_s}\n\n"
+            f"[guardian]\ninterval_s = {self.guardian_interval_s}\n"
+            f"initial_load = {str(self.guardian_initial_load).lower()}\n"
+            "read_chunk_rows = 500\nmax_rows_per_s = 20000\nwait_pipeline_s = 300\n"
         )
         self.hub_config.write_text(
             f"{kafka}\n[postgres]\n"
@@ -247,8 +258,8 @@ class Stack:
     # -- legs -------------------------------------------------------------
 
     def start_legs(self) -> None:
-        """Start the four box legs and the hub sink as their own processes."""
-        for leg in (*BOX_LEGS, "sink"):
+        """Start the box legs, the guardian and the hub sink as their own processes."""
+        for leg in (*BOX_LEGS, GUARDIAN_LEG, "sink"):
             self.legs.append(self.spawn_leg(leg))
 
     def spawn_leg(self, leg: str) -> LegProcess:
@@ -303,6 +314,55 @@ class Stack:
             result[leg.name] = (code, round(time.monotonic() - started, 2))
         self.legs.clear()
         return result
+
+    # -- the guardian -----------------------------------------------------
+
+    def guardian_command(self, kind: str, args: dict[str, Any]) -> int:
+        """Queue a ``check`` or ``load`` for the control leg; return its id."""
+        from appliance import commands
+
+        with self.pipeline() as conn:
+            commands.ensure_schema(conn)
+            return commands.request(conn, "control", kind, args, "devstack")
+
+    def wait_guardian(
+        self,
+        command_id: int,
+        states: tuple[str, ...] = ("loaded", "done"),
+        timeout_s: float = 300.0,
+    ) -> list[dict[str, Any]]:
+        """Wait until every run row of the command's run is in ``states``.
+
+        Returns the run rows (``guardian_runs``); raises TimeoutError with the
+        last rows and events when they do not get there in time.
+        """
+        started = time.monotonic()
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() - started < timeout_s:
+            self.check_legs_alive()
+            with self.pipeline() as conn:
+                command = conn.execute(
+                    "SELECT state, result FROM commands WHERE id = ?", (command_id,)
+                ).fetchone()
+                if command is not None and command["state"] == "failed":
+                    raise RuntimeError(f"command {command_id}: {command['result']}")
+                run = ""
+                if command is not None and "run=" in command["result"]:
+                    run = command["result"].split("run=")[1].split()[0]
+                rows = [
+                    dict(r)
+                    for r in conn.execute(
+                        "SELECT * FROM guardian_runs WHERE run = ?", (run,)
+                    )
+                ]
+            if rows and all(r["state"] in states for r in rows):
+                return rows
+            time.sleep(1.0)
+        with self.pipeline() as conn:
+            events = [dict(r) for r in conn.execute("SELECT * FROM guardian_events")]
+        raise TimeoutError(
+            f"guardian runs not {states} after {timeout_s}s: {rows} {events[-5:]}"
+        )
 
     # -- observing --------------------------------------------------------
 

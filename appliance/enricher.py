@@ -26,6 +26,14 @@ Invariants:
   the ``BEGIN IMMEDIATE`` transaction nobody else inserts, and the next
   AUTOINCREMENT id is ``sqlite_sequence.seq + 1``.
 
+- Guardian parts (docs/guardian.md §3): a ``guardian_outbound`` row is
+  emitted once every change with ``id <= after_change_id`` has left
+  ``changes`` (``state = 1``), as an ``op: "g"`` message in lane 0, in the
+  same transaction as the batch it follows. Its ``fences`` name, for every
+  lane, the last ``lane_seq`` written before it (0 for a lane never used),
+  so the hub compares only once everything before it is applied. ``r``
+  changes are ordinary changes (the scripts see ``op = "r"``).
+
 Worked example: lanes [70, 30], lane 0 last at 56 (confirmed 56, rows pruned,
 meta says 56). A batch brings a PRIX update (interest 80) and a STOCK delete
 (60): the first gets lane 0, lane_seq 57; the second lane 1, the next of that
@@ -53,6 +61,8 @@ STAGE = "enricher"
 SCHEMA = "store-relay/1"
 INTEREST = "message_interest"
 DEFAULT_INTEREST = 50
+GUARDIAN_LANE = 0
+GUARDIAN_INTEREST = 100
 _META_SEQ = "enricher.lane_seq."
 
 
@@ -66,8 +76,25 @@ class Change:
     mined_at: float
     event: dict[str, Any]
     text: str = ""
+    # JSON texts of key, before, after, source (and errors) for the message.
+    texts: dict[str, str] = field(default_factory=dict)
     enrichment: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _body(texts: dict[str, str]) -> str:
+    """``"key":..,"before":..,"after":..,"source":..[,"errors":..]`` of a change."""
+    body = (
+        f'"key":{texts["key"]},"before":{texts["before"]},'
+        f'"after":{texts["after"]},"source":{texts["source"]}'
+    )
+    if "errors" in texts:
+        body += f',"errors":{texts["errors"]}'
+    return body
 
 
 def lane_of(interest: float, lanes: Sequence[int]) -> int:
@@ -111,6 +138,8 @@ class EnricherLeg:
     """Runs the scripts on new changes and writes the outbox (module doc)."""
 
     name = STAGE
+    # An idle step is one local SQLite read: poll soon after work (daemon.run).
+    idle_first_s = 0.005
 
     def __init__(self, settings: BoxSettings, conn: sqlite3.Connection) -> None:
         self.settings = settings
@@ -143,7 +172,7 @@ class EnricherLeg:
         started = time.monotonic()
         changes = self._read()
         if not changes:
-            return False
+            return self._write_guardian_only()
 
         self._run_scripts(changes)
         self._write(changes)
@@ -203,10 +232,15 @@ class EnricherLeg:
             mined_at=row["mined_at"],
             event={"store": self.store_id, "table": row["table_name"], "op": row["op"]},
         )
+        texts: dict[str, str] = {}
         try:
             for name in ("key", "before", "after", "source"):
                 text = row[name]
+                # Parsed to check it (a row that is not JSON is parked) and
+                # for the scripts' and dead letters' sake; the message reuses
+                # the text itself (see _message).
                 change.event[name] = None if text is None else json.loads(text)
+                texts[name] = "null" if text is None else text
             change.event["source"]["store"] = self.store_id
             # Field-level decode errors travel in the row's source (the changes
             # table has no column for them); the message carries them on top.
@@ -216,7 +250,16 @@ class EnricherLeg:
         except (ValueError, TypeError) as exc:
             change.error = f"change row is not valid JSON: {str(exc)[:200]}"
             return change
-        change.text = json.dumps(change.event, ensure_ascii=False)
+        # Only the source changed (store added, errors lifted): encode it, and
+        # splice the row's own key/before/after texts around it.
+        texts["source"] = _dumps(change.event["source"])
+        if errors:
+            texts["errors"] = _dumps(errors)
+        change.texts = texts
+        change.text = (
+            f'{{"store":{_dumps(self.store_id)},"table":{_dumps(row["table_name"])},'
+            f'"op":{_dumps(row["op"])},{_body(texts)}}}'
+        )
         return change
 
     # -- scripts ---------------------------------------------------------------
@@ -260,9 +303,114 @@ class EnricherLeg:
                 rows.append(row)
                 next_id += 1
             self._insert(rows, changes, seqs)
+            guardian = self._guardian_rows(seqs, next_id, now)
+            self._insert_guardian(guardian, seqs)
         self.lane_seqs = seqs
-        self._messages += len(rows)
+        self._messages += len(rows) + len(guardian)
         self._parked += parked
+
+    # -- guardian parts --------------------------------------------------------
+
+    def _write_guardian_only(self) -> bool:
+        """Emit guardian parts that wait for no change; False when there was none."""
+        ready = self.conn.execute(
+            "SELECT 1 FROM guardian_outbound WHERE state = 0 LIMIT 1"
+        ).fetchone()
+        if ready is None:
+            return False
+        seqs = dict(self.lane_seqs)
+        with store.transaction(self.conn):
+            guardian = self._guardian_rows(seqs, self._next_outbox_id(), time.time())
+            self._insert_guardian(guardian, seqs)
+        self.lane_seqs = seqs
+        self._messages += len(guardian)
+        return bool(guardian)
+
+    def _guardian_rows(
+        self, seqs: dict[int, int], outbox_id: int, now: float
+    ) -> list[tuple[Any, ...]]:
+        """Outbox rows of the guardian parts whose changes are all enriched.
+
+        Inside the step's transaction, after this batch's changes are marked
+        done: a part is ready when no change up to its ``after_change_id``
+        is still waiting.
+        """
+        waiting = self.conn.execute(
+            "SELECT min(id) FROM changes WHERE state = 0"
+        ).fetchone()[0]
+        bound = (int(waiting) - 1) if waiting is not None else 2**62
+        parts = self.conn.execute(
+            "SELECT id, table_name, body FROM guardian_outbound"
+            " WHERE state = 0 AND after_change_id <= ? ORDER BY id LIMIT ?",
+            (bound, self.settings.pipeline.batch),
+        ).fetchall()
+        rows: list[tuple[Any, ...]] = []
+        for part in parts:
+            body = json.loads(part["body"])
+            lanes = range(len(self.settings.enricher.lanes) + 1)
+            fences = {str(lane): seqs.get(lane, 0) for lane in lanes}
+            fences.update({str(lane): seq for lane, seq in seqs.items()})
+            seqs[GUARDIAN_LANE] = seqs.get(GUARDIAN_LANE, 0) + 1
+            version = int(body["v_low"])
+            message = {
+                "schema": SCHEMA,
+                "store": self.store_id,
+                "epoch": self._epoch,
+                "lane": GUARDIAN_LANE,
+                "lane_seq": seqs[GUARDIAN_LANE],
+                "outbox_id": outbox_id,
+                "version": version,
+                "op": "g",
+                "ts_ms": int(now * 1000),
+                "table": part["table_name"],
+                "key": {},
+                "before": None,
+                "after": None,
+                "source": {"store": self.store_id},
+                "enrichment": {},
+                "guardian": {**body, "fences": fences},
+                "mined_at": now,
+            }
+            payload = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+            rows.append(
+                (
+                    outbox_id,
+                    GUARDIAN_LANE,
+                    seqs[GUARDIAN_LANE],
+                    GUARDIAN_INTEREST,
+                    version,
+                    part["table_name"],
+                    "g",
+                    payload,
+                    now,
+                    now,
+                    part["id"],
+                )
+            )
+            outbox_id += 1
+        return rows
+
+    def _insert_guardian(
+        self, rows: list[tuple[Any, ...]], seqs: dict[int, int]
+    ) -> None:
+        if not rows:
+            return
+        self.conn.executemany(
+            "INSERT INTO outbox (id, lane, lane_seq, interest, version, table_name,"
+            " op, payload, created_at, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row[:-1] for row in rows],
+        )
+        self.conn.executemany(
+            "UPDATE guardian_outbound SET state = 1 WHERE id = ?",
+            [(row[-1],) for row in rows],
+        )
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (f"{_META_SEQ}{GUARDIAN_LANE}", str(seqs[GUARDIAN_LANE])),
+        )
+        store.bump(self.conn, "enricher.messages", len(rows))
+        store.bump(self.conn, "enricher.guardian_parts", len(rows))
 
     def _next_outbox_id(self) -> int:
         row = self.conn.execute(
@@ -300,28 +448,35 @@ class EnricherLeg:
     def _message(
         self, change: Change, lane: int, lane_seq: int, outbox_id: int, version: int
     ) -> str:
+        """The message of contracts.md §3, in its field order.
+
+        Built as text: the head and the enrichment are encoded here, key,
+        before, after and source are the texts :meth:`_change` kept. Encoding
+        the whole message again cost more than half of the leg's own time.
+        """
         event = change.event
-        message = {
-            "schema": SCHEMA,
-            "store": self.store_id,
-            "epoch": self._epoch,
-            "lane": lane,
-            "lane_seq": lane_seq,
-            "outbox_id": outbox_id,
-            "version": version,
-            "op": event["op"],
-            "ts_ms": change.entry_ts_ms,
-            "table": event["table"],
-            "key": event["key"],
-            "before": event["before"],
-            "after": event["after"],
-            "source": event["source"],
-            "enrichment": change.enrichment,
-            "mined_at": change.mined_at,
-        }
-        if event.get("errors"):
-            message["errors"] = event["errors"]
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        head = _dumps(
+            {
+                "schema": SCHEMA,
+                "store": self.store_id,
+                "epoch": self._epoch,
+                "lane": lane,
+                "lane_seq": lane_seq,
+                "outbox_id": outbox_id,
+                "version": version,
+                "op": event["op"],
+                "ts_ms": change.entry_ts_ms,
+                "table": event["table"],
+            }
+        )
+        texts = change.texts
+        tail = f',"errors":{texts["errors"]}' if "errors" in texts else ""
+        return (
+            f'{head[:-1]},"key":{texts["key"]},"before":{texts["before"]},'
+            f'"after":{texts["after"]},"source":{texts["source"]},'
+            f'"enrichment":{_dumps(change.enrichment)},'
+            f'"mined_at":{_dumps(change.mined_at)}{tail}}}'
+        )
 
     def _park(self, change: Change) -> None:
         source = change.event.get("source") or {}

@@ -8,7 +8,8 @@ Responsibilities:
 - verify: record each delivery report (partition, offset) as ``sent``;
 - confirm: read ``{"store", "lane", "upto"}`` from the confirm topic, only
   this store's partition, and confirm the rows;
-- send again what stays unconfirmed for ``shipper.confirm_timeout_s``;
+- send again, paced by :class:`appliance.outbox.ResendPacer`, the rows of a
+  lane whose confirmations stopped moving for ``shipper.confirm_timeout_s``;
 - prune confirmed rows after ``pipeline.replay_window_h``.
 
 Invariants:
@@ -92,6 +93,9 @@ CREATE TABLE IF NOT EXISTS shipper_offsets (
 )
 """
 _CONFIRM_READ = 500
+# A step with max_in_flight spent waits this long for a confirmation (bounded
+# step; a hub down for hours costs one wake-up per wait, no busy loop).
+_STARVED_WAIT_S = 0.05
 _PRUNE_EVERY_S = 60.0
 _METADATA_TIMEOUT_S = 10.0
 
@@ -104,16 +108,25 @@ class _Step:
     reports: list[outbox.Delivery] = field(default_factory=list)
     confirms: dict[int, int] = field(default_factory=dict)
     bad_confirms: list[tuple[str, bytes]] = field(default_factory=list)
+    guardian: list[dict[str, Any]] = field(default_factory=list)
     next_offset: int | None = None
 
     def busy(self) -> bool:
-        return bool(self.produced or self.reports or self.confirms or self.bad_confirms)
+        return bool(
+            self.produced
+            or self.reports
+            or self.confirms
+            or self.bad_confirms
+            or self.guardian
+        )
 
 
 class ShipperLeg:
     """Outbox -> Kafka, confirmations -> outbox. See the module docstring."""
 
     name = "shipper"
+    # Idle steps are local (SQLite, the client's queues): poll soon after work.
+    idle_first_s = 0.005
 
     def __init__(self, settings: BoxSettings, conn: sqlite3.Connection) -> None:
         self.settings = settings
@@ -128,6 +141,8 @@ class ShipperLeg:
         self._next_offset = 0
         self._last_sweep = 0.0
         self._last_prune = 0.0
+        self._starved = False
+        self._pacer = outbox.ResendPacer(settings.shipper.confirm_timeout_s)
         # The hub keeps one watermark per (store, box epoch, lane).
         self._epoch = store.epoch(conn)
 
@@ -192,15 +207,19 @@ class ShipperLeg:
             self._replace_producer()
         work = _Step()
         self._producer.poll(0)
-        self._read_confirmations(work)
+        # With max_in_flight spent, nothing can go out before a confirmation
+        # comes in: wait for one in Kafka (returns as soon as it arrives)
+        # rather than in the runner's idle pause.
+        self._read_confirmations(work, _STARVED_WAIT_S if self._starved else 0.0)
         work.produced = self._produce()
         self._producer.poll(0)
         work.reports = self._take_reports()
         self._commit(work)
-        return work.busy()
+        return work.busy() or self._starved
 
     def _produce(self) -> list[int]:
         budget = self.settings.shipper.max_in_flight - outbox.unconfirmed(self.conn)
+        self._starved = budget <= 0
         limit = min(budget, self.settings.pipeline.batch)
         produced: list[int] = []
         for row in outbox.next_batch(self.conn, limit):
@@ -236,15 +255,28 @@ class ShipperLeg:
 
     def _commit(self, work: _Step) -> None:
         now = time.time()
+        if not (
+            work.busy()
+            or (work.next_offset is not None and work.next_offset != self._next_offset)
+            or self._sweep_due(now)
+        ):
+            # Nothing to write: no transaction, so an idle step costs no
+            # write lock and no fsync (it polls every few ms after work).
+            return
         with store.transaction(self.conn):
             outbox.mark_in_flight(self.conn, work.produced, now)
             acked, failed = outbox.apply_deliveries(self.conn, work.reports)
             confirmed = self._apply_confirms(work)
+            self._pacer.confirmed(work.confirms, now)
             resent = self._sweep(now)
-            store.bump(self.conn, "shipper.sent", acked)
-            store.bump(self.conn, "shipper.delivery_errors", failed)
-            store.bump(self.conn, "shipper.confirmed", confirmed)
-            store.bump(self.conn, "shipper.resends", resent)
+            for name, count in (
+                ("shipper.sent", acked),
+                ("shipper.delivery_errors", failed),
+                ("shipper.confirmed", confirmed),
+                ("shipper.resends", resent),
+            ):
+                if count:
+                    store.bump(self.conn, name, count)
         if failed:
             first = next(r for r in work.reports if r.error)
             logger.warning(
@@ -254,14 +286,21 @@ class ShipperLeg:
                 first.error,
             )
         if resent:
-            logger.warning("unconfirmed after timeout, sending again count=%d", resent)
+            logger.warning("lane stalled, sending again count=%d", resent)
+
+    def _sweep_due(self, now: float) -> bool:
+        timeout = self.settings.shipper.confirm_timeout_s
+        return (
+            now - self._last_sweep >= min(1.0, timeout / 4)
+            or now - self._last_prune >= _PRUNE_EVERY_S
+        )
 
     def _sweep(self, now: float) -> int:
-        """Resend what timed out, now and then prune (inside the step's commit)."""
+        """Resend stalled lanes (paced), now and then prune (inside the commit)."""
         timeout = self.settings.shipper.confirm_timeout_s
         resent = 0
         if now - self._last_sweep >= min(1.0, timeout / 4):
-            resent = outbox.requeue_expired(self.conn, timeout, now)
+            resent = self._pacer.sweep(self.conn, now)
             self._last_sweep = now
         if now - self._last_prune >= _PRUNE_EVERY_S:
             pruned = outbox.prune(
@@ -332,9 +371,15 @@ class ShipperLeg:
             ),
         )
 
-    def _read_confirmations(self, work: _Step) -> None:
+    def _read_confirmations(self, work: _Step, wait_s: float = 0.0) -> None:
+        """Take the confirmations already fetched; with none, wait up to ``wait_s``."""
         try:
             messages = self._consumer.consume(_CONFIRM_READ, timeout=0)
+            if not messages and wait_s > 0:
+                first = self._consumer.poll(wait_s)
+                if first is not None:
+                    messages = [first]
+                    messages += self._consumer.consume(_CONFIRM_READ - 1, timeout=0)
         except KafkaException as exc:
             raise translate(exc, "consume confirmations") from exc
         for msg in messages:
@@ -354,6 +399,9 @@ class ShipperLeg:
                 return
             if value.get("epoch") != self._epoch:
                 return  # the box this one replaced: its lanes are not ours
+            if "type" in value:
+                self._guardian_request(value, raw, work)
+                return
             lane, upto = value["lane"], value["upto"]
             if not isinstance(lane, int) or not isinstance(upto, int):
                 raise TypeError("lane and upto must be integers")
@@ -362,10 +410,39 @@ class ShipperLeg:
             return
         work.confirms[lane] = max(upto, work.confirms.get(lane, upto))
 
+    def _guardian_request(self, value: dict[str, Any], raw: bytes, work: _Step) -> None:
+        """A hub request for the guardian (docs/guardian.md §4), kept for later."""
+        if value.get("type") != "guardian":
+            reason = f"confirmation of unknown type {str(value.get('type'))[:40]!r}"
+            work.bad_confirms.append((reason, raw))
+            return
+        request, run, table = value.get("request"), value.get("run"), value.get("table")
+        if not all(isinstance(v, str) and v for v in (request, run, table)):
+            reason = "bad guardian request: request, run and table must be text"
+            work.bad_confirms.append((reason, raw))
+            return
+        work.guardian.append(value)
+
     def _apply_confirms(self, work: _Step) -> int:
         confirmed = 0
         for lane, upto in sorted(work.confirms.items()):
             confirmed += outbox.confirm(self.conn, lane, upto)
+        now = time.time()
+        for value in work.guardian:
+            # OR IGNORE: a re-delivered request (offset not yet saved) is harmless.
+            self.conn.execute(
+                "INSERT OR IGNORE INTO guardian_requests (request, received_at, run,"
+                " table_name, body, state) VALUES (?, ?, ?, ?, ?, 0)",
+                (
+                    value["request"],
+                    now,
+                    value["run"],
+                    value["table"],
+                    json.dumps(value, ensure_ascii=False),
+                ),
+            )
+        if work.guardian:
+            store.bump(self.conn, "shipper.guardian_requests", len(work.guardian))
         for reason, raw in work.bad_confirms:
             store.park(self.conn, stage="shipper", reason=reason, data=raw[:4096])
         if work.next_offset is not None and work.next_offset != self._next_offset:

@@ -148,6 +148,65 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS guardian_outbound (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    after_change_id INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS guardian_outbound_new ON guardian_outbound (state, id);
+CREATE TABLE IF NOT EXISTS guardian_requests (
+    request TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    run TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS guardian_requests_new
+    ON guardian_requests (state, received_at);
+CREATE TABLE IF NOT EXISTS guardian_cache (
+    run TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    pk_hash INTEGER NOT NULL,
+    row_hash INTEGER,
+    PRIMARY KEY (run, table_name, pk)
+);
+CREATE INDEX IF NOT EXISTS guardian_cache_hash
+    ON guardian_cache (run, table_name, pk_hash);
+CREATE TABLE IF NOT EXISTS guardian_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    state TEXT NOT NULL DEFAULT 'reading',
+    rows_read INTEGER NOT NULL DEFAULT 0,
+    changed INTEGER NOT NULL DEFAULT 0,
+    parts INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    narrowed INTEGER NOT NULL DEFAULT 0,
+    repaired INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    v_low INTEGER,
+    UNIQUE (run, table_name)
+);
+CREATE TABLE IF NOT EXISTS guardian_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    run TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    what TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS heartbeats (
     leg TEXT PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -204,10 +263,49 @@ def connect_existing(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+# Waiting for the write lock: SQLite's own busy handler sleeps 1, 2, 5, 10,
+# ... then 100 ms between tries, so a leg that waited a while wakes up to
+# 100 ms after the lock came free, and a leg that re-takes the lock right
+# after its COMMIT (a busy transformer) starves the others. BEGIN IMMEDIATE
+# is tried instead every few milliseconds at most, up to the connection's
+# busy timeout; a try costs microseconds.
+_BEGIN_FIRST_S = 0.0005
+_BEGIN_MAX_S = 0.004
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, retried briskly while another leg writes."""
+    saved = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + saved / 1000
+        delay = _BEGIN_FIRST_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (
+                    str(exc)
+                    .lower()
+                    .startswith(("database is locked", "database is busy"))
+                )
+                if not busy or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _BEGIN_MAX_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {saved}")
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
+
+    Waiting for the write lock polls every few ms (see ``_begin_immediate``)
+    up to the connection's busy timeout, then raises "database is locked".
+    """
+    _begin_immediate(conn)
     try:
         yield conn
     except BaseException:

@@ -176,3 +176,16 @@ def test_plaintext_kafka_is_refused_off_loopback(tmp_path: Path) -> None:
         config.load_box(_write(tmp_path, far))
     tls = far + 'security_protocol = "SASL_SSL"\n'
     assert config.load_box(_write(tmp_path, tls)).kafka.security_protocol == "SASL_SSL"
+
+
+def test_guardian_table_modes_are_validated_by_dotted_key(tmp_path: Path) -> None:
+    """A table mode other than repair/log is refused, naming guardian.tables."""
+    path = _write(
+        tmp_path, '[store]\nid = "MQ01"\n[guardian]\ntables = {PRIX = "fix"}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load_box(path)
+    assert "guardian.tables.PRIX" in str(caught.value)
+    settings = config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
+    assert settings.guardian.initial_load is True
+    assert settings.guardian.default_mode == "repair"

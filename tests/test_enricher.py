@@ -375,3 +375,81 @@ def test_a_large_batch_goes_through_the_sample_scripts(
     print(f"enricher throughput: {rate:.0f} messages/s (batch 50)")
     assert len(outbox(conn)) == 3000
     assert dead_letters(conn) == []
+
+
+def add_guardian_part(
+    conn: sqlite3.Connection, after_change_id: int, v_low: int = 7
+) -> int:
+    body = {"run": "1-1", "table": "PRIX", "mode": "repair", "v_low": v_low}
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO guardian_outbound (created_at, after_change_id, table_name,"
+            " body, state) VALUES (0, ?, 'PRIX', ?, 0)",
+            (after_change_id, json.dumps(body)),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def test_guardian_part_follows_its_changes_with_fences(
+    db: Path, conn: sqlite3.Connection
+) -> None:
+    """A part waits for the changes before it, then goes in lane 0 with fences."""
+    add_change(conn, artnum="000001", raw_id=40)
+    last = add_change(conn, table="STOCK", op="d", artnum="000002", raw_id=42)
+    add_guardian_part(conn, after_change_id=last)
+    base = settings(db, SAMPLES, lanes=[70, 30])
+    config = base.model_copy(
+        update={"pipeline": base.pipeline.model_copy(update={"batch": 1})}
+    )
+    leg = EnricherLeg(config, conn)
+    leg.setup()
+    try:
+        assert leg.step()
+        assert [r["op"] for r in outbox(conn)] == ["u"]  # change `last` still waits
+        while leg.step():
+            pass
+    finally:
+        leg.close()
+
+    rows = outbox(conn)
+    assert [(r["op"], r["lane"], r["lane_seq"]) for r in rows] == [
+        ("u", 0, 1),
+        ("d", 1, 1),
+        ("g", 0, 2),
+    ]
+    message = json.loads(rows[-1]["payload"])
+    assert message["version"] == rows[-1]["version"] == 7
+    assert message["key"] == {} and message["table"] == "PRIX"
+    assert message["guardian"]["fences"] == {"0": 1, "1": 1, "2": 0}
+    assert message["guardian"]["run"] == "1-1"
+    assert conn.execute("SELECT state FROM guardian_outbound").fetchone()[0] == 1
+    assert store.counters(conn)["enricher.guardian_parts"] == 1
+
+
+def test_guardian_part_with_no_change_waiting_is_sent_alone(
+    db: Path, conn: sqlite3.Connection
+) -> None:
+    """With nothing to enrich, a ready part still leaves on the next step."""
+    add_guardian_part(conn, after_change_id=0)
+    run_leg(EnricherLeg(settings(db, SAMPLES), conn))
+    [row] = outbox(conn)
+    assert (row["op"], row["lane"], row["lane_seq"]) == ("g", 0, 1)
+
+
+def test_sample_scripts_enrich_r_rows_with_an_after_image_or_none(
+    db: Path, conn: sqlite3.Connection
+) -> None:
+    """An ``r`` row (after only, or NULL for a key gone) passes every script."""
+    add_change(conn, op="r", artnum="000005", raw_id=9)
+    with store.transaction(conn):
+        conn.execute("UPDATE changes SET before = NULL WHERE op = 'r'")
+    add_change(conn, op="d", artnum="000006", raw_id=9)
+    with store.transaction(conn):
+        conn.execute("UPDATE changes SET op = 'r', before = NULL WHERE op = 'd'")
+    run_leg(EnricherLeg(settings(db, SAMPLES), conn))
+    rows = outbox(conn)
+    assert [r["op"] for r in rows] == ["r", "r"] and not dead_letters(conn)
+    gone = json.loads(rows[1]["payload"])
+    assert gone["after"] is None and gone["before"] is None
+    assert gone["enrichment"]["business_key"] == "MQ01:000006"
+    assert gone["enrichment"]["message_interest"] == 80

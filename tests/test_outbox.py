@@ -124,7 +124,7 @@ def test_unconfirmed_rows_go_back_to_pending_after_timeout(
         outbox.mark_in_flight(conn, [recent], now=125.0)
         outbox.apply_deliveries(conn, [outbox.Delivery(old, 0, 1)])
         conn.execute("UPDATE outbox SET state = 'confirmed' WHERE id = ?", (done,))
-        assert outbox.requeue_expired(conn, timeout_s=20, now=130.0) == 1
+        assert outbox.requeue_expired_lane(conn, 0, timeout_s=20, now=130.0) == 1
         outbox.mark_in_flight(conn, [old], now=131.0)
     row = conn.execute("SELECT state, attempts FROM outbox WHERE id = ?", (old,))
     assert tuple(row.fetchone()) == ("in_flight", 2)
@@ -169,3 +169,96 @@ def test_replay_sends_confirmed_rows_again(conn: sqlite3.Connection) -> None:
         outbox.confirm(conn, 0, 3)
         assert outbox.replay(conn, 0, 2) == 2
     assert [r.lane_seq for r in outbox.next_batch(conn, 10)] == [2, 3]
+
+
+def _sent(conn: sqlite3.Connection, lane: int, count: int, at: float) -> list[int]:
+    first = (
+        1
+        + (
+            conn.execute(
+                "SELECT coalesce(max(lane_seq), 0) FROM outbox WHERE lane = ?", (lane,)
+            ).fetchone()[0]
+        )
+    )
+    ids = [add(conn, lane, seq) for seq in range(first, first + count)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids, now=at)
+        outbox.apply_deliveries(conn, [outbox.Delivery(i, 0, i) for i in ids])
+    return ids
+
+
+def _sweep(pacer: outbox.ResendPacer, conn: sqlite3.Connection, now: float) -> int:
+    with store.transaction(conn):
+        moved = pacer.sweep(conn, now)
+        # What went back to pending is produced again at once.
+        ids = [
+            r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = 'pending'")
+        ]
+        outbox.mark_in_flight(conn, ids, now=now)
+        outbox.apply_deliveries(conn, [outbox.Delivery(i, 0, i) for i in ids])
+    return moved
+
+
+def test_hub_outage_resends_everything_once_then_probes_with_backoff(
+    conn: sqlite3.Connection,
+) -> None:
+    """The worked example of ResendPacer: 5,400 resends in 10 minutes, not 100,000."""
+    pacer = outbox.ResendPacer(timeout_s=30, probe_rows=100, max_backoff=8, now=0.0)
+    pacer.confirmed({0: 0}, now=0.0)
+    _sent(conn, 0, 5000, at=0.0)
+    rounds = {}
+    for second in range(1, 601):
+        moved = _sweep(pacer, conn, float(second))
+        if moved:
+            rounds[second] = moved
+    assert rounds == {31: 5000, 91: 100, 211: 100, 451: 100}
+    # The hub is back: its confirmation resets the lane, nothing is due at once.
+    pacer.confirmed({0: 4000}, now=601.0)
+    assert _sweep(pacer, conn, 602.0) == 0
+    # The probes were the head of the lane: sent once, again at 31 s, then 3 probes.
+    by_attempts = dict(
+        conn.execute(
+            "SELECT attempts, count(*) FROM outbox WHERE lane = 0 GROUP BY attempts"
+        ).fetchall()
+    )
+    assert by_attempts == {5: 100, 2: 4900}
+    head = conn.execute("SELECT max(lane_seq) FROM outbox WHERE attempts = 5")
+    assert head.fetchone()[0] == 100
+
+
+def test_a_lane_catching_up_is_not_resent(conn: sqlite3.Connection) -> None:
+    """Old rows of a lane whose confirmations keep moving are left to the hub."""
+    pacer = outbox.ResendPacer(timeout_s=30, now=0.0)
+    _sent(conn, 0, 1000, at=0.0)
+    for second in range(1, 301):
+        if second % 20 == 0:  # the hub confirms 50 more every 20 s
+            pacer.confirmed({0: second // 20 * 50}, now=float(second))
+        assert _sweep(pacer, conn, float(second)) == 0
+
+
+def test_only_the_stalled_lane_is_resent(conn: sqlite3.Connection) -> None:
+    """A gap on lane 1 (hub waiting for a lost message) resends lane 1 only."""
+    pacer = outbox.ResendPacer(timeout_s=30, now=0.0)
+    _sent(conn, 0, 10, at=0.0)
+    lane1 = _sent(conn, 1, 10, at=0.0)
+    moved: dict[float, int] = {}
+    for second in range(1, 61):
+        pacer.confirmed({0: second}, now=float(second))  # lane 0 moves
+        if n := _sweep(pacer, conn, float(second)):
+            moved[second] = n
+    assert moved == {31: 10}
+    attempts = {
+        r[0]: r[1]
+        for r in conn.execute("SELECT id, attempts FROM outbox WHERE lane = 1")
+    }
+    assert set(attempts.values()) == {2} and set(attempts) == set(lane1)
+
+
+def test_after_a_restart_nothing_is_resent_before_one_timeout(
+    conn: sqlite3.Connection,
+) -> None:
+    """Rows sent long before the process started wait one timeout from the start."""
+    _sent(conn, 0, 5, at=0.0)
+    pacer = outbox.ResendPacer(timeout_s=30, now=1000.0)
+    assert _sweep(pacer, conn, 1029.0) == 0
+    assert _sweep(pacer, conn, 1030.0) == 5

@@ -100,7 +100,14 @@ def test_a_bad_record_is_parked_with_its_bytes_and_listed(relay: Stack) -> None:
 def test_every_leg_stops_cleanly_on_sigterm(relay: Stack) -> None:
     """SIGTERM stops each leg with exit code 0 within the unit's bound."""
     stopped = relay.stop_legs(timeout_s=30)
-    assert set(stopped) == {"miner", "transformer", "enricher", "shipper", "sink"}
+    assert set(stopped) == {
+        "miner",
+        "transformer",
+        "enricher",
+        "shipper",
+        "control",
+        "sink",
+    }
     for leg, (code, seconds) in stopped.items():
         assert code == 0, f"{leg} exited with {code}"
         assert seconds < 30

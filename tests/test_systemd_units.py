@@ -26,10 +26,13 @@ BOUNDS = {
     "appliance-transformer.service": 2.0,
     "appliance-enricher.service": 2.5,
     "appliance-shipper.service": 2.0,
+    "appliance-control.service": 2.0,
     "appliance-sink.service": 2.0,
     "appliance-webui.service": 2.0,
 }
 BOX_LEGS = ["miner", "transformer", "enricher", "shipper"]
+# Beside the data flow: the guardian reads the store tables (issue 5).
+SIDE_LEGS = ["control"]
 ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -87,19 +90,26 @@ def test_legs_start_in_data_flow_order() -> None:
 
 def test_the_target_wants_every_box_leg_but_never_the_hub_sink() -> None:
     wanted = " ".join(_unit("appliance.target")["Wants"]).split()
-    assert sorted(wanted) == sorted(f"appliance-{leg}.service" for leg in BOX_LEGS)
-    for leg in BOX_LEGS:
+    legs = [*BOX_LEGS, *SIDE_LEGS]
+    assert sorted(wanted) == sorted(f"appliance-{leg}.service" for leg in legs)
+    for leg in legs:
         unit = _unit(f"appliance-{leg}.service")
         assert unit["PartOf"] == ["appliance.target"]
         assert unit["WantedBy"] == ["appliance.target"]
 
 
-def test_the_miners_watchdog_outlasts_its_odbc_query_timeout() -> None:
-    watchdog = int(_unit("appliance-miner.service")["WatchdogSec"][0])
+@pytest.mark.parametrize("leg", ["miner", "control"])
+def test_the_odbc_legs_watchdog_outlasts_their_query_timeout(leg: str) -> None:
+    watchdog = int(_unit(f"appliance-{leg}.service")["WatchdogSec"][0])
     assert watchdog > miner.QUERY_TIMEOUT_S
 
 
-@pytest.mark.parametrize("leg", [*BOX_LEGS, "sink"])
+def test_the_guardian_starts_after_the_legs_it_waits_for() -> None:
+    ordering = " ".join(_unit("appliance-control.service")["After"]).split()
+    assert "appliance-transformer.service" in ordering
+
+
+@pytest.mark.parametrize("leg", [*BOX_LEGS, *SIDE_LEGS, "sink"])
 def test_each_leg_is_supervised_with_restart_limits(leg: str) -> None:
     unit = _unit(f"appliance-{leg}.service")
     assert unit["Type"] == ["notify"]
@@ -118,6 +128,7 @@ def test_each_leg_is_supervised_with_restart_limits(leg: str) -> None:
         ("transformer", {"ibmi-password"}),
         ("enricher", set()),
         ("shipper", {"kafka-password"}),
+        ("control", {"ibmi-password"}),
         ("sink", {"kafka-password", "odh-password"}),
     ],
 )
@@ -129,7 +140,7 @@ def test_each_leg_gets_only_its_own_encrypted_credentials(
     assert "LoadCredential" not in unit  # never a clear-text credential
 
 
-@pytest.mark.parametrize("leg", ["miner", "transformer", "shipper", "sink"])
+@pytest.mark.parametrize("leg", ["miner", "transformer", "shipper", "control", "sink"])
 def test_python_legs_deny_writable_executable_memory(leg: str) -> None:
     assert _unit(f"appliance-{leg}.service")["MemoryDenyWriteExecute"] == ["yes"]
 

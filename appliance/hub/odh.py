@@ -13,8 +13,14 @@ Layout (schema name from ``sink.schema_name``, ``odh`` by default):
   kafka_offset, reason, raw)``: messages the sink could not apply, with the
   reason and the bytes as received.
 - one table per relayed table, ``"<table lower>"(store_id, pk, key, data,
-  enrichment, version, deleted, source, applied_at)``, ``pk`` being the key
-  as canonical JSON (sorted keys, no blanks).
+  enrichment, version, deleted, source, applied_at, pk_hash)``, ``pk`` being
+  the key as canonical JSON (sorted keys, no blanks) and ``pk_hash`` a stored
+  generated column (docs/guardian.md section 2) indexed with ``store_id``.
+- the guardian's tables (docs/guardian.md section 6): ``guardian_pending``
+  (checksum messages waiting for their fences), ``guardian_runs``,
+  ``guardian_mismatches`` (bucket level), ``guardian_keys`` (key level),
+  ``guardian_repairs`` (one row per ``r`` message applied) and
+  ``guardian_outbox`` (hub -> store messages, published after commit).
 
 Invariants of the per-table rows: a row only ever moves to a higher
 ``version``; a delete leaves a tombstone (``deleted``, the delete's version,
@@ -25,7 +31,6 @@ Every function runs inside the caller's transaction; none commits.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -36,8 +41,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from appliance.errors import SinkError
+from appliance.guardian import digest
 
 logger = logging.getLogger(__name__)
+
+canonical_pk = digest.canonical_pk
+"""The key as canonical JSON: the one definition (docs/guardian.md section 2)."""
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_$#@]{0,62}$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -58,7 +67,55 @@ _BASE_DDL = (
     " store_id text, lane int, lane_seq bigint, topic text NOT NULL,"
     " partition int NOT NULL, kafka_offset bigint NOT NULL,"
     " reason text NOT NULL, raw bytea)",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_pending ("
+    " id bigserial PRIMARY KEY, store_id text NOT NULL, epoch bigint NOT NULL,"
+    " lane int NOT NULL, lane_seq bigint NOT NULL, run text NOT NULL,"
+    " table_name text NOT NULL, mode text NOT NULL, kind text NOT NULL,"
+    " request text, v_low bigint NOT NULL, fences jsonb NOT NULL,"
+    " body jsonb NOT NULL, received_at timestamptz NOT NULL DEFAULT now(),"
+    " state smallint NOT NULL DEFAULT 0, evaluated_at timestamptz,"
+    " UNIQUE (store_id, epoch, lane, lane_seq))",
+    "CREATE INDEX IF NOT EXISTS guardian_pending_waiting"
+    " ON {schema}.guardian_pending (id) WHERE state = 0",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_runs ("
+    " store_id text NOT NULL, epoch bigint NOT NULL, run text NOT NULL,"
+    " table_name text NOT NULL, mode text NOT NULL, parts int, v_low bigint,"
+    " rows_read bigint NOT NULL DEFAULT 0, state text NOT NULL DEFAULT 'open',"
+    " started_at timestamptz NOT NULL DEFAULT now(),"
+    " updated_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz,"
+    " summary jsonb, PRIMARY KEY (store_id, run, table_name))",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_mismatches ("
+    " store_id text NOT NULL, run text NOT NULL, table_name text NOT NULL,"
+    " bits int NOT NULL, prefix numeric(20, 0) NOT NULL,"
+    " store_count bigint NOT NULL, store_sum numeric(20, 0) NOT NULL,"
+    " hub_count bigint NOT NULL, hub_sum numeric(20, 0) NOT NULL,"
+    " request text NOT NULL, resolved boolean NOT NULL DEFAULT false,"
+    " at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, run, table_name, bits, prefix))",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_keys ("
+    " store_id text NOT NULL, run text NOT NULL, table_name text NOT NULL,"
+    " pk text NOT NULL, what text NOT NULL, store_hash bigint, hub_hash bigint,"
+    " hub_version bigint, hub_deleted boolean, v_low bigint NOT NULL,"
+    " request text, outcome text, at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (store_id, run, table_name, pk))",
+    "CREATE INDEX IF NOT EXISTS guardian_keys_asked ON {schema}.guardian_keys"
+    " (store_id, run, table_name) WHERE request IS NOT NULL AND outcome IS NULL",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_repairs ("
+    " id bigserial PRIMARY KEY, store_id text NOT NULL, run text,"
+    " table_name text NOT NULL, pk text NOT NULL, version bigint NOT NULL,"
+    " old_version bigint, kind text, request text, outcome text NOT NULL,"
+    " at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS {schema}.guardian_outbox ("
+    " id bigserial PRIMARY KEY, store_id text NOT NULL, request text NOT NULL,"
+    " body jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),"
+    " published_at timestamptz, UNIQUE (store_id, request))",
 )
+PK_HASH_SQL = "('x' || substr(md5(pk), 1, 16))::bit(64)::bigint"
+"""``pk_hash`` in SQL (docs/guardian.md section 2), over the column ``pk``."""
+ROW_HASH_SQL = (
+    "('x' || substr(md5(pk || E'\\n' || data::text), 1, 16))::bit(64)::bigint"
+)
+"""``row_hash`` in SQL, over the columns ``pk`` and ``data``."""
 _TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS {table} ("
     " store_id text NOT NULL, pk text NOT NULL, key jsonb NOT NULL, data jsonb,"
@@ -86,11 +143,6 @@ def table_ident(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(schema_ident(schema), sql.Identifier(table.lower()))
 
 
-def canonical_pk(key: dict[str, Any]) -> str:
-    """The key as canonical JSON: sorted keys, no blanks, Unicode kept."""
-    return json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def ensure_base(conn: psycopg.Connection[Any], schema: str) -> None:
     """Create the schema and its bookkeeping tables when missing."""
     ident = schema_ident(schema)
@@ -105,6 +157,19 @@ def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None
     # Tables made before the errors column existed get it on first sight.
     conn.execute(
         sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS errors jsonb").format(ident)
+    )
+    # The guardian's buckets are ranges of pk_hash: older tables get the column
+    # (a rewrite, once) and the index on first sight too.
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS pk_hash bigint"
+            " GENERATED ALWAYS AS (" + PK_HASH_SQL + ") STORED"
+        ).format(ident)
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (store_id, pk_hash)").format(
+            sql.Identifier(f"{table.lower()[:50]}_pk_hash"), ident
+        )
     )
 
 
@@ -191,6 +256,166 @@ def _row_params(msg: dict[str, Any], deleted: bool) -> tuple[Any, ...]:
         # quality can be queried at the hub (NULL when the image was clean).
         _jsonb_or_none(msg.get("errors")),
     )
+
+
+_READ_UPSERT = (
+    "WITH old AS (SELECT version, deleted, data = %(data)s AS same FROM {t}"
+    " WHERE store_id = %(store)s AND pk = %(pk)s),"
+    " up AS (INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
+    " deleted, source, errors) VALUES (%(store)s, %(pk)s, %(key)s, %(data)s,"
+    " %(enrichment)s, %(version)s, false, %(source)s, %(errors)s)"
+    " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
+    " data = excluded.data, enrichment = excluded.enrichment,"
+    " version = excluded.version, deleted = false, source = excluded.source,"
+    " errors = excluded.errors, applied_at = now()"
+    " WHERE t.version <= excluded.version"
+    " AND (t.deleted OR t.data IS DISTINCT FROM excluded.data) RETURNING 1)"
+    " SELECT (SELECT version FROM old), (SELECT deleted FROM old),"
+    " (SELECT same FROM old), (SELECT count(*) FROM up)"
+)
+_READ_ABSENT = (
+    "WITH old AS (SELECT version, deleted FROM {t}"
+    " WHERE store_id = %(store)s AND pk = %(pk)s),"
+    " up AS (UPDATE {t} SET deleted = true, version = %(version)s,"
+    " source = %(source)s, applied_at = now()"
+    " WHERE store_id = %(store)s AND pk = %(pk)s AND NOT deleted"
+    " AND version <= %(version)s RETURNING 1)"
+    " SELECT (SELECT version FROM old), (SELECT deleted FROM old), NULL,"
+    " (SELECT count(*) FROM up)"
+)
+
+
+def apply_reads(
+    conn: psycopg.Connection[Any], schema: str, msgs: Sequence[dict[str, Any]]
+) -> dict[str, int]:
+    """Apply ``r`` rows of ONE table (docs/guardian.md section 1); count outcomes.
+
+    A row read at the source carries the version ``v_low`` of its read and is
+    applied when ``version >= existing.version`` (ties apply: the row read is
+    that change's result); ``after`` NULL means the key is gone at the source,
+    so a live row becomes a tombstone keeping its last image. Each one is
+    recorded in ``guardian_repairs`` with its outcome, and a repair the
+    evaluator asked for is marked answered in ``guardian_keys``.
+    """
+    if not msgs:
+        return {}
+    table = table_ident(schema, msgs[0]["table"])
+    outcomes: dict[str, int] = {}
+    records = []
+    with conn.cursor() as cur:
+        for msg in msgs:
+            params = _read_params(msg)
+            query = _READ_UPSERT if msg.get("after") is not None else _READ_ABSENT
+            cur.execute(sql.SQL(query).format(t=table), params)
+            got = cur.fetchone()
+            assert got is not None
+            outcome = _read_outcome(msg, *got)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            guardian = _guardian_of(msg)
+            records.append(
+                (
+                    msg["store"],
+                    guardian.get("run"),
+                    msg["table"].upper(),
+                    params["pk"],
+                    msg["version"],
+                    got[0],
+                    guardian.get("kind"),
+                    guardian.get("request"),
+                    outcome,
+                )
+            )
+        ident = schema_ident(schema)
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {}.guardian_repairs (store_id, run, table_name, pk,"
+                " version, old_version, kind, request, outcome)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            ).format(ident),
+            records,
+        )
+        answered = [r for r in records if r[1] is not None and r[7] is not None]
+        if answered:
+            cur.executemany(
+                sql.SQL(
+                    "UPDATE {}.guardian_keys SET outcome = %s WHERE store_id = %s"
+                    " AND run = %s AND table_name = %s AND pk = %s"
+                    " AND request IS NOT NULL AND outcome IS NULL"
+                ).format(ident),
+                [(r[8], r[0], r[1], r[2], r[3]) for r in answered],
+            )
+    return outcomes
+
+
+def _read_params(msg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "store": msg["store"],
+        "pk": canonical_pk(msg["key"]),
+        "key": Jsonb(msg["key"]),
+        "data": _jsonb_or_none(msg.get("after")),
+        "enrichment": _jsonb_or_none(msg.get("enrichment")),
+        "version": msg["version"],
+        "source": _jsonb_or_none(msg.get("source")),
+        "errors": _jsonb_or_none(msg.get("errors")),
+    }
+
+
+def _read_outcome(
+    msg: dict[str, Any],
+    old_version: int | None,
+    old_deleted: bool | None,
+    same: bool | None,
+    written: int,
+) -> str:
+    """What an ``r`` row did, from the row before it and whether it wrote."""
+    if msg.get("after") is None:
+        if old_version is None or old_deleted:
+            return "absent"
+        return "deleted" if written else "refused_newer"
+    if old_version is None:
+        return "inserted"
+    if old_version > msg["version"]:
+        return "refused_newer"
+    return "same" if same and not old_deleted else "changed"
+
+
+def _guardian_of(msg: dict[str, Any]) -> dict[str, Any]:
+    source = msg.get("source")
+    guardian = source.get("guardian") if isinstance(source, dict) else None
+    return guardian if isinstance(guardian, dict) else {}
+
+
+def store_pending(
+    conn: psycopg.Connection[Any], schema: str, msgs: Sequence[dict[str, Any]]
+) -> None:
+    """Keep ``g`` messages until the evaluator finds their fences met."""
+    query = sql.SQL(
+        "INSERT INTO {}.guardian_pending (store_id, epoch, lane, lane_seq, run,"
+        " table_name, mode, kind, request, v_low, fences, body)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (store_id, epoch, lane, lane_seq) DO NOTHING"
+    ).format(schema_ident(schema))
+    params = []
+    for msg in msgs:
+        body = msg["guardian"]
+        params.append(
+            (
+                msg["store"],
+                msg["epoch"],
+                msg["lane"],
+                msg["lane_seq"],
+                body["run"],
+                msg["table"].upper(),
+                body["mode"],
+                body["kind"],
+                body.get("request"),
+                msg["version"],
+                Jsonb(body.get("fences") or {}),
+                Jsonb(body),
+            )
+        )
+    with conn.cursor() as cur:
+        cur.executemany(query, params)
 
 
 def truncate(conn: psycopg.Connection[Any], schema: str, msg: dict[str, Any]) -> int:

@@ -9,7 +9,17 @@ Responsibilities, per batch read from ``kafka.changes_topic``:
 2. then publish ``{"store", "lane", "upto"}`` on ``kafka.confirm_topic`` for
    every (store, lane) the batch touched, duplicates included, so that a
    resend is always answered;
-3. then commit the Kafka offsets.
+3. then commit the Kafka offsets;
+4. then the guardian's evaluator (:mod:`appliance.hub.guardian`) takes the
+   checksum messages (op ``g``) whose fences are met, at most
+   ``sink.guardian_items`` per step, and publishes its requests.
+
+Guardian messages ride the same lanes: an ``r`` row (a row read at the
+source) is applied under the rule of docs/guardian.md section 1
+(``version >= existing``, after NULL -> tombstone) and recorded in
+``guardian_repairs``; a ``g`` message is stored in ``guardian_pending`` in
+the apply transaction and counts as applied. Both are content-checked like
+any message, so a malformed one is parked and its lane moves on.
 
 Invariants:
 
@@ -42,7 +52,6 @@ the consumer seeks back to the first offset of the batch in each partition
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -55,13 +64,13 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from appliance.config import HubSettings, read_secret
 from appliance.errors import SinkError, TransportError
-from appliance.hub import odh
+from appliance.hub import guardian, odh
 from appliance.kafka import consumer_config, producer_config, translate
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "store-relay/1"
-OPS = frozenset("cudrt")
+OPS = frozenset("cudrtg")
 _POLL_S = 0.2
 _CONFIRM_FLUSH_S = 10.0
 _BACKOFF_FIRST_S = 1.0
@@ -95,6 +104,11 @@ class SinkLeg:
     """Kafka -> ODH -> confirmations. See the module docstring."""
 
     name = "sink"
+    # An idle step already waited in poll() for a message (returning as soon
+    # as one comes): the runner's pause after it is kept short, only enough
+    # not to spin while PostgreSQL is down (daemon.run).
+    idle_first_s = 0.001
+    idle_max_s = 0.02
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
@@ -106,6 +120,8 @@ class SinkLeg:
         self._tables: set[str] = set()
         self._backoff_s = _BACKOFF_FIRST_S
         self._retry_at = 0.0
+        # Work the evaluator may have left (bounded steps, or a restart).
+        self._guardian_due = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -147,7 +163,15 @@ class SinkLeg:
             self._pg = None
 
     def status(self) -> str:
-        names = ("applied", "duplicates", "gaps", "stale", "dead_letters", "pg_errors")
+        names = (
+            "applied",
+            "duplicates",
+            "gaps",
+            "stale",
+            "dead_letters",
+            "pg_errors",
+            "guardian_evaluated",
+        )
         return " ".join(f"{name}={self.counts[name]}" for name in names)
 
     # -- the step ----------------------------------------------------------
@@ -159,7 +183,7 @@ class SinkLeg:
             return False
         messages = self._consume()
         if not messages:
-            return False
+            return self._guardian()
         batch = [self._parse(m) for m in messages]
         try:
             marks, counts, tables = self._apply(batch)
@@ -171,11 +195,60 @@ class SinkLeg:
         self.counts["batches"] += 1
         self._confirm(marks)
         self._commit_offsets(batch)
+        # Any batch may meet a fence, store a checksum or answer a repair.
+        self._guardian_due = True
+        self._guardian()
         return True
 
-    def _consume(self) -> list[Any]:
+    def _guardian(self) -> bool:
+        """Evaluate ready checksums and publish requests, bounded; True = did work.
+
+        A PostgreSQL failure here is retried on a later step (the pending
+        items and queued messages stay where they are).
+        """
+        if not self._guardian_due or self._pg is None:
+            return False
+        limit = self.settings.sink.guardian_items
         try:
-            messages = self._consumer.consume(self.settings.sink.batch, timeout=_POLL_S)
+            done = guardian.evaluate(self._pg, self.schema, limit)
+            sent = guardian.publish(
+                self._pg,
+                self.schema,
+                self._producer,
+                self.settings.kafka.confirm_topic,
+                limit * 4,
+            )
+        except psycopg.Error as exc:
+            self.counts["pg_errors"] += 1
+            logger.warning(
+                "guardian step failed, will retry error=%s",
+                _describe(exc, "guardian step"),
+            )
+            self._pg.close()
+            self._pg = None
+            self._retry_at = time.monotonic() + self._backoff_s
+            return False
+        except KafkaException as exc:
+            logger.warning("guardian publish failed, will retry error=%s", exc)
+            return False
+        self.counts["guardian_evaluated"] += done
+        self.counts["guardian_published"] += sent
+        self._guardian_due = bool(done or sent)
+        return self._guardian_due
+
+    def _consume(self) -> list[Any]:
+        # What is already fetched is taken at once; with nothing there, wait
+        # for the first message only (poll returns as soon as one arrives,
+        # where consume would wait the whole timeout for a full batch: up to
+        # 200 ms of latency added to every message at a moderate rate).
+        batch = self.settings.sink.batch
+        try:
+            messages = self._consumer.consume(batch, timeout=0)
+            if not messages:
+                first = self._consumer.poll(_POLL_S)
+                messages = [] if first is None else [first]
+                if first is not None and batch > 1:
+                    messages += self._consumer.consume(batch - 1, timeout=0)
         except KafkaException as exc:
             raise translate(exc, "consume changes") from exc
         good = []
@@ -305,14 +378,24 @@ class SinkLeg:
         seen = self._tables | (known or set())
         for msg in msgs:
             table = msg["table"].lower()
+            if msg["op"] == "g":
+                continue
             if table not in seen and table not in created:
                 odh.ensure_table(self._pg, self.schema, msg["table"])
                 created.add(table)
-        for (_table, op), run in itertools.groupby(msgs, key=_run_key):
-            rows = list(run)
+        for (_table, op), rows in _statements(msgs):
             if op == "t":
                 for msg in rows:
                     odh.truncate(self._pg, self.schema, msg)
+                continue
+            if op == "g":
+                odh.store_pending(self._pg, self.schema, rows)
+                counts["guardian_pending"] += len(rows)
+                continue
+            if op == "r":
+                outcomes = odh.apply_reads(self._pg, self.schema, rows)
+                counts.update({f"guardian_{k}": v for k, v in outcomes.items()})
+                counts["guardian_reads"] += len(rows)
                 continue
             changed = odh.upsert(self._pg, self.schema, rows, deleted=op == "d")
             counts["stale"] += len(rows) - changed
@@ -466,7 +549,7 @@ def _content_problem(value: dict[str, Any]) -> str:
         return f"schema: expected {SCHEMA!r} (got {repr(schema)[:40]})"
     op = value.get("op")
     if op not in OPS:
-        return f"op: expected one of c, u, d, r, t (got {repr(op)[:40]})"
+        return f"op: expected one of c, u, d, r, t, g (got {repr(op)[:40]})"
     table = value.get("table")
     if not isinstance(table, str):
         return f"table: expected an SQL table name (got {repr(table)[:40]})"
@@ -476,20 +559,67 @@ def _content_problem(value: dict[str, Any]) -> str:
         return str(exc)
     if not _is_int(value.get("version")) or value["version"] < 1:
         return f"version: expected a positive integer (got {value.get('version')!r})"
+    if op == "g":
+        return guardian.body_problem(value.get("guardian"), value["version"])
     if op != "t" and (not isinstance(value.get("key"), dict) or not value["key"]):
         return "key: expected a non-empty JSON object"
-    if op in ("c", "u", "r") and not isinstance(value.get("after"), dict):
+    if op in ("c", "u") and not isinstance(value.get("after"), dict):
         return f"after: expected a JSON object for op {op!r}"
+    if op == "r" and not isinstance(value.get("after"), dict | None):
+        return "after: expected a JSON object or null for op 'r'"
     for name in ("before", "enrichment", "source"):
         if value.get(name) is not None and not isinstance(value[name], dict):
             return f"{name}: expected a JSON object or null"
     return ""
 
 
+def _statements(
+    msgs: list[dict[str, Any]],
+) -> list[tuple[tuple[str, str], list[dict[str, Any]]]]:
+    """The batch as statements: like rows together, one ``executemany`` each.
+
+    Each ``executemany`` is one round trip to PostgreSQL, and a lane mixes
+    tables and ops (PRIX u, STOCK u, ARTICLE c, PRIX d...), so writing runs
+    of consecutive like rows cost a round trip every two or three rows: 80%
+    of the sink's time was waiting for those. Upserts (c/u) and deletes (d)
+    of a table are therefore gathered across the batch, each group keeping
+    its messages in order, up to the next message that must stay in place
+    (t, r, g) or the next message of a key already waiting in ANOTHER group
+    (a delete after an update of one key stays after it: the tombstone keeps
+    the last image when the delete carries none). So the writes of every key
+    happen in lane order, and the version guard sees what it saw before.
+    """
+    out: list[tuple[tuple[str, str], list[dict[str, Any]]]] = []
+    pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    owner: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def flush() -> None:
+        out.extend(pending.items())
+        pending.clear()
+        owner.clear()
+
+    for msg in msgs:
+        group = _run_key(msg)
+        if group[1] not in ("u", "d"):
+            flush()
+            if out and out[-1][0] == group:
+                out[-1][1].append(msg)
+            else:
+                out.append((group, [msg]))
+            continue
+        ident = (group[0], json.dumps(msg.get("key"), sort_keys=True, default=str))
+        if owner.get(ident, group) != group:
+            flush()
+        owner[ident] = group
+        pending.setdefault(group, []).append(msg)
+    flush()
+    return out
+
+
 def _run_key(msg: dict[str, Any]) -> tuple[str, str]:
     """Messages written by one statement: same table, same kind of write."""
     op = msg["op"]
-    return msg["table"].lower(), op if op in ("d", "t") else "u"
+    return msg["table"].lower(), op if op in ("d", "t", "r", "g") else "u"
 
 
 def _is_int(value: Any) -> bool:

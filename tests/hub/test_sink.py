@@ -234,3 +234,58 @@ def test_field_errors_are_kept_beside_the_row(rig: Rig) -> None:
     )
     assert got[odh.canonical_pk({"ARTNUM": "A"})] == bad["errors"]
     assert got[odh.canonical_pk({"ARTNUM": "B"})] is None
+
+
+def test_like_rows_of_a_batch_share_one_statement_in_key_order() -> None:
+    """Upserts and deletes gather per table; a key's writes stay in lane order."""
+    from appliance.hub.sink import _statements
+
+    def msg(seq: int, table: str, op: str, key: str) -> dict[str, Any]:
+        return payload(0, seq, table=table, op=op, key=key)
+
+    batch = [
+        msg(1, "PRIX", "u", "A"),
+        msg(2, "STOCK", "u", "A"),
+        msg(3, "PRIX", "c", "B"),
+        msg(4, "PRIX", "d", "C"),
+        msg(5, "STOCK", "u", "B"),
+        msg(6, "PRIX", "d", "A"),  # A waits in the PRIX upserts: a new round
+        msg(7, "PRIX", "u", "D"),
+        msg(8, "PRIX", "t", "-"),  # stays in place
+        msg(9, "PRIX", "u", "E"),
+    ]
+    got = [(group, [m["lane_seq"] for m in rows]) for group, rows in _statements(batch)]
+    assert got == [
+        (("prix", "u"), [1, 3]),
+        (("stock", "u"), [2, 5]),
+        (("prix", "d"), [4]),
+        (("prix", "d"), [6]),
+        (("prix", "u"), [7]),
+        (("prix", "t"), [8]),
+        (("prix", "u"), [9]),
+    ]
+
+
+def test_mixed_batch_ends_as_applied_in_order(rig: Rig) -> None:
+    """Interleaved tables and ops of one batch land as if applied one by one."""
+    sink = rig.sink()
+    send(
+        rig,
+        payload(0, 1, key="A", price="1.00", version=101),
+        payload(0, 2, key="B", price="2.00", version=102),
+        payload(0, 3, key="S", table="STOCK", version=103),
+        payload(0, 4, key="A", op="d", price="1.50", version=104),
+        payload(0, 5, key="A", price="3.00", version=105),
+        payload(0, 6, key="B", price="2.50", version=106),
+    )
+    drain(rig, sink, 0, 6)
+    assert row(rig, "A") == {
+        "data": {"ARTNUM": "A", "PRIX": "3.00"},
+        "version": 105,
+        "deleted": False,
+    }
+    assert row(rig, "B")["data"] == {"ARTNUM": "B", "PRIX": "2.50"}
+    assert sorted(odh.fetch_rows(rig.pg, "PRIX", STORE, schema=rig.schema)) == [
+        odh.canonical_pk({"ARTNUM": "A"}),
+        odh.canonical_pk({"ARTNUM": "B"}),
+    ]

@@ -1,0 +1,465 @@
+"""The control leg on a real pipeline database and a stand-in source.
+
+The leg is driven step by step against a source whose table read lets the
+"transformer" commit changes while it runs: a key changed during the read is
+never sent as ``r`` and is "changed" in checksums, and the change itself
+carries a larger version than the read's ``r`` rows (docs/guardian.md §1).
+Repairs, paged loads cut by a failure, commands, schedules and unreadable
+hub requests are here too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance import store
+from appliance.config import BoxSettings
+from appliance.guardian import bracket, digest, leg, reader
+from appliance.guardian.reader import Head
+from appliance.layouts import Column, make_layout
+
+HEAD = Head("MAG", "QSQJRN0001", 10, "2026-12-04T10:00:00.000000")
+LAYOUT = make_layout(
+    "MAG",
+    "PRIX",
+    [Column("ARTNUM", "CHAR", 6), Column("PRIX", "DECIMAL", 7, 2)],
+    ["ARTNUM"],
+)
+ROWS = [("000001", "1.00"), ("000002", "2.00"), ("000003", "3.00")]
+
+
+class Cursor:
+    """Returns the table's rows; calls ``during`` once, as a concurrent commit."""
+
+    def __init__(self, during: Callable[[], None]) -> None:
+        self.during = during
+        self.result: list[tuple[Any, ...]] = []
+
+    def execute(self, sql: str, *params: Any) -> None:
+        if "WHERE" in sql:  # a point read by primary key
+            self.result = [r for r in ROWS if r[0] == params[0]]
+            return
+        self.during()
+        self.result = list(ROWS)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.result
+
+    def close(self) -> None:
+        pass
+
+
+class Source:
+    def __init__(self, during: Callable[[], None]) -> None:
+        self.during = during
+
+    def cursor(self) -> Cursor:
+        return Cursor(self.during)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = store.connect(tmp_path / "pipeline.db")
+    with store.transaction(connection):
+        _raw(connection, 1)
+        connection.execute(
+            "INSERT INTO bookmark (journal, receiver_library, receiver_name, sequence,"
+            " processed, updated_at) VALUES ('MAG/QSQJRN', 'MAG', 'QSQJRN0001', 10,"
+            " 1, 0)"
+        )
+    yield connection
+    connection.close()
+
+
+def _raw(conn: sqlite3.Connection, raw_id: int) -> None:
+    conn.execute(
+        "INSERT INTO raw_entries (id, journal, receiver_library, receiver_name,"
+        " sequence, code, entry_type, entry_ts, mined_at, state)"
+        " VALUES (?, 'MAG/QSQJRN', 'MAG', 'QSQJRN0001', ?, 'R', 'UP', '', 0, 1)",
+        (raw_id, raw_id),
+    )
+
+
+def _change(conn: sqlite3.Connection, raw_id: int, artnum: str) -> None:
+    with store.transaction(conn):
+        _raw(conn, raw_id)
+        conn.execute(
+            "INSERT INTO changes (raw_id, table_name, op, key, after, source,"
+            " entry_ts_ms, mined_at) VALUES (?, 'PRIX', 'u', ?, ?, '{}', 0, 0)",
+            (
+                raw_id,
+                digest.canonical_pk({"ARTNUM": artnum}),
+                json.dumps({"ARTNUM": artnum, "PRIX": "9.99"}),
+            ),
+        )
+
+
+def _hold(conn: sqlite3.Connection, artnum: str) -> None:
+    event = {"table": "PRIX", "key": {"ARTNUM": artnum}, "kind": "update"}
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO held_changes (cycle_key, raw_id, change)"
+            " VALUES ('cycle:5', 5, ?)",
+            (json.dumps([event]),),
+        )
+
+
+def _leg(
+    conn: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    during: Callable[[], None],
+) -> leg.ControlLeg:
+    settings = BoxSettings(
+        store={"id": "MQ01"},
+        guardian={"initial_load": False, "interval_s": 0, "max_rows_per_s": 1e6},
+    )
+    monkeypatch.setattr(reader, "connect", lambda ibmi: Source(during))
+    monkeypatch.setattr(reader, "load_layout", lambda src, ibmi, table: LAYOUT)
+    monkeypatch.setattr(reader, "read_head", lambda src, ibmi: HEAD)
+    control = leg.ControlLeg(settings, conn)
+    control.setup()
+    return control
+
+
+def _drive(control: leg.ControlLeg) -> None:
+    for _ in range(200):
+        control.step()
+        if control.job is None and not control.queue:
+            return
+    raise AssertionError(f"job not finished: {control.status()}")
+
+
+def _r_rows(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
+    rows = conn.execute("SELECT * FROM changes WHERE op = 'r'").fetchall()
+    return {json.loads(r["key"])["ARTNUM"]: r for r in rows}
+
+
+def test_a_key_changed_during_the_read_is_never_sent(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key 2 changes mid-read and key 3 sits in an open cycle: only key 1 goes."""
+
+    def during() -> None:
+        _change(conn, 2, "000002")
+        _hold(conn, "000003")
+
+    control = _leg(conn, monkeypatch, during)
+    control.handle_command("load", {"table": "PRIX"})
+    _drive(control)
+
+    sent = _r_rows(conn)
+    assert sorted(sent) == ["000001"]
+    assert sent["000001"]["raw_id"] == 1  # r_low: taken before the read
+    assert json.loads(sent["000001"]["after"]) == {"ARTNUM": "000001", "PRIX": "1.00"}
+    run = conn.execute("SELECT * FROM guardian_runs").fetchone()
+    assert (run["state"], run["repaired"], run["dropped"]) == ("loaded", 1, 2)
+
+
+def test_a_change_committed_during_the_read_wins(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The concurrent change's version is above every r row's version."""
+    control = _leg(conn, monkeypatch, lambda: _change(conn, 2, "000002"))
+    control.handle_command("load", {"table": "PRIX"})
+    _drive(control)
+
+    epoch = store.epoch(conn)
+    change = conn.execute("SELECT raw_id FROM changes WHERE op = 'u'").fetchone()
+    versions = {store.version_of(epoch, r["raw_id"]) for r in _r_rows(conn).values()}
+    assert versions and max(versions) < store.version_of(epoch, change[0])
+
+
+def test_a_check_marks_changed_keys_and_leaves_them_out_of_the_sums(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checksums count keys 1 and 3; key 2 is cached with a NULL hash."""
+    control = _leg(conn, monkeypatch, lambda: _change(conn, 2, "000002"))
+    control.handle_command("check", {"table": "PRIX"})
+    _drive(control)
+
+    [part] = conn.execute("SELECT body FROM guardian_outbound").fetchall()
+    body = json.loads(part[0])
+    assert (body["kind"], body["bits"], body["rows_read"], body["changed"]) == (
+        "buckets",
+        4,
+        3,
+        1,
+    )
+    assert body["v_low"] == store.version_of(store.epoch(conn), 1)
+    hashes = []
+    for artnum, price in (ROWS[0], ROWS[2]):
+        pk = digest.canonical_pk({"ARTNUM": artnum})
+        hashes.append(digest.row_hash(pk, {"ARTNUM": artnum, "PRIX": price}))
+    assert sum(b[1] for b in body["buckets"]) == 2
+    total = sum(int(b[2]) for b in body["buckets"]) % 2**64
+    assert total == int(digest.add_hashes(hashes)[1])
+    cached = conn.execute("SELECT pk FROM guardian_cache WHERE row_hash IS NULL")
+    assert [r[0] for r in cached] == [digest.canonical_pk({"ARTNUM": "000002"})]
+
+
+def test_changed_keys_ignore_r_rows_and_older_changes(conn: sqlite3.Connection) -> None:
+    """Only journal changes after c_low, and held cycles, count as changed."""
+    _change(conn, 2, "000002")
+    marks = bracket.low_marks(conn)
+    _change(conn, 3, "000003")
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO changes (raw_id, table_name, op, key, source, entry_ts_ms,"
+            " mined_at) VALUES (3, 'PRIX', 'r', ?, '{}', 0, 0)",
+            (digest.canonical_pk({"ARTNUM": "000004"}),),
+        )
+    _hold(conn, "000005")
+    changed = bracket.changed_keys(conn, "PRIX", marks.c_low)
+    assert changed == {
+        digest.canonical_pk({"ARTNUM": "000003"}),
+        digest.canonical_pk({"ARTNUM": "000005"}),
+    }
+    assert bracket.changed_keys(conn, "STOCK", marks.c_low) == set()
+
+
+def test_a_read_waits_until_the_pipeline_passed_its_end(
+    conn: sqlite3.Connection,
+) -> None:
+    """Caught up only with the bookmark past the head and no raw backlog."""
+    assert bracket.caught_up(conn, "MAG/QSQJRN", HEAD)
+    later = Head("MAG", "QSQJRN0001", 11, HEAD.attach_ts)
+    assert not bracket.caught_up(conn, "MAG/QSQJRN", later)
+    with store.transaction(conn):
+        conn.execute("UPDATE raw_entries SET state = 0")
+    assert not bracket.caught_up(conn, "MAG/QSQJRN", HEAD)
+
+
+def test_a_repair_reads_a_key_that_changed_again_until_it_can_send_it(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key 2 changes during the first read: it goes later; key 9 goes as NULL."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    pk2 = digest.canonical_pk({"ARTNUM": "000002"})
+    pk9 = digest.canonical_pk({"ARTNUM": "000009"})
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, v_low) VALUES ('1-1', 'PRIX', 'check', 'repair', 0, 'sent', 1)"
+        )
+        body = {"type": "guardian", "run": "1-1", "table": "PRIX", "request": "1-1/4"}
+        body["repair"] = [pk2, pk9]
+        conn.execute(
+            "INSERT INTO guardian_requests (request, received_at, run, table_name,"
+            " body, state) VALUES ('1-1/4', 0, '1-1', 'PRIX', ?, 0)",
+            (json.dumps(body),),
+        )
+    first = True
+
+    def by_key(self: reader.TableReader, src: Any, key: dict[str, Any]) -> Any:
+        nonlocal first
+        if key["ARTNUM"] == "000002" and first:
+            first = False
+            _change(conn, 2, "000002")  # committed while the read runs
+        found = [r for r in ROWS if r[0] == key["ARTNUM"]]
+        return {"ARTNUM": found[0][0], "PRIX": found[0][1]} if found else None
+
+    monkeypatch.setattr(reader.TableReader, "by_key", by_key)
+    monkeypatch.setattr(leg, "RETRY_FIRST_S", 0.0)
+    _drive(control)
+
+    sent = conn.execute(
+        "SELECT id, key, after, raw_id, source FROM changes WHERE op = 'r' ORDER BY id"
+    ).fetchall()
+    assert [json.loads(r["key"])["ARTNUM"] for r in sent] == ["000009", "000002"]
+    assert sent[0]["after"] is None
+    assert sent[1]["raw_id"] == 2  # the second read's r_low, after the change
+    assert json.loads(sent[1]["source"])["guardian"]["request"] == "1-1/4"
+    state = conn.execute("SELECT state FROM guardian_requests").fetchone()[0]
+    assert state == 1
+    run = conn.execute(
+        "SELECT repaired, deleted, dropped FROM guardian_runs"
+    ).fetchone()
+    assert tuple(run) == (1, 1, 1)
+
+
+def test_keys_of_a_cycle_rolled_back_after_the_read_began_count_as_changed(
+    conn: sqlite3.Connection,
+) -> None:
+    """A cycle open during the read then rolled back: its keys are dropped."""
+    marks = bracket.low_marks(conn)
+    obj = f"{'PRIX':<10}{'MAG':<10}"
+    entries = [
+        (5, "C", "SC", 0, 20, "", None),  # opened before the read: sequence 20
+        (6, "R", "UP", 20, 21, obj + "PRIX", b"000007"),
+        (7, "R", "PT", 21, 22, obj + "PRIX", b"000008"),  # another cycle
+        (8, "R", "UP", 20, 23, f"{'STOCK':<10}{'MAG':<10}STOCK", b"000009"),
+        (9, "C", "RB", 20, 24, "", None),
+    ]
+    with store.transaction(conn):
+        for raw_id, code, kind, cycle, seq, obj_name, data in entries:
+            conn.execute(
+                "INSERT INTO raw_entries (id, journal, receiver_library,"
+                " receiver_name, sequence, code, entry_type, entry_ts, commit_cycle,"
+                " object, data, mined_at, state) VALUES (?, 'MAG/QSQJRN', 'MAG',"
+                " 'QSQJRN0001', ?, ?, ?, '', ?, ?, ?, 0, 1)",
+                (raw_id, seq, code, kind, cycle, obj_name, data),
+            )
+
+    def key_of(image: bytes, null_map: bytes | None) -> dict[str, Any]:
+        return {"ARTNUM": image.decode()}
+
+    found = bracket.rolled_back_keys(conn, marks.r_low, obj, key_of)
+    assert found == {digest.canonical_pk({"ARTNUM": "000007"})}
+    assert bracket.rolled_back_keys(conn, 9, obj, key_of) == set()
+
+
+def test_check_and_load_commands_queue_jobs_and_refuse_unknown_tables(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control leg carries out check/load; a bad table or mode fails the command."""
+    from appliance import commands
+
+    control = _leg(conn, monkeypatch, lambda: None)
+    runner = commands.Runner(
+        conn, control, "control", clock=iter(range(0, 100, 5)).__next__
+    )
+    args = {"table": "PRIX", "mode": "log", "reason": "EJ gap"}
+    ok = commands.request(conn, "control", "check", args, "tech")
+    bad = commands.request(conn, "control", "load", {"table": "NOPE"}, "tech")
+    worse = commands.request(conn, "control", "check", {"mode": "fix"}, "tech")
+    runner.run_pending()
+    states = {
+        r["id"]: (r["state"], r["result"])
+        for r in conn.execute("SELECT id, state, result FROM commands")
+    }
+    assert states[ok][0] == "done" and states[ok][1].startswith("check queued run=")
+    assert states[bad][0] == "failed" and "NOPE" in states[bad][1]
+    assert states[worse][0] == "failed" and "fix" in states[worse][1]
+    [job] = control.queue
+    assert (job.kind, job.table, job.mode, job.reason) == (
+        "check",
+        "PRIX",
+        "log",
+        "EJ gap",
+    )
+    with pytest.raises(commands.CommandError):
+        commands.request(conn, "enricher", "check", {}, "tech")
+
+
+class PagingCursor:
+    """Pages of ``MANY`` by key after the last one; fails the read it is told to."""
+
+    def __init__(self, fail_on: list[int], reads: list[int]) -> None:
+        self.fail_on, self.reads = fail_on, reads
+        self.result: list[tuple[Any, ...]] = []
+
+    def execute(self, sql: str, *params: Any) -> None:
+        import pyodbc
+
+        self.reads.append(1)
+        if len(self.reads) in self.fail_on:
+            raise pyodbc.OperationalError("08S01", "link to the IBM i dropped")
+        limit = int(re.search(r"FETCH FIRST (\d+)", sql).group(1))  # type: ignore[union-attr]
+        after = params[-1] if params else ""
+        self.result = [r for r in MANY if r[0] > after][:limit]
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.result
+
+    def close(self) -> None:
+        pass
+
+
+MANY = [(f"{n:06d}", f"{n}.00") for n in range(1, 26)]
+
+
+def test_a_load_cut_by_a_source_failure_resumes_without_loss_or_repeat(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 10, one per bracket; the second page's read fails once."""
+    reads: list[int] = []
+    control = _leg(conn, monkeypatch, lambda: None)
+    control.section = control.section.model_copy(update={"read_chunk_rows": 10})
+    source = type("S", (), {"cursor": lambda self: PagingCursor([2], reads)})()
+    source.close = lambda: None
+    monkeypatch.setattr(reader, "connect", lambda ibmi: source)
+    monkeypatch.setattr(leg, "LOAD_PAGES", 1)
+    monkeypatch.setattr(leg, "RETRY_FIRST_S", 0.0)
+    control.handle_command("load", {"table": "PRIX"})
+    _drive(control)
+
+    keys = [json.loads(r["key"])["ARTNUM"] for r in _r_rows(conn).values()]
+    count = conn.execute("SELECT count(*) FROM changes WHERE op = 'r'").fetchone()[0]
+    assert sorted(keys) == [r[0] for r in MANY] and count == len(MANY)
+    events = [r[0] for r in conn.execute("SELECT what FROM guardian_events")]
+    assert "retry" in events and "loaded" in events
+    assert conn.execute("SELECT state FROM guardian_runs").fetchone()[0] == "loaded"
+
+
+def test_scheduled_checks_cover_every_table_once_due(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pass only sets the due time; once due, each table gets a check."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    control.section = control.section.model_copy(update={"interval_s": 3600.0})
+    control._schedule()
+    assert not control.queue
+    with store.transaction(conn):
+        conn.execute("UPDATE meta SET value = '0' WHERE key = ?", (leg.NEXT_CHECK,))
+    control._schedule()
+    control._schedule()  # not due again, and no table queued twice
+    assert sorted(j.table for j in control.queue) == ["ARTICLE", "PRIX", "STOCK"]
+    assert {(j.kind, j.reason) for j in control.queue} == {("check", "scheduled")}
+    assert len({j.run for j in control.queue}) == 1
+
+
+def test_a_request_the_store_cannot_read_is_parked_not_fatal(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed narrow list goes to dead letters; the leg keeps stepping."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, v_low) VALUES ('1-1', 'PRIX', 'check', 'repair', 0, 'sent', 1)"
+        )
+        conn.execute(
+            "INSERT INTO guardian_requests (request, received_at, run, table_name,"
+            " body, state) VALUES ('1-1/2', 0, '1-1', 'PRIX', ?, 0)",
+            (json.dumps({"narrow": [[6]]}),),
+        )
+    control.step()
+    [letter] = conn.execute("SELECT stage, reason, position FROM dead_letters")
+    assert letter[0] == "control" and "bad guardian request" in letter[1]
+    assert letter[2] == "1-1/2"
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def test_a_repair_pk_of_another_key_is_parked_and_the_rest_answered(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pk that is not this table's key is parked; the good pk still goes."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    good = digest.canonical_pk({"ARTNUM": "000001"})
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, v_low) VALUES ('1-1', 'PRIX', 'check', 'repair', 0, 'sent', 1)"
+        )
+        body = {"repair": [good, '{"MAGASIN":"7"}', "not json"]}
+        conn.execute(
+            "INSERT INTO guardian_requests (request, received_at, run, table_name,"
+            " body, state) VALUES ('1-1/3', 0, '1-1', 'PRIX', ?, 0)",
+            (json.dumps(body),),
+        )
+    _drive(control)
+    assert sorted(_r_rows(conn)) == ["000001"]
+    letters = conn.execute("SELECT reason FROM dead_letters").fetchall()
+    assert len(letters) == 2
+    assert all("repair pk unreadable" in r[0] for r in letters)
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
