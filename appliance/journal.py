@@ -55,6 +55,13 @@ Key = tuple[str, str]
 
 JOURNAL_CODES = "C,D,F,J,R"
 OBJECT_CODES = frozenset({"R", "D", "F"})
+# Hidden internal entries as DISPLAY_JOURNAL shows them with INCLUDE_INTERNAL
+# (code, type). IBM does not document them (brief §1, parameter 23): this is
+# the emulator's J IE; add the real ones when a store shows them.
+INTERNAL_TYPES = frozenset({("J", "IE")})
+# The relay's own marker in raw_entries where a data gap was passed over
+# (``on_data_gap = "resend"``); no IBM journal code is '*'.
+GAP_MARK = ("*", "DG")
 READABLE = frozenset({"ATTACHED", "ONLINE", "SAVED"})
 ATTACHED = "ATTACHED"
 
@@ -181,13 +188,18 @@ def _columns(dialect: Dialect) -> tuple[str, ...]:
     )
 
 
-def window_sql(dialect: Dialect) -> str:
+def window_sql(dialect: Dialect, *, include_internal: bool = False) -> str:
     """The bounded one-receiver DISPLAY_JOURNAL query, with 8 ``?`` markers.
 
     Markers, in order: journal library, journal name, receiver library and
     name (starting), starting sequence, receiver library and name (ending),
     ending sequence. See :func:`window_params`.
+
+    ``include_internal`` adds ``INCLUDE_INTERNAL => 'YES'`` (7.5 TR5 / 7.4
+    TR26 only: older releases reject the parameter, so the miner leaves it
+    out and sees hidden entries only as sequence gaps).
     """
+    internal = ", INCLUDE_INTERNAL => 'YES'" if include_internal else ""
     call = (
         "QSYS2.DISPLAY_JOURNAL("
         "JOURNAL_LIBRARY => ?, JOURNAL_NAME => ?, "
@@ -195,7 +207,7 @@ def window_sql(dialect: Dialect) -> str:
         "STARTING_SEQUENCE => CAST(? AS DECIMAL(21,0)), "
         f"JOURNAL_CODES => '{JOURNAL_CODES}', "
         "ENDING_RECEIVER_LIBRARY => ?, ENDING_RECEIVER_NAME => ?, "
-        "ENDING_SEQUENCE => CAST(? AS DECIMAL(21,0)))"
+        f"ENDING_SEQUENCE => CAST(? AS DECIMAL(21,0)){internal})"
     )
     source = f"TABLE({call}) AS J" if dialect == "ibmi" else f"{call} AS J"
     columns = ", ".join(_columns(dialect))
@@ -311,6 +323,15 @@ def entry_from_row(row: Sequence[Any], journal: str) -> dict[str, Any]:
     }
 
 
+def internal(entry: Mapping[str, Any]) -> bool:
+    """A hidden internal entry (shown only with ``INCLUDE_INTERNAL``): skip it.
+
+    Such entries carry nothing for the relay; they only take sequence
+    numbers, which is why the miner never expects ``next == last + 1``.
+    """
+    return (entry["code"], entry["entry_type"]) in INTERNAL_TYPES
+
+
 def wanted(entry: Mapping[str, Any], library: str, tables: Iterable[str]) -> bool:
     """Keep every C and J entry; R, D and F entries only for the relayed tables."""
     if entry["code"] not in OBJECT_CODES:
@@ -395,6 +416,31 @@ def _plan_first(receivers: Sequence[Receiver]) -> Action:
     if start.attach_ts is None or start.first_seq is None:
         return Wait("oldest receiver not yet settled")
     return Move(start, None, "first start at the oldest available receiver")
+
+
+def resume_after_gap(
+    bookmark: Bookmark | None, receivers: Sequence[Receiver]
+) -> Move | Wait:
+    """Where reading resumes after a data gap: the oldest entry still available.
+
+    That is the first entry of the oldest readable receiver of the attached
+    chain (:func:`oldest_available`): the walk back stops at the break the gap
+    left, so it is always past the bookmark and nothing is read twice. The
+    bookmarked receiver itself is refused unless it was re-created (its
+    identity changed), since its unread entries would then be read again.
+    """
+    start = oldest_available(receivers)
+    if start is None:
+        return Wait("journal has no attached receiver")
+    if start.attach_ts is None or start.first_seq is None:
+        return Wait("oldest receiver not yet settled")
+    if (
+        bookmark is not None
+        and start.key == bookmark.key
+        and not _identity_problem(bookmark, start)
+    ):
+        return Wait("the oldest available receiver is the bookmarked one")
+    return Move(start, None, "data gap: resumed at the oldest available entry")
 
 
 def _plan_successor(receivers: Sequence[Receiver], rcv: Receiver) -> Action:

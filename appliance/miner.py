@@ -12,9 +12,16 @@ Invariants:
   stored entry: nothing lost, nothing stored twice.
 - The bookmark never moves back. A bookmarked receiver that is gone or was
   re-created, or a successor that vanished unread, is a data gap: the leg
-  records it (counter ``miner.data_gaps``, heartbeat state ``data_gap``, an
-  ERROR log) and raises :class:`~appliance.errors.DataGapError` on every step
-  until an operator acts. It never restarts silently from the oldest receiver.
+  records it (counter ``miner.data_gaps``, ``meta`` row ``miner.data_gap``,
+  an ERROR log). With ``ibmi.on_data_gap = "stop"`` it then raises
+  :class:`~appliance.errors.DataGapError` on every step (heartbeat state
+  ``data_gap``) until an operator acts. With ``"resend"`` it moves the
+  bookmark to the oldest entry still available (always past the gap, so
+  nothing is read twice) and, in that same transaction, queues one guardian
+  ``check`` in mode repair per relayed table (:mod:`appliance.checks`), which
+  repairs what the lost entries would have changed, and stores a gap mark
+  (code ``*`` type ``DG``) for the transformer. It never restarts
+  silently from the oldest receiver.
 - Any other source failure (network, CPF7054 range, a receiver deleted between
   two calls) drops the connection and retries with a bounded exponential
   backoff; gaps are only ever decided from a fresh receiver list.
@@ -42,7 +49,7 @@ from zoneinfo import ZoneInfo
 
 import pyodbc
 
-from appliance import journal, outbox, preflight, source, store
+from appliance import checks, journal, outbox, preflight, source, store
 from appliance.config import BoxSettings, IbmiSection
 from appliance.errors import DataGapError, SourceError
 from appliance.journal import Bookmark, Gap, Move, Read, Receiver, Wait
@@ -124,11 +131,14 @@ class MinerLeg:
         self._checked = not self.ibmi.preflight
         self._lag_at = float("-inf")
         self._zone = ZoneInfo(settings.store.timezone)
+        self._recovered = ""
+        self._checks = checks.Flusher(conn, self.name)
 
     # -- Leg protocol ----------------------------------------------------------
 
     def setup(self) -> None:
         """Load the bookmark and open the source (a failure is retried in step)."""
+        checks.ensure_schema(self.conn)
         self._bookmark = load_bookmark(self.conn, self.journal)
         where = self._bookmark.position() if self._bookmark else "none"
         logger.info("miner starting position=%s journal=%s", where, self.journal)
@@ -143,6 +153,7 @@ class MinerLeg:
             raise self._gap
         if time.monotonic() < self._retry_at or self._backlogged():
             return False
+        self._checks.flush()
         if outbox.budget_hold(self.conn, self.settings.pipeline):
             return False
         try:
@@ -181,11 +192,12 @@ class MinerLeg:
             return f"data gap: {self._gap}"[:200]
         head = journal.attached(self._receivers)
         bookmark = self._bookmark
-        return "receiver={} seq={} head={}".format(
+        text = "receiver={} seq={} head={}".format(
             bookmark.receiver_name if bookmark else "-",
             bookmark.sequence if bookmark else "-",
             head.last_seq if head and head.last_seq is not None else "-",
         )
+        return f"{text} {self._recovered}".strip()[:200]
 
     # -- one step --------------------------------------------------------------
 
@@ -208,6 +220,8 @@ class MinerLeg:
                 self._refresh(src)
                 fresh = True
                 continue
+            if isinstance(action, Gap) and self.ibmi.on_data_gap == "resend":
+                return self._resent(action)
             if isinstance(action, Gap):
                 self._record_gap(action)
             if isinstance(action, Wait):
@@ -352,26 +366,32 @@ class MinerLeg:
         rows = self._query(src, self._sql, params, "reading journal")
         entries = [journal.entry_from_row(row, self.journal) for row in rows]
         check_window(entries, read)
+        hidden = sum(1 for e in entries if journal.internal(e))
         keep = [
             e
             for e in entries
-            if journal.wanted(e, self.ibmi.table_library, self.ibmi.tables)
+            if not journal.internal(e)
+            and journal.wanted(e, self.ibmi.table_library, self.ibmi.tables)
         ]
         last_seen = entries[-1]["sequence"] if entries else None
         last_ts = entries[-1]["entry_ts"] if entries else ""
         after = journal.after_window(bookmark, read, last_seen, last_ts)
-        self._store(keep, after)
+        self._store(keep, after, hidden)
         self._bookmark = after
         self._pending_move = None
         if read.end == read.receiver.last_seq:
             self._stale = True
         return after != bookmark
 
-    def _store(self, entries: list[dict[str, Any]], after: Bookmark) -> None:
+    def _store(
+        self, entries: list[dict[str, Any]], after: Bookmark, hidden: int = 0
+    ) -> None:
         with store.transaction(self.conn):
             if entries:
                 self.conn.executemany(_INSERT_ENTRY, entries)
                 store.bump(self.conn, "miner.entries", len(entries))
+            if hidden:
+                store.bump(self.conn, "miner.internal_skipped", hidden)
             store.bump(self.conn, "miner.windows")
             save_bookmark(self.conn, self.journal, after)
             self._save_head()
@@ -420,35 +440,78 @@ class MinerLeg:
             exc,
         )
 
-    def _record_gap(self, gap: Gap) -> None:
+    def _gap_record(self, gap: Gap) -> tuple[str, dict[str, Any]]:
+        """(position, ``meta`` value) of a data gap found at the bookmark."""
         where = self._bookmark.position() if self._bookmark else "none"
+        return where, {
+            "position": where,
+            "receiver": gap.receiver,
+            "reason": gap.reason,
+            "cpf": gap.cpf,
+            "recovery": self.ibmi.on_data_gap,
+            "at": round(time.time(), 3),
+        }
+
+    def _resent(self, gap: Gap) -> bool:
+        """``on_data_gap = "resend"``: resume past the gap, ask for repairs.
+
+        One transaction records the gap, moves the bookmark to the oldest
+        available entry and queues a guardian check of every relayed table,
+        so the checks are asked for exactly once per gap, even across a crash.
+        False (nothing done) when no receiver is settled yet to resume in: the
+        gap is then looked at again on the next step.
+        """
+        move = journal.resume_after_gap(self._bookmark, self._receivers)
+        if isinstance(move, Wait):
+            logger.debug("data gap, resume point not ready reason=%s", move.reason)
+            self._save_head_alone()
+            return False
+        where, value = self._gap_record(gap)
+        bookmark = journal.entered(move, self._bookmark)
+        tables = sorted({t.strip().upper() for t in self.ibmi.tables})
+        value["resumed_at"] = bookmark.position()
+        value["checks"] = tables
+        with store.transaction(self.conn):
+            store.bump(self.conn, "miner.data_gaps")
+            _put_meta(self.conn, GAP_KEY, value)
+            for table in tables:
+                checks.queue(
+                    self.conn, table, "data_gap", f"miner data_gap {where} {table}"
+                )
+            self.conn.execute(_INSERT_ENTRY, _gap_mark(self.journal, bookmark))
+            save_bookmark(self.conn, self.journal, bookmark)
+            self._save_head()
+        self._bookmark = bookmark
+        self._pending_move = None
+        self._stale = True
+        self._recovered = f"data gap at {where} resent from {bookmark.position()}"
+        logger.error(
+            "data gap, entries lost at the source stage=%s position=%s receiver=%s"
+            " reason=%s",
+            self.name,
+            where,
+            gap.receiver,
+            gap.reason,
+        )
+        logger.warning(
+            "data gap recovery: resumed, guardian checks queued stage=%s"
+            " position=%s count=%d",
+            self.name,
+            bookmark.position(),
+            len(tables),
+        )
+        self._checks.flush(force=True)
+        return True
+
+    def _record_gap(self, gap: Gap) -> None:
+        where, value = self._gap_record(gap)
         error = DataGapError(
             f"data gap at position={where} receiver={gap.receiver}: {gap.reason}",
             cpf=gap.cpf,
         )
         with store.transaction(self.conn):
             store.bump(self.conn, "miner.data_gaps")
-            _put_meta(
-                self.conn,
-                GAP_KEY,
-                {
-                    "position": where,
-                    "receiver": gap.receiver,
-                    "reason": gap.reason,
-                    "cpf": gap.cpf,
-                    "recovery": self.ibmi.on_data_gap,
-                    "at": round(time.time(), 3),
-                },
-            )
-        if self.ibmi.on_data_gap == "resend":
-            # TODO(#5): re-send the relayed tables through the guardian's
-            # read-and-send, then seed the bookmark at the head; until the
-            # guardian exists, 'resend' stops like 'stop' and says so.
-            logger.error(
-                "data gap recovery resend not available, stopping stage=miner"
-                " position=%s",
-                where,
-            )
+            _put_meta(self.conn, GAP_KEY, value)
         self._gap = error
         store.heartbeat(self.conn, self.name, os.getpid(), "data_gap", self.status())
         logger.error(
@@ -484,15 +547,7 @@ class MinerLeg:
     def _query(
         self, src: Any, sql: str, params: Sequence[Any], doing: str
     ) -> list[Any]:
-        try:
-            cursor = src.cursor()
-            try:
-                cursor.execute(sql, *params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-        except pyodbc.Error as exc:
-            raise source.translate(exc, doing) from exc
+        return source.fetch_all(src, sql, params, doing)
 
 
 def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
@@ -511,6 +566,36 @@ def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
                 f" or out of order (after {previous})"
             )
         previous = seq
+
+
+def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:
+    """The raw entry that tells the transformer a data gap was passed over.
+
+    It sits just before the first entry read after the gap (same receiver,
+    sequence one less), so the transformer drops what it holds of commit
+    cycles whose end was lost (their rows go to the guardian's repair).
+    """
+    code, kind = journal.GAP_MARK
+    return {
+        "journal": journal_id,
+        "receiver_library": resumed.receiver_library,
+        "receiver_name": resumed.receiver_name,
+        "sequence": resumed.sequence - 1,
+        "code": code,
+        "entry_type": kind,
+        "entry_ts": resumed.entry_ts,
+        "commit_cycle": 0,
+        "object": "",
+        "object_type": "",
+        "rrn": 0,
+        "job": "",
+        "program": "",
+        "user_name": "",
+        "indicator_flag": "",
+        "null_map": None,
+        "data": None,
+        "mined_at": time.time(),
+    }
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:

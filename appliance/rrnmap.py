@@ -17,6 +17,22 @@ Invariants:
 - RGZPFM (F RG) renumbers every slot: the map is replaced by the table's
   current (RRN, key) pairs read from the source. CLRPFM (F CR) empties it.
 - An RRN the map does not know is never guessed: the caller parks the entry.
+- The pairs are read when the transformer reaches the F RG, so they already
+  show the changes journaled between the F RG and the read. The journal head
+  read right after the pairs closes that *window* (``rrn_windows``); a slot
+  known only from the read (``rrn_read``, until an entry sets or frees it) is
+  uncertain for an image-less DL inside the window: its row may have been
+  deleted there and the slot refilled before the read, so the pair names the
+  newer row. :meth:`RrnMap.uncertain` says so and the caller parks the DL
+  instead of deleting the wrong key. The window closes at the first entry
+  seen past it.
+
+Which DL is inside the window, worked through (window head QSQJRN0004:120):
+
+    QSQJRN0004:118 DL rrn 3   same receiver, 118 <= 120       -> inside
+    QSQJRN0003:900 DL rrn 3   older receiver: nothing of QSQJRN0004
+                              stored between the F RG and it  -> inside
+    QSQJRN0005:2   DL rrn 3   QSQJRN0004 entries came before   -> past, closed
 
 The map holds the key only, not the last image: a delete made from it
 carries ``before = null`` and the hub keeps the last image it holds.
@@ -24,16 +40,16 @@ carries ``before = null`` and the hub keeps the last image it holds.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from appliance.errors import DecodeError
-from appliance.layouts import Column, Layout
+from appliance.layouts import Layout
+from appliance.odbcvalues import json_value
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +59,42 @@ CREATE TABLE IF NOT EXISTS rrn_keys (
     rrn INTEGER NOT NULL,
     key TEXT NOT NULL,
     PRIMARY KEY (table_name, rrn)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rrn_read (
+    table_name TEXT NOT NULL,
+    rrn INTEGER NOT NULL,
+    PRIMARY KEY (table_name, rrn)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rrn_windows (
+    table_name TEXT PRIMARY KEY,
+    rg_raw_id INTEGER NOT NULL,
+    rg_position TEXT NOT NULL,
+    receiver_library TEXT NOT NULL,
+    receiver_name TEXT NOT NULL,
+    sequence INTEGER NOT NULL
+)
 """
 
 Key = dict[str, Any]
 Dialect = Literal["ibmi", "emulator"]
+
+
+@dataclass(frozen=True)
+class Head:
+    """A journal position: the head read right after the RRN pairs."""
+
+    receiver_library: str
+    receiver_name: str
+    sequence: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """From an F RG (raw id, position) to the head read after its pairs."""
+
+    rg_raw_id: int
+    rg_position: str
+    head: Head
 
 
 def _text(key: Key) -> str:
@@ -59,18 +106,21 @@ class RrnMap:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        conn.execute(SCHEMA)
+        for statement in SCHEMA.split(";"):
+            conn.execute(statement)
 
     def put(self, table: str, rrn: int, key: Key) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO rrn_keys (table_name, rrn, key) VALUES (?, ?, ?)",
             (table, rrn, _text(key)),
         )
+        self._settled(table, rrn)
 
     def drop(self, table: str, rrn: int) -> None:
         self.conn.execute(
             "DELETE FROM rrn_keys WHERE table_name = ? AND rrn = ?", (table, rrn)
         )
+        self._settled(table, rrn)
 
     def take(self, table: str, rrn: int) -> Key | None:
         """The key at ``rrn``, removed from the map; None when unknown."""
@@ -78,26 +128,40 @@ class RrnMap:
             "DELETE FROM rrn_keys WHERE table_name = ? AND rrn = ? RETURNING key",
             (table, rrn),
         ).fetchone()
+        self._settled(table, rrn)
         if found is None:
             return None
         key: Key = json.loads(found[0])
         return key
 
     def clear(self, table: str) -> int:
+        self._close(table)
         return self.conn.execute(
             "DELETE FROM rrn_keys WHERE table_name = ?", (table,)
         ).rowcount
 
     def replace(
-        self, table: str, pairs: Iterable[tuple[int, Key]], *, position: str = ""
+        self,
+        table: str,
+        pairs: Iterable[tuple[int, Key]],
+        *,
+        position: str = "",
+        window: Window | None = None,
     ) -> int:
-        """Forget the table's slots and store ``pairs``; how many were stored."""
+        """Forget the table's slots and store ``pairs``; how many were stored.
+
+        ``window``: the F RG and the head read right after the pairs; until
+        the transformer is past it, the slots read are uncertain for an
+        image-less DL (see the module docstring).
+        """
         self.clear(table)
         rows = [(table, rrn, _text(key)) for rrn, key in pairs]
         self.conn.executemany(
             "INSERT OR REPLACE INTO rrn_keys (table_name, rrn, key) VALUES (?, ?, ?)",
             rows,
         )
+        if window is not None:
+            self._open(table, window, [row[1] for row in rows])
         logger.info(
             "rrn map re-read stage=transformer table=%s position=%s count=%d",
             table,
@@ -106,6 +170,84 @@ class RrnMap:
         )
         return len(rows)
 
+    def window(self, table: str) -> Window | None:
+        """The open read window of ``table``, if any."""
+        found = self.conn.execute(
+            "SELECT rg_raw_id, rg_position, receiver_library, receiver_name,"
+            " sequence FROM rrn_windows WHERE table_name = ?",
+            (table,),
+        ).fetchone()
+        if found is None:
+            return None
+        head = Head(str(found[2]), str(found[3]), int(found[4]))
+        return Window(int(found[0]), str(found[1]), head)
+
+    def uncertain(self, table: str, rrn: int, entry: Mapping[str, Any]) -> bool:
+        """True when an image-less DL ``entry`` at ``rrn`` cannot trust the map.
+
+        That is: the DL is inside the table's open window and its slot is
+        known only from the read, or not known at all (its row may have gone
+        before the read). A DL past the window closes it.
+        """
+        window = self.window(table)
+        if window is None:
+            return False
+        if not self._inside(window, entry):
+            self._close(table)
+            return False
+        read = self.conn.execute(
+            "SELECT 1 FROM rrn_read WHERE table_name = ? AND rrn = ?", (table, rrn)
+        ).fetchone()
+        known = self.conn.execute(
+            "SELECT 1 FROM rrn_keys WHERE table_name = ? AND rrn = ?", (table, rrn)
+        ).fetchone()
+        return read is not None or known is None
+
+    def _inside(self, window: Window, entry: Mapping[str, Any]) -> bool:
+        head = window.head
+        if (entry["receiver_library"], entry["receiver_name"]) == (
+            head.receiver_library,
+            head.receiver_name,
+        ):
+            return int(entry["sequence"]) <= head.sequence
+        # Another receiver: past the window only if the head's receiver was
+        # mined before this entry (entries are stored in chain order).
+        later = self.conn.execute(
+            "SELECT 1 FROM raw_entries WHERE id > ? AND id < ?"
+            " AND receiver_library = ? AND receiver_name = ? LIMIT 1",
+            (window.rg_raw_id, entry["id"], head.receiver_library, head.receiver_name),
+        ).fetchone()
+        return later is None
+
+    def _open(self, table: str, window: Window, rrns: Sequence[int]) -> None:
+        head = window.head
+        self.conn.execute(
+            "INSERT OR REPLACE INTO rrn_windows (table_name, rg_raw_id, rg_position,"
+            " receiver_library, receiver_name, sequence) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                table,
+                window.rg_raw_id,
+                window.rg_position,
+                head.receiver_library,
+                head.receiver_name,
+                head.sequence,
+            ),
+        )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO rrn_read (table_name, rrn) VALUES (?, ?)",
+            [(table, rrn) for rrn in rrns],
+        )
+
+    def _settled(self, table: str, rrn: int) -> None:
+        """An entry set or freed the slot: the journal knows it now."""
+        self.conn.execute(
+            "DELETE FROM rrn_read WHERE table_name = ? AND rrn = ?", (table, rrn)
+        )
+
+    def _close(self, table: str) -> None:
+        self.conn.execute("DELETE FROM rrn_read WHERE table_name = ?", (table,))
+        self.conn.execute("DELETE FROM rrn_windows WHERE table_name = ?", (table,))
+
 
 def unknown_rrn(library: str, table: str, rrn: int) -> DecodeError:
     """Why an image-less DL of an RRN the map does not know is parked."""
@@ -113,6 +255,20 @@ def unknown_rrn(library: str, table: str, rrn: int) -> DecodeError:
         f"delete of RRN {rrn} in {table} without image and no known key",
         table=f"{library}/{table}",
         expected="an image of the row at that RRN since the last RGZPFM or CLRPFM",
+    )
+
+
+def uncertain_rrn(library: str, table: str, rrn: int, window: Window) -> DecodeError:
+    """Why an image-less DL between an F RG and the map's read is parked."""
+    head = window.head
+    return DecodeError(
+        f"delete of RRN {rrn} in {table} without image between RGZPFM and the"
+        " read of the renumbered slots: the slot may hold a newer row",
+        table=f"{library}/{table}",
+        expected=(
+            "a guardian check of the table (requested); the map is certain after"
+            f" {head.receiver_library}/{head.receiver_name}:{head.sequence}"
+        ),
     )
 
 
@@ -138,31 +294,6 @@ def snapshot_sql(
     return f"SELECT {names} FROM {fold(library)}.{fold(table)} AS T"
 
 
-def key_value(column: Column, value: Any) -> Any:
-    """An ODBC value of a key column spelled as contracts §2 spells it."""
-    if value is None:
-        return None
-    kind = column.data_type
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex().upper()
-    if kind in ("CHAR", "GRAPHIC"):
-        return str(value).rstrip(" ")
-    if kind in ("DECIMAL", "NUMERIC") or (
-        kind in ("SMALLINT", "INTEGER", "BIGINT") and column.scale
-    ):
-        exact = Decimal(value).quantize(Decimal(1).scaleb(-(column.scale or 0)))
-        return f"{abs(exact) if exact == 0 else exact:f}"
-    if kind in ("SMALLINT", "INTEGER", "BIGINT"):
-        return int(value)
-    if kind == "DATE" and isinstance(value, dt.date):
-        return value.isoformat()[:10]
-    if kind == "TIME" and isinstance(value, dt.time):
-        return value.strftime("%H:%M:%S")
-    if kind == "TIMESTMP" and isinstance(value, dt.datetime):
-        return value.isoformat(timespec="microseconds")
-    return value if isinstance(value, int | float) else str(value)
-
-
 def read_pairs(
     cursor: Any, dialect: Dialect, library: str, layout: Layout
 ) -> list[tuple[int, Key]]:
@@ -175,6 +306,6 @@ def read_pairs(
         if not columns:
             pairs.append((rrn, {"RRN": rrn}))
             continue
-        values = (key_value(c, v) for c, v in zip(columns, found[1:], strict=True))
+        values = (json_value(c, v) for c, v in zip(columns, found[1:], strict=True))
         pairs.append((rrn, dict(zip(layout.keys, values, strict=True))))
     return pairs

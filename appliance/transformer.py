@@ -43,17 +43,17 @@ What an entry does:
   field, offset, bytes, expectation and layout version; the relay goes on
   with the next entry.
 
-Net effect, worked through for one key in one cycle (first before image
-against last after image):
+- ``F EJ`` / ``F MR`` of a relayed table: an alarm (dead letter, counter
+  ``transformer.alarm.<type>``, ERROR log) and a guardian repair check of
+  the table (:mod:`appliance.checks`): at once for MR, at the journaling
+  restart (``F JM``) for EJ, since what changed while journaling was off is
+  only there to read once it is back on.
+- A catalog read the source refuses (a missing grant) is retried like any
+  source failure, with an alarm in the leg's status, ``meta`` row
+  ``transformer.alarm.source_denied`` and counter
+  ``transformer.source_denied`` until a read goes through.
 
-    PT k=57 (after A)  ... DR k=57              -> nothing (never existed)
-    UB/UP k=12 (B->C)  ... BR/UR k=12 (C->B)    -> nothing (before == after)
-    DL k=9 (before D)  ... PX k=9 (after D)     -> nothing
-    UB/UP k=5 (E->F)   ... UB/UP k=5 (F->G)     -> one 'u' E->G, made by the 2nd UP
-
-So rollbacks (C RB) and savepoint rollbacks (compensations, then C CM) need no
-special case. The version of a change is the raw id of the entry that made
-its final image.
+A committed cycle is reduced to its net effect per key (:mod:`appliance.netting`).
 """
 
 from __future__ import annotations
@@ -64,17 +64,25 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import pyodbc
-
-from appliance import layouts, rrnmap, source, store
-from appliance.config import BoxSettings, IbmiSection
+from appliance import checks, layouts, rrnmap, store
+from appliance.catalog import OdbcCatalog, denied
+from appliance.config import BoxSettings
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
 from appliance.errors import DecodeError, SourceError
+from appliance.journal import GAP_MARK
+from appliance.netting import (
+    Event,
+    canonical,
+    net_effect,
+    row_event,
+    tagged,
+    with_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,123 +92,30 @@ BEFORE_TYPES = frozenset({"UB", "BR"})
 AFTER_TYPES = frozenset({"UP", "UR"})
 INSERT_TYPES = frozenset({"PT", "PX"})
 LAYOUT_TYPES = frozenset({"CG", "CT"})
-# Member entries after which ODH can no longer follow the table from the
-# journal alone: an operator must re-send it (issue 5's guardian).
+# Member entries after which ODH cannot follow the table from the journal.
 MEMBER_ALARMS = {
     "EJ": "journaling ended: later changes of the table are not journaled",
     "MR": "member restored: its rows were replaced without record entries",
 }
+# What the alarm's dead letter tells the operator the relay does about it.
+MEMBER_REPAIRS = {
+    "EJ": "a guardian check (repair) of the table when journaling restarts (F JM)",
+    "MR": "a guardian check (repair) of the table, requested now",
+}
+ENDED_KEY = "transformer.journaling_ended."
+DENIED_KEY = "transformer.alarm.source_denied"
 MAX_BACKOFF_S = 60.0
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Image = dict[str, JsonValue]
-Event = dict[str, Any]
-_T = TypeVar("_T")
-
-
-class OdbcCatalog:
-    """Reads layouts through ODBC; reconnects on the next call after a failure."""
-
-    def __init__(
-        self, ibmi: IbmiSection, connect: Callable[[IbmiSection], Any] = source.connect
-    ) -> None:
-        self._ibmi = ibmi
-        self._connect = connect
-        self._conn: Any = None
-
-    def load_layout(self, library: str, table: str) -> layouts.Layout:
-        def read(cursor: Any) -> layouts.Layout:
-            return layouts.load_layout(cursor, library, table)
-
-        return self._read(read, f"reading layout of {library}/{table}")
-
-    def read_rrn_pairs(
-        self, library: str, layout: layouts.Layout
-    ) -> list[tuple[int, rrnmap.Key]]:
-        """The table's current (RRN, key) pairs (after RGZPFM)."""
-
-        def read(cursor: Any) -> list[tuple[int, rrnmap.Key]]:
-            return rrnmap.read_pairs(cursor, self._ibmi.dialect, library, layout)
-
-        return self._read(read, f"reading rrns of {library}/{layout.table}")
-
-    def _read(self, read: Callable[[Any], _T], doing: str) -> _T:
-        if self._conn is None:
-            self._conn = self._connect(self._ibmi)
-        try:
-            cursor = self._conn.cursor()
-            try:
-                return read(cursor)
-            finally:
-                cursor.close()
-        except pyodbc.Error as exc:
-            self.close()
-            raise source.translate(exc, doing) from exc
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pyodbc.Error:
-                logger.debug("closing catalog connection failed", exc_info=True)
-            self._conn = None
-
-
-def canonical(value: Any) -> str:
-    """Compact JSON with sorted keys: the one spelling of a key or an image."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def net_effect(events: Iterable[Event]) -> list[Event]:
-    """Reduce a cycle's row events to one change per (table, key), in order.
-
-    An event has ``kind`` (insert, update, delete), ``table``, ``key``,
-    ``before``, ``after``, ``raw_id``. The result's ``op`` is c, u or d.
-    """
-    states: dict[str, dict[str, Any]] = {}
-    for event in events:
-        ident = event["table"] + "\0" + canonical(event["key"])
-        state = states.get(ident)
-        if state is None:
-            state = states[ident] = {
-                "existed": event["kind"] != "insert",
-                "before": event["before"],
-                "before_errors": _errors_of(event, "before"),
-            }
-        if state["before"] is None and event["kind"] == "delete":
-            state["before"] = event["before"]
-            state["before_errors"] = _errors_of(event, "before")
-        state["exists"] = event["kind"] != "delete"
-        state["after"] = event["after"] if state["exists"] else None
-        state["last"] = event
-    changes = [c for c in map(_final_change, states.values()) if c is not None]
-    return sorted(changes, key=lambda change: change["raw_id"])
-
-
-def _final_change(state: dict[str, Any]) -> Event | None:
-    existed, exists = state["existed"], state["exists"]
-    if not existed and not exists:
-        return None
-    if existed and exists and state["before"] == state["after"]:
-        return None
-    op = "u" if existed and exists else ("c" if exists else "d")
-    last = state["last"]
-    errors = state["before_errors"] if existed else []
-    if exists:
-        errors = errors + _errors_of(last, "after")
-    return {
-        **last,
-        "op": op,
-        "before": state["before"] if existed else None,
-        "after": state["after"],
-        "errors": errors,
-    }
 
 
 class TransformerLeg:
     """Decodes, pairs, holds and emits; see the module docstring."""
 
     name = STAGE
+    # An idle step is one local SQLite read: poll soon after work (daemon.run).
+    idle_first_s = 0.005
 
     def __init__(
         self,
@@ -222,7 +137,10 @@ class TransformerLeg:
         self._warned: set[tuple[str, str]] = set()
         self._retry_at = 0.0
         self._failures = 0
+        self._denied = ""
         self._tally: Counter[str] = Counter()
+        checks.ensure_schema(conn)
+        self._checks = checks.Flusher(conn, STAGE)
 
     # -- Leg protocol -------------------------------------------------------
 
@@ -236,6 +154,7 @@ class TransformerLeg:
 
     def step(self) -> bool:
         """Process one batch; True when entries were consumed."""
+        self._checks.flush()  # checks a box refused before, when idle too
         if self._clock() < self._retry_at:
             return False
         # A plain read first: an idle leg must not take the write lock.
@@ -261,6 +180,9 @@ class TransformerLeg:
             self._back_off(failure)
         elif done:
             self._failures = 0
+            if self._denied:
+                self._allowed_again()
+        self._checks.flush()
         return done > 0
 
     def close(self) -> None:
@@ -277,7 +199,9 @@ class TransformerLeg:
         )
         if self._failures:
             text += f" source_failures={self._failures}"
-        return text
+        if self._denied:
+            text = f"ALARM source refused the relay's user: {self._denied} | {text}"
+        return text[:300]
 
     # -- the batch ----------------------------------------------------------
 
@@ -302,6 +226,8 @@ class TransformerLeg:
         self._failures += 1
         delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(self._failures, 7))
         self._retry_at = self._clock() + delay
+        if denied(failure):
+            self._refused(failure)
         logger.warning(
             "catalog read failed, backing off stage=%s attempt=%d elapsed_s=%.1f"
             " error=%s",
@@ -310,6 +236,37 @@ class TransformerLeg:
             delay,
             failure,
         )
+
+    def _refused(self, failure: SourceError) -> None:
+        """A permission error: still retried, but an alarm until it clears.
+
+        Counted in ``transformer.source_denied`` at every attempt; the
+        ``meta`` row ``transformer.alarm.source_denied`` and the leg's status
+        (heartbeat, ``appliance status``, the web page's legs) carry it.
+        """
+        first = not self._denied
+        self._denied = str(failure)[:160]
+        with store.transaction(self.conn):
+            self._count("transformer.source_denied")
+            _put_meta(
+                self.conn,
+                DENIED_KEY,
+                {"error": str(failure)[:500], "attempt": self._failures},
+            )
+        if first:
+            logger.error(
+                "source refused the relay's user, retrying until granted"
+                " stage=%s attempt=%d error=%s",
+                STAGE,
+                self._failures,
+                failure,
+            )
+
+    def _allowed_again(self) -> None:
+        with store.transaction(self.conn):
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (DENIED_KEY,))
+        logger.warning("source grants the relay's user again stage=%s", STAGE)
+        self._denied = ""
 
     def _handle(self, row: sqlite3.Row) -> None:
         code, kind = row["code"], row["entry_type"]
@@ -326,6 +283,10 @@ class TransformerLeg:
             self._cleared(row)
         elif code == "F" and kind in MEMBER_ALARMS and self._relayed(row):
             self._member_alarm(row, kind)
+        elif code == "F" and kind == "JM" and self._relayed(row):
+            self._journaling_started(row)
+        elif (code, kind) == GAP_MARK:
+            self._cut_cycles(row)
         elif code == "F" and kind == "RG" and self._relayed(row):
             self._reorganized(row)
         else:
@@ -384,13 +345,22 @@ class TransformerLeg:
         except DecodeError:
             self._park(row, exc)  # the layout itself is the problem
             return []
+        window = self._rrns.window(f"{library}/{table}")
+        if window is not None and self._rrns.uncertain(
+            f"{library}/{table}", row["rrn"], dict(row)
+        ):
+            self._park(row, rrnmap.uncertain_rrn(library, table, row["rrn"], window))
+            origin = f"transformer RG {window.rg_position} {library}/{table}"
+            checks.queue(self.conn, table, "RG", origin)
+            self._count("transformer.deletes_uncertain")
+            return []
         key = self._rrns.take(f"{library}/{table}", row["rrn"])
         if key is None:
             self._park(row, rrnmap.unknown_rrn(library, table, row["rrn"]))
             return []
         self._count("transformer.deletes_by_rrn")
         base = {"table": decoder.layout.sql_name, "raw_id": row["id"], **source_info}
-        return [_event(base, "delete", key, None, None)]
+        return [row_event(base, "delete", key, None, None)]
 
     def _reorganized(self, row: sqlite3.Row) -> None:
         """RGZPFM renumbered every RRN: re-read the table's map from the source.
@@ -407,7 +377,16 @@ class TransformerLeg:
             return
         reader = getattr(self.catalog, "read_rrn_pairs", None)
         pairs = reader(library, decoder.layout) if callable(reader) else []
-        self._rrns.replace(f"{library}/{table}", pairs, position=_position(row))
+        # The head right after the pairs closes the window in which the
+        # pairs are newer than the entries (rrnmap's module docstring).
+        head_of = getattr(self.catalog, "read_head", None)
+        head = head_of() if callable(head_of) else None
+        window = (
+            None if head is None else rrnmap.Window(row["id"], _position(row), head)
+        )
+        self._rrns.replace(
+            f"{library}/{table}", pairs, position=_position(row), window=window
+        )
         self._count("transformer.reorganized")
 
     def _tally_problems(
@@ -460,23 +439,23 @@ class TransformerLeg:
             return []
         base = {"table": layout.sql_name, "raw_id": row["id"], **source_info}
         if kind in INSERT_TYPES:
-            errors = _tagged(decoded.errors, "after")
+            errors = tagged(decoded.errors, "after")
             key = _key(layout, image, row)
-            return [_event(base, "insert", key, None, image, errors=errors)]
+            return [row_event(base, "insert", key, None, image, errors=errors)]
         if kind not in AFTER_TYPES:
-            errors = _tagged(decoded.errors, "before")
+            errors = tagged(decoded.errors, "before")
             key = _key(layout, image, row)
-            return [_event(base, "delete", key, image, None, errors=errors)]
+            return [row_event(base, "delete", key, image, None, errors=errors)]
         before, before_errors = self._take_before(slot)
-        errors = before_errors + _tagged(decoded.errors, "after")
+        errors = before_errors + tagged(decoded.errors, "after")
         old_key, new_key = _key(layout, before or image, row), _key(layout, image, row)
         if old_key == new_key:
-            return [_event(base, "update", new_key, before, image, errors=errors)]
+            return [row_event(base, "update", new_key, before, image, errors=errors)]
         # An update of the primary key is a delete of the old key, insert of the new.
         after_errors = errors[len(before_errors) :]
         return [
-            _event(base, "delete", old_key, before, None, errors=before_errors),
-            _event(base, "insert", new_key, None, image, errors=after_errors),
+            row_event(base, "delete", old_key, before, None, errors=before_errors),
+            row_event(base, "insert", new_key, None, image, errors=after_errors),
         ]
 
     def _keep_before(
@@ -489,7 +468,7 @@ class TransformerLeg:
             self._count("transformer.unpaired_before", replaced)
         self.conn.execute(
             "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, ?)",
-            (slot, raw_id, canonical([image, _tagged(errors, "before")])),
+            (slot, raw_id, canonical([image, tagged(errors, "before")])),
         )
 
     def _take_before(self, slot: str) -> tuple[Image | None, list[dict[str, Any]]]:
@@ -596,6 +575,39 @@ class TransformerLeg:
             events.extend(json.loads(change))
         return events
 
+    def _cut_cycles(self, row: sqlite3.Row) -> None:
+        """A data gap was passed over: held cycles lost their end or changes.
+
+        Parked (the repair checks asked with the gap set those rows right).
+        """
+        held = self.conn.execute(
+            "DELETE FROM held_changes WHERE cycle_key LIKE 'cycle:%'"
+            " RETURNING raw_id, change"
+        ).fetchall()
+        self.conn.execute(
+            "DELETE FROM held_changes WHERE cycle_key LIKE 'open:%'"
+            " OR cycle_key LIKE 'before:%'"
+        )
+        events = [e for _, change in sorted(held) for e in json.loads(change)]
+        for event in events:
+            store.park(
+                self.conn,
+                stage=STAGE,
+                reason="commit cycle cut by a data gap: its end was lost",
+                table=event["table"],
+                position=_position(row),
+                expected="the guardian's repair check of the table (asked)",
+                raw_id=event["raw_id"],
+                payload=event,
+            )
+        self._count("transformer.cycles_cut_by_gap", len(held))
+        logger.warning(
+            "data gap passed, open cycles dropped stage=%s position=%s count=%d",
+            STAGE,
+            _position(row),
+            len(events),
+        )
+
     def _abandon(self, row: sqlite3.Row, cycle: str) -> None:
         """A cycle number reopened while still open: park what it held."""
         events = self._close_cycle(row, cycle)
@@ -654,16 +666,45 @@ class TransformerLeg:
             reason=f"F {kind}: {reason}",
             table=f"{library}/{table}",
             position=_position(row),
-            expected="re-send the table from the IBM i (guardian, issue 5)",
+            expected=MEMBER_REPAIRS[kind],
             raw_id=row["id"],
         )
         self._count(f"transformer.alarm.{kind}")
+        if kind == "MR":
+            origin = f"transformer MR {_position(row)} {library}/{table}"
+            checks.queue(self.conn, table, "MR", origin)
+        else:
+            # Changes made while journaling is off show only once it is back
+            # on: the check waits for the F JM (see _journaling_started).
+            _put_meta(
+                self.conn, f"{ENDED_KEY}{library}/{table}", {"at": _position(row)}
+            )
         logger.error(
             "journal alarm, odh may drift stage=%s table=%s position=%s reason=%s",
             STAGE,
             table,
             _position(row),
             reason,
+        )
+
+    def _journaling_started(self, row: sqlite3.Row) -> None:
+        """F JM: journaling (re)started; after an F EJ, ask for a repair check."""
+        library, table = _object_names(row)
+        key = f"{ENDED_KEY}{library}/{table}"
+        ended = self.conn.execute(
+            "DELETE FROM meta WHERE key = ? RETURNING value", (key,)
+        ).fetchone()
+        if ended is None:
+            self._count("transformer.ignored")
+            return
+        since = json.loads(ended[0]).get("at", "")
+        origin = f"transformer EJ {since} {library}/{table}"
+        checks.queue(self.conn, table, "EJ", origin)
+        logger.warning(
+            "journaling restarted, repair check queued stage=%s table=%s position=%s",
+            STAGE,
+            table,
+            _position(row),
         )
 
     def _emit(self, changes: list[Event]) -> None:
@@ -679,7 +720,7 @@ class TransformerLeg:
                     canonical(change["key"]),
                     None if change["before"] is None else canonical(change["before"]),
                     None if change["after"] is None else canonical(change["after"]),
-                    canonical(_with_errors(change)),
+                    canonical(with_errors(change)),
                     change["entry_ts_ms"],
                     change["mined_at"],
                 )
@@ -728,42 +769,6 @@ class TransformerLeg:
         }
 
 
-def _event(
-    base: dict[str, Any],
-    kind: str,
-    key: dict[str, JsonValue],
-    before: Image | None,
-    after: Image | None,
-    *,
-    errors: list[dict[str, Any]] | None = None,
-) -> Event:
-    return {
-        **base,
-        "kind": kind,
-        "key": key,
-        "before": before,
-        "after": after,
-        "errors": errors or [],
-    }
-
-
-def _tagged(errors: list[dict[str, Any]], image: str) -> list[dict[str, Any]]:
-    """Field errors marked with the image they belong to ('before'/'after')."""
-    return [{**error, "image": image} for error in errors]
-
-
-def _errors_of(event: Event, image: str) -> list[dict[str, Any]]:
-    return [e for e in event.get("errors", []) if e.get("image") == image]
-
-
-def _with_errors(change: Event) -> dict[str, Any]:
-    """The change's ``source``, with ``errors`` added when a field failed."""
-    errors = change.get("errors")
-    if not errors:
-        return dict(change["source"])
-    return {**change["source"], "errors": errors}
-
-
 def _key(
     layout: layouts.Layout, image: Image, row: sqlite3.Row
 ) -> dict[str, JsonValue]:
@@ -771,6 +776,14 @@ def _key(
     if not layout.keys:
         return {"RRN": row["rrn"]}
     return {name: image.get(name) for name in layout.keys}
+
+
+def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+        " DO UPDATE SET value = excluded.value",
+        (key, canonical(value)),
+    )
 
 
 def _object_names(row: sqlite3.Row) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from appliance import journal, miner, source, store
+from appliance import checks, commands, journal, miner, source, store
 from appliance.config import BoxSettings, IbmiSection
 from appliance.emulator import Emulator, Entry, workload
 from appliance.errors import DataGapError
@@ -56,13 +56,13 @@ class Site:
         return leg
 
     def journal(self, tables: tuple[str, ...] | None = None) -> list[tuple[Any, ...]]:
-        """(receiver, sequence, code, type, data) of every entry, chain order."""
-        where = ""
+        """(receiver, sequence, code, type, data) of every visible entry, in order."""
+        where = " WHERE NOT e.hidden"
         if tables is not None:
             names = ", ".join(f"'{t}'" for t in tables)
-            where = (
-                " WHERE e.journal_code NOT IN ('R', 'D', 'F')"
-                f" OR rtrim(substr(e.object, 1, 10)) IN ({names})"
+            where += (
+                " AND (e.journal_code NOT IN ('R', 'D', 'F')"
+                f" OR rtrim(substr(e.object, 1, 10)) IN ({names}))"
             )
         with psycopg.connect(self.admin) as conn:
             rows = conn.execute(
@@ -290,6 +290,106 @@ def test_deleted_bookmarked_receiver_is_a_data_gap(site: Site) -> None:
         drain(leg)
     assert info.value.cpf == "CPF9801"
     assert r1 in str(info.value)
+    leg.close()
+
+
+def test_data_gap_resend_resumes_past_the_gap_and_asks_checks_once(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """on_data_gap = resend: R1 whole, R2 lost, R3 whole; one check per table."""
+    monkeypatch.setitem(commands.KINDS, "check", ("control",))
+    workload.seed_store(site.emu, 20, seed=1)
+    leg = site.leg(window=25, on_data_gap="resend")
+    leg.step()
+    leg.step()
+    r1 = site.emu.head().receiver_name
+    r2 = site.emu.change_receiver()
+    workload.run(site.emu, 0, changes=20, seed=2)
+    r3 = site.emu.change_receiver()
+    workload.run(site.emu, 0, changes=20, seed=3)
+    site.emu.delete_receiver(r2)
+
+    drain(leg)
+    got = mined(site.db_path)
+    marks = [e for e in got if (e[2], e[3]) == journal.GAP_MARK]
+    first_r3 = min(e[1] for e in site.journal() if e[0] == r3)
+    assert [(e[0], e[1]) for e in marks] == [(r3, first_r3 - 1)]
+    got = [e for e in got if e not in marks]
+    assert got == [e for e in site.journal() if e[0] in (r1, r3)]
+    assert len(set(got)) == len(got)
+    tables = sorted(t.upper() for t in site.ibmi.tables)
+    assert checks.asked(leg.conn) == [(t, "data_gap") for t in tables]
+    assert store.counters(leg.conn)["miner.data_gaps"] == 1
+    gap = json.loads(
+        leg.conn.execute(
+            "SELECT value FROM meta WHERE key = 'miner.data_gap'"
+        ).fetchone()[0]
+    )
+    assert gap["recovery"] == "resend" and gap["receiver"] == f"MAG/{r2}"
+    assert gap["resumed_at"].startswith(f"MAG/{r3}:")
+    assert "data gap" in leg.status()
+
+    # Later entries, a restart: the miner goes on; nothing asked twice.
+    workload.run(site.emu, 0, changes=10, seed=4)
+    leg.close()
+    again = site.leg(window=25, on_data_gap="resend")
+    drain(again)
+    again_got = [e for e in mined(site.db_path) if e[2] != journal.GAP_MARK[0]]
+    assert again_got == [e for e in site.journal() if e[0] != r2]
+    assert checks.asked(again.conn) == [(t, "data_gap") for t in tables]
+    assert store.counters(again.conn)["miner.data_gaps"] == 1
+    again.close()
+
+
+def test_data_gap_checks_wait_queued_until_the_control_leg_accepts_them(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box whose commands refuse 'check' keeps the checks queued, then files them."""
+    monkeypatch.delitem(commands.KINDS, "check", raising=False)
+    workload.seed_store(site.emu, 10, seed=1)
+    leg = site.leg(window=50, on_data_gap="resend")
+    leg.step()
+    r1 = site.emu.head().receiver_name
+    site.emu.change_receiver()
+    workload.run(site.emu, 0, changes=10, seed=2)
+    site.emu.delete_receiver(r1)
+    drain(leg)
+    tables = sorted(t.upper() for t in site.ibmi.tables)
+    queued = checks.pending(leg.conn)
+    assert sorted((t, r) for _, t, r in queued) == [(t, "data_gap") for t in tables]
+    assert all(o.startswith(f"miner data_gap MAG/{r1}:") for o, _, _ in queued)
+    monkeypatch.setitem(commands.KINDS, "check", ("control",))
+    assert checks.Flusher(leg.conn, "miner").flush() == len(tables)
+    assert checks.pending(leg.conn) == []
+    assert checks.asked(leg.conn) == [(t, "data_gap") for t in tables]
+    leg.close()
+
+
+def test_hidden_entries_are_gaps_never_losses_and_skipped_when_shown(
+    site: Site,
+) -> None:
+    """Hidden numbers are no data gap; shown (INCLUDE_INTERNAL), they are skipped."""
+    site.emu.gap_rate = 0.5
+    workload.seed_store(site.emu, 20, seed=1)
+    site.emu.change_receiver(reset=True)
+    workload.run(site.emu, 0, changes=60, seed=2)
+    with psycopg.connect(site.admin) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM qsys2.emu_entry WHERE hidden"
+        ).fetchone()
+    hidden = int(found[0]) if found else 0
+    assert hidden > 20
+
+    leg = site.leg(window=40)
+    leg._sql = journal.window_sql("emulator", include_internal=True)
+    drain(leg)
+    got = mined(site.db_path)
+    assert got == site.journal()  # every visible entry once, no hidden one
+    counts = store.counters(leg.conn)
+    assert counts["miner.internal_skipped"] == hidden
+    assert "miner.data_gaps" not in counts
+    mark = miner.load_bookmark(leg.conn, leg.journal)
+    assert mark is not None and mark.sequence == site.emu.head().sequence
     leg.close()
 
 

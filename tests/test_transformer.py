@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import rrnmap, store
+from appliance import checks, rrnmap, store, transformer
 from appliance.config import BoxSettings, IbmiSection, PipelineSection, StoreSection
 from appliance.errors import SourceError
 from appliance.layouts import Column, Layout, make_layout
@@ -880,3 +880,157 @@ def test_rrn_pairs_read_through_odbc_are_spelled_like_decoded_keys() -> None:
     pairs = rrnmap.read_pairs(cursor, "ibmi", "MAG", layout)
     assert cursor.text.startswith('SELECT RRN(T), "ART", "MAG", "JOUR" FROM')
     assert pairs == [(4, {"ART": "000123", "MAG": "0.0", "JOUR": "2026-12-04"})]
+
+
+class WindowCatalog(SlotCatalog):
+    """Slots and the journal head read right after them (rrnmap's window)."""
+
+    def __init__(self, *layouts: Layout) -> None:
+        super().__init__(*layouts)
+        self.head: rrnmap.Head | None = None
+
+    def read_head(self) -> rrnmap.Head | None:
+        return self.head
+
+
+def test_imageless_delete_before_the_slot_read_is_parked_and_asks_a_check(
+    box: Any,
+) -> None:
+    """F RG, DL of RRN 2, PX of a new row at RRN 2, read: the DL is not guessed.
+
+    The read pairs say RRN 2 holds 000009, the row put back after the DL;
+    deleting 000009 would be wrong. Past the head read the map is certain.
+    """
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("R", "PT", rrn=4, data=image("000004", 400))
+    journal.add("F", "RG")  # 000001 -> 1, 000004 -> 2
+    journal.add("R", "DL", rrn=2, data=b"")  # deletes 000004
+    journal.add("R", "PX", rrn=2, data=image("000009", 900))
+    head = journal.sequence - 1
+    journal.add("R", "DL", rrn=1, data=b"")  # after the read: certain
+    catalog = WindowCatalog(PRIX)
+    catalog.pairs = [(1, {"ARTNUM": "000001"}), (2, {"ARTNUM": "000009"})]
+    catalog.head = rrnmap.Head("MAG", journal.receiver, head)
+    drain(leg_for(conf, conn, catalog))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [
+        ("c", "000001"),
+        ("c", "000004"),
+        ("c", "000009"),
+        ("d", "000001"),
+    ]
+    assert len(reasons(conn)) == 1
+    assert reasons(conn)[0].startswith("delete of RRN 2 in PRIX without image")
+    assert "between RGZPFM and the read" in reasons(conn)[0]
+    assert checks.asked(conn) == [("PRIX", "RG")]
+    assert store.counters(conn)["transformer.deletes_uncertain"] == 1
+    assert conn.execute("SELECT count(*) FROM rrn_windows").fetchone()[0] == 0
+
+
+def test_slot_set_by_an_entry_inside_the_window_is_certain(box: Any) -> None:
+    """A PT after the F RG sets the slot from the journal: its DL is by key."""
+    conf, conn, journal = box
+    journal.add("F", "RG")
+    journal.add("R", "PT", rrn=3, data=image("000003", 300))
+    journal.add("R", "DL", rrn=3, data=b"")
+    catalog = WindowCatalog(PRIX)
+    catalog.head = rrnmap.Head("MAG", journal.receiver, journal.sequence + 5)
+    drain(leg_for(conf, conn, catalog))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [
+        ("c", "000003"),
+        ("d", "000003"),
+    ]
+    assert reasons(conn) == []
+    assert checks.asked(conn) == []
+
+
+def test_refused_catalog_read_is_retried_with_an_alarm_that_clears(
+    box: Any,
+) -> None:
+    """A permission error backs off like any failure, plus alarm and counter."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    catalog = DictCatalog(PRIX)
+    catalog.failures = 2
+    denied = SourceError(
+        "source failed while reading layout of MAG/PRIX sqlstate=42501:"
+        " permission denied for view syscolumns2"
+    )
+    original = catalog.load_layout
+
+    def refuse(library: str, table: str) -> Layout:
+        if catalog.failures:
+            catalog.failures -= 1
+            raise denied
+        return original(library, table)
+
+    catalog.load_layout = refuse  # type: ignore[method-assign]
+    now = [100.0]
+    leg = TransformerLeg(conf, conn, catalog, clock=lambda: now[0])
+    assert leg.step() is False
+    assert leg.status().startswith("ALARM source refused the relay's user")
+    alarm = conn.execute(
+        "SELECT value FROM meta WHERE key = 'transformer.alarm.source_denied'"
+    ).fetchone()
+    assert alarm is not None and "42501" in alarm[0]
+    now[0] += 61
+    assert leg.step() is False
+    assert store.counters(conn)["transformer.source_denied"] == 2
+    now[0] += 61
+    assert leg.step() is True
+    assert "ALARM" not in leg.status()
+    assert (
+        conn.execute(
+            "SELECT 1 FROM meta WHERE key = 'transformer.alarm.source_denied'"
+        ).fetchone()
+        is None
+    )
+    assert [op for op, _, _, _ in ops(conn)] == ["c"]
+
+
+def test_passing_source_failure_is_no_permission_alarm() -> None:
+    """Only a refusal of the user raises the alarm; a lost link does not."""
+    assert transformer.denied(SourceError("x sqlstate=42501: permission denied"))
+    assert transformer.denied(SourceError("SQL0551 not authorized", cpf="CPF9802"))
+    assert not transformer.denied(SourceError("connection lost sqlstate=08S01"))
+
+
+def test_journaling_restart_after_ej_asks_one_check_mr_asks_at_once(
+    box: Any,
+) -> None:
+    """F EJ: alarm, check queued only at the F JM; F MR: alarm and check."""
+    conf, conn, journal = box
+    journal.add("R", "PT", rrn=1, data=image("000001", 100))
+    journal.add("F", "EJ")
+    drain(leg_for(conf, conn))
+    assert checks.asked(conn) == []
+    assert store.counters(conn)["transformer.alarm.EJ"] == 1
+
+    journal.add("F", "JM")
+    journal.add("F", "JM")  # a second start without an end asks nothing
+    journal.add("F", "MR")
+    drain(leg_for(conf, conn))
+    assert checks.asked(conn) == [("PRIX", "EJ"), ("PRIX", "MR")]
+    assert store.counters(conn)["transformer.alarm.MR"] == 1
+    assert [r[:4] for r in reasons(conn)] == ["F EJ", "F MR"]
+
+
+def test_data_gap_mark_parks_the_cycles_it_cut(box: Any) -> None:
+    """The miner's gap mark: held cycles are parked, later cycles go on."""
+    conf, conn, journal = box
+    cycle = journal.start()
+    journal.add("R", "PT", cycle=cycle, rrn=1, data=image("000001", 100))
+    journal.add("R", "UB", rrn=2, data=image("000002", 200))
+    journal.add("*", "DG", table="")
+    journal.add("C", "CM", cycle=cycle, table="")  # its end, after the gap
+    later = journal.start()
+    journal.add("R", "PT", cycle=later, rrn=3, data=image("000003", 300))
+    journal.add("C", "CM", cycle=later, table="")
+    drain(leg_for(conf, conn))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [("c", "000003")]
+    assert reasons(conn) == ["commit cycle cut by a data gap: its end was lost"]
+    assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
+    assert store.counters(conn)["transformer.cycles_cut_by_gap"] == 1

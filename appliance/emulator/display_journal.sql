@@ -272,6 +272,8 @@ BEGIN
                 AND e.job_user = job_parts[2] AND e.job_name = job_parts[3]))
        AND (display_journal.commit_cycle IS NULL
             OR e.commit_cycle = display_journal.commit_cycle)
+       AND (NOT e.hidden
+            OR upper(trim(coalesce(include_internal, 'NO'))) = 'YES')
        AND (ending_timestamp IS NULL OR e.entry_timestamp <= ending_timestamp)
      ORDER BY r.pos, e.sequence_number;
 END $$;

@@ -105,15 +105,22 @@ class Job:
 
     # ---------------------------------------------------------- changes --
 
-    def insert(self, table: str, row: Mapping[str, Any]) -> int:
-        """Insert ``row``; its RRN."""
+    def insert(
+        self, table: str, row: Mapping[str, Any], *, rrn: int | None = None
+    ) -> int:
+        """Insert ``row``; its RRN.
+
+        ``rrn`` puts the row into that free slot (a deleted row's, REUSEDLT),
+        journaled as PX, the entry of a row added directly by RRN.
+        """
         tdef = self.emu.table(table)
         values = tdef.values(row)
+        kind = "PT" if rrn is None else "PX"
         with self.emu.transaction() as cur:
-            after, rrn = tdef.insert(cur, values)
-            self._journal(cur, [self._image("PT", tdef, rrn, after)])
-        self._remember(Undo("PT", tdef, rrn, None))
-        return rrn
+            after, slot = tdef.insert(cur, values, rrn)
+            self._journal(cur, [self._image(kind, tdef, slot, after)])
+        self._remember(Undo("PT", tdef, slot, None))
+        return slot
 
     def update(
         self, table: str, key: Mapping[str, Any], changes: Mapping[str, Any]

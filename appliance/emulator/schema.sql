@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS qsys2.emu_entry (
     entry_data bytea NOT NULL DEFAULT '',
     PRIMARY KEY (receiver_id, sequence_number)
 );
+-- Hidden internal entries (brief §3.1): they take sequence numbers but
+-- DISPLAY_JOURNAL shows them only with INCLUDE_INTERNAL => 'YES'.
+ALTER TABLE qsys2.emu_entry ADD COLUMN IF NOT EXISTS hidden boolean
+    NOT NULL DEFAULT false;
 
 CREATE TABLE IF NOT EXISTS qsys2.emu_open_cycle (
     journal_id int NOT NULL REFERENCES qsys2.emu_journal,
@@ -215,9 +219,8 @@ SELECT t.table_schema AS constraint_schema,
 
 -- Append entries to the attached receiver of a journal. A 'SC' entry opens a
 -- commit cycle whose id is its own sequence number; the following entries of
--- the same call carry it. 'CM'/'RB' close the cycle p_cycle. p_gap numbers
--- are skipped first (hidden internal entries), never before a receiver's
--- first entry. Returns the sequence numbers written, in order.
+-- the same call carry it. 'CM'/'RB' close the cycle p_cycle. p_gap hidden
+-- internal entries are written first, never before a receiver's first entry. Returns the sequence numbers written, in order.
 CREATE OR REPLACE FUNCTION qsys2.emu_emit(
     p_journal_id int, p_gap int, p_timestamp timestamp, p_job text[],
     p_cycle numeric, p_codes text[], p_types text[], p_objects text[],
@@ -237,7 +240,16 @@ BEGIN
      WHERE receiver_id = j.attached_receiver_id;
     seq := j.next_sequence;
     IF rcv.entries > 0 THEN
-        seq := seq + p_gap;
+        -- p_gap hidden internal entries first: journal code J, type IE
+        -- (the emulator's convention; IBM does not document their codes).
+        FOR h IN 1 .. p_gap LOOP
+            INSERT INTO qsys2.emu_entry (receiver_id, sequence_number,
+                entry_timestamp, journal_code, journal_entry_type, job_name,
+                job_user, job_number, program_name, hidden)
+            VALUES (rcv.receiver_id, seq, p_timestamp, 'J', 'IE', 'QSYSARB',
+                'QSYS', '000000', 'QJOINTNL', true);
+            seq := seq + 1;
+        END LOOP;
     END IF;
     FOR i IN 1 .. coalesce(array_length(p_types, 1), 0) LOOP
         IF seq > j.maximum_sequence THEN

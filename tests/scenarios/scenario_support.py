@@ -157,3 +157,25 @@ def start_leg(relay: Stack, name: str) -> Any:
         )
     relay.legs.append(LegProcess(name, proc, log))
     return proc
+
+
+def checks_asked(relay: Stack) -> list[tuple[str, str]]:
+    """(table, reason) of every guardian repair check the journal legs asked.
+
+    Filed ones are ``control`` commands; ones the box did not accept yet
+    wait in ``pending_checks``. Each event asks once, in one or the other.
+    """
+    from appliance import checks
+
+    with relay.pipeline() as conn:
+        return checks.asked(conn)
+
+
+def repaired(relay: Stack, tables: Sequence[str], timeout_s: float = 300) -> None:
+    """With the guardian running: wait until ODH equals the emulator for ``tables``."""
+
+    def equal() -> bool:
+        relay.check_legs_alive()
+        return all(item["equal"] for item in relay.compare(tuple(tables)).values())
+
+    wait_for(equal, timeout_s, f"guardian repairing {', '.join(tables)}")

@@ -28,7 +28,7 @@ ITEM = [
     Column("N", "VARCHAR", 10, nullable=True),
 ]
 TABLES = ("SC_TRX", "SC_CLR", "SC_RGZ", "SC_AFT", "SC_EJ", "SC_MR", "SC_ALT")
-TABLES += ("SC_MIN", "SC_DST")
+TABLES += ("SC_MIN", "SC_DST", "SC_RGW", "SC_DEN", "SC_AL2")
 APP = "000300/TEST/SCENARIO"
 DRAIN_S = 120
 
@@ -36,7 +36,7 @@ DRAIN_S = 120
 def _create(relay: Stack) -> None:
     emu = relay.emulator()
     for name in TABLES:
-        images = "*AFTER" if name == "SC_AFT" else "*BOTH"
+        images = "*AFTER" if name in ("SC_AFT", "SC_RGW") else "*BOTH"
         emu.create_table(name, ITEM, key=["K"], images=images)
     workload.seed_store(emu, articles=60, seed=3)
 
@@ -206,23 +206,39 @@ def test_after_images_update_and_delete(relay: Stack) -> None:
     assert support.counters(relay).get("transformer.deletes_by_rrn", 0) == 3
 
 
-def test_end_journaling_raises_an_alarm(relay: Stack) -> None:
-    """F EJ: counted alarm + dead letter; ODH keeps the last journaled value."""
-    put(relay, "SC_EJ", "E1")
+def test_end_journaling_raises_an_alarm_and_a_check_at_restart(
+    relay: Stack,
+) -> None:
+    """F EJ: alarm; the repair check is asked once, at the F JM, not before."""
+    put(relay, "SC_EJ", "E1", "E3")
     emu = relay.emulator()
     emu.end_journaling("SC_EJ")
     with emu.job(APP, autocommit=True) as job:
         job.update("SC_EJ", {"K": "E1"}, {"V": 2})
+        job.insert("SC_EJ", {"K": "E2", "V": 2})
+        job.delete("SC_EJ", {"K": "E3"})
     drained(relay)
     assert support.counters(relay)["transformer.alarm.EJ"] == 1
     assert any(r.startswith("F EJ") for r in letters(relay, "SC_EJ"))
-    assert support.live(relay, "SC_EJ")[0]["V"] == 1
-    assert support.source(relay, "SC_EJ")[0]["V"] == 2
+    assert ("SC_EJ", "EJ") not in support.checks_asked(relay)
+    assert {r["K"]: r["V"] for r in support.live(relay, "SC_EJ")} == {
+        "E1": 1,
+        "E3": 1,
+    }
+
     emu.start_journaling("SC_EJ")
+    put(relay, "SC_EJ", "E4", value=4)
+    drained(relay)
+    assert [c for c in support.checks_asked(relay) if c[0] == "SC_EJ"] == [
+        ("SC_EJ", "EJ")
+    ]
+    assert {r["K"] for r in support.live(relay, "SC_EJ")} >= {"E4"}
+    support.repaired(relay, ["SC_EJ"])
+    assert support.live(relay, "SC_EJ") == support.source(relay, "SC_EJ")
 
 
-def test_restored_member_raises_an_alarm(relay: Stack) -> None:
-    """F MR: counted alarm + dead letter; ODH holds the pre-restore rows."""
+def test_restored_member_raises_an_alarm_and_asks_a_check(relay: Stack) -> None:
+    """F MR: alarm + one repair check; the guardian brings ODH to the restore."""
     put(relay, "SC_MR", "M1", "M2")
     emu = relay.emulator()
     saved = emu.rows("SC_MR")
@@ -233,8 +249,100 @@ def test_restored_member_raises_an_alarm(relay: Stack) -> None:
     drained(relay)
     assert support.counters(relay)["transformer.alarm.MR"] == 1
     assert any(r.startswith("F MR") for r in letters(relay, "SC_MR"))
-    assert {r["K"]: r["V"] for r in support.live(relay, "SC_MR")} == {"M1": 8}
+    assert [c for c in support.checks_asked(relay) if c[0] == "SC_MR"] == [
+        ("SC_MR", "MR")
+    ]
     assert support.source(relay, "SC_MR") == saved
+    support.repaired(relay, ["SC_MR"])
+    assert support.live(relay, "SC_MR") == saved
+
+
+def test_imageless_delete_before_the_rgzpfm_read_is_parked_never_misapplied(
+    relay: Stack,
+) -> None:
+    """DL then PX into the same slot between F RG and the read of the slots.
+
+    The read pairs name the newer row W5 at RRN 2; the DL deleted W3. The
+    DL is parked with its reason and a repair check asked; W5 is never
+    deleted. (Before: the DL deleted W5, and W3 stayed live silently.)
+    """
+    put(relay, "SC_RGW", "W1", "W2", "W3", "W4")
+    with relay.emulator().job(APP, autocommit=True) as job:
+        job.delete("SC_RGW", {"K": "W2"})
+    drained(relay)
+    support.stop_leg(relay, "transformer")
+    emu = relay.emulator()
+    try:
+        emu.reorganize("SC_RGW")  # W1 -> 1, W3 -> 2, W4 -> 3
+        with emu.job(APP, autocommit=True) as job:
+            job.delete("SC_RGW", {"K": "W3"})  # no image: RRN 2 only
+            assert job.insert("SC_RGW", {"K": "W5", "V": 5}, rrn=2) == 2
+            job.update("SC_RGW", {"K": "W4"}, {"V": 7})
+    finally:
+        support.start_leg(relay, "transformer")
+    drained(relay)
+    assert any("between RGZPFM" in r for r in letters(relay, "SC_RGW"))
+    assert [c for c in support.checks_asked(relay) if c[0] == "SC_RGW"] == [
+        ("SC_RGW", "RG")
+    ]
+    with relay.pipeline() as conn:
+        wrong = conn.execute(
+            "SELECT count(*) FROM changes WHERE table_name = 'SC_RGW'"
+            " AND op = 'd' AND key LIKE '%W5%'"
+        ).fetchone()[0]
+    assert wrong == 0
+    live = {r["K"]: r["V"] for r in support.live(relay, "SC_RGW")}
+    assert {k: live.get(k) for k in ("W1", "W4", "W5")} == {"W1": 1, "W4": 7, "W5": 5}
+    support.repaired(relay, ["SC_RGW"])  # W3's delete came from the guardian
+    assert "W3" not in {r["K"] for r in support.live(relay, "SC_RGW")}
+    # Past the window the map is certain again: a later DL deletes by RRN.
+    with emu.job(APP, autocommit=True) as job:
+        job.delete("SC_RGW", {"K": "W5"})
+    drained(relay)
+    assert "W5" not in {r["K"] for r in support.live(relay, "SC_RGW")}
+
+
+def test_refused_rrn_read_is_retried_with_a_visible_alarm(relay: Stack) -> None:
+    """No right on the slots at F RG: retried, alarm + counter, then it clears."""
+    put(relay, "SC_DEN", "P1", "P2", "P3")
+    with relay.emulator().job(APP, autocommit=True) as job:
+        job.delete("SC_DEN", {"K": "P2"})
+    drained(relay)
+    role = f"relay_{relay.name}"
+    admin = relay.services.conninfo(relay.ibmi_db)
+    with psycopg.connect(admin, autocommit=True) as pg:
+        pg.execute(f'REVOKE SELECT ON mag.sc_den FROM "{role}"')
+        pg.execute(f'REVOKE SELECT (_rrn, k) ON mag.sc_den FROM "{role}"')
+    try:
+        relay.emulator().reorganize("SC_DEN")
+        put(relay, "SC_DEN", "P4", value=4)
+
+        def alarmed() -> bool:
+            legs = {leg["leg"]: leg for leg in support.status(relay)["legs"]}
+            return "ALARM" in legs["transformer"]["status"]
+
+        support.wait_for(alarmed, DRAIN_S, "permission alarm in status")
+        assert support.counters(relay)["transformer.source_denied"] >= 1
+        with relay.pipeline() as conn:
+            alarm = conn.execute(
+                "SELECT value FROM meta WHERE key = 'transformer.alarm.source_denied'"
+            ).fetchone()
+        assert alarm is not None and "42501" in alarm[0]
+        assert "P4" not in {r["K"] for r in support.live(relay, "SC_DEN")}
+    finally:
+        with psycopg.connect(admin, autocommit=True) as pg:
+            pg.execute(f'GRANT SELECT (_rrn, k) ON mag.sc_den TO "{role}"')
+    drained(relay)
+    assert support.live(relay, "SC_DEN") == support.source(relay, "SC_DEN")
+    # The status reaches the heartbeat within its 2 s period.
+    support.wait_for(lambda: not alarmed(), 30, "permission alarm cleared")
+    with relay.pipeline() as conn:
+        cleared = conn.execute(
+            "SELECT 1 FROM meta WHERE key = 'transformer.alarm.source_denied'"
+        ).fetchone()
+    assert cleared is None
+    log = (relay.workdir / "logs" / "transformer.log").read_text()
+    assert "source refused the relay's user" in log
 
 
 def test_alter_mid_stream_decodes_both_layouts(relay: Stack) -> None:
@@ -256,6 +364,37 @@ def test_alter_mid_stream_decodes_both_layouts(relay: Stack) -> None:
         "L3": None,
     }
     assert not letters(relay, "SC_ALT")
+
+
+def test_alter_while_the_transformer_is_behind_keeps_each_layout(
+    relay: Stack,
+) -> None:
+    """The catalog is already past the D CG when older images are decoded.
+
+    Layouts are keyed by journal position: L1, written before the ALTER but
+    decoded after it, keeps the old layout; L2 and L1's update the new one.
+    """
+    put(relay, "SC_AL2", "L0")
+    drained(relay)  # the old layout is known
+    support.stop_leg(relay, "transformer")
+    emu = relay.emulator()
+    try:
+        put(relay, "SC_AL2", "L1", value=1)
+        emu.add_column("SC_AL2", Column("EXTRA", "SMALLINT", nullable=True))
+        with emu.job(APP, autocommit=True) as job:
+            job.insert("SC_AL2", {"K": "L2", "V": 2, "EXTRA": 7})
+            job.update("SC_AL2", {"K": "L1"}, {"EXTRA": 5})
+    finally:
+        support.start_leg(relay, "transformer")
+    drained(relay)
+    report = relay.compare(("SC_AL2",))
+    assert report["SC_AL2"]["equal"], report
+    assert {r["K"]: r.get("EXTRA") for r in support.live(relay, "SC_AL2")} == {
+        "L0": None,
+        "L1": 5,
+        "L2": 7,
+    }
+    assert not letters(relay, "SC_AL2")
 
 
 def test_minimized_entries_are_parked_never_applied(relay: Stack) -> None:
