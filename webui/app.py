@@ -2,9 +2,17 @@
 
 Invariants:
 
-- Every endpoint needs a logged-in session, except ``PUBLIC`` (the login and
+- Every endpoint needs a live logged-in session, except ``PUBLIC`` (the login and
   setup forms, the stylesheet); the API and /metrics also take a bearer
   token (``api``: everything under /api/v1; ``metrics``: /metrics only).
+- A session is live while (1) its cookie is younger than ``SESSION_HOURS``
+  since the last request (idle timeout, checked by the cookie's signed
+  time), (2) it began less than ``webui.session_max_h`` ago (absolute
+  lifetime: activity does not extend it), and (3) it carries its account's
+  current session nonce (:class:`webui.security.Users`), which logout and a
+  password change replace: a cookie copied before either is dead after it.
+- Templates print every value through :func:`webui.display.visible`: no raw
+  control or bidi character from store data reaches the page.
 - Every POST from a session carries the session's CSRF token, as the form
   field ``csrf_token`` or the ``X-CSRF-Token`` header; a bearer-token call
   carries no cookie, so it needs none.
@@ -19,6 +27,7 @@ import hmac
 import logging
 import secrets
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +42,13 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
 from appliance import commands, store
 from appliance.config import BoxSettings
 from webui import i18n, security
+from webui.display import visible
 from webui.state import Rates
 
 logger = logging.getLogger(__name__)
@@ -92,6 +103,7 @@ def create_app(settings: BoxSettings, *, login_delay_s: float = 0.5) -> Flask:
     app.teardown_appcontext(_close_db)
     app.jinja_env.globals.update(_=text, csrf_token=csrf_token, lang=language)
     app.jinja_env.filters["when"] = _when
+    app.jinja_env.finalize = _finalize
     return app
 
 
@@ -162,6 +174,9 @@ def _guard() -> BaseResponse | None:
         g.user = f"token:{role}"
         return None
     user = session.get("user")
+    if user and not _session_live(str(user)):
+        session.clear()
+        user = None
     if not user:
         if is_api or request.method != "GET":
             abort(401)
@@ -170,6 +185,35 @@ def _guard() -> BaseResponse | None:
     if request.method == "POST":
         _check_csrf()
     return None
+
+
+def start_session(user: str) -> None:
+    """A new session for ``user`` (no fixation: nothing of the old one but
+    the language)."""
+    lang = session.get("lang")
+    session.clear()
+    session.permanent = True
+    session["user"] = user
+    session["nonce"] = ext()["users"].session_nonce(user)
+    session["since"] = time.time()
+    if lang:
+        session["lang"] = lang
+
+
+def _session_live(user: str) -> bool:
+    """Absolute lifetime and server-side nonce (module doc, points 2 and 3)."""
+    max_s = float(ext()["settings"].webui.session_max_h) * 3600
+    try:
+        since = float(session.get("since", 0))
+    except (TypeError, ValueError):
+        since = 0.0
+    if not 0 <= time.time() - since < max_s:
+        logger.info("session ended reason=lifetime")
+        return False
+    if not ext()["users"].session_valid(user, str(session.get("nonce", ""))):
+        logger.info("session ended reason=nonce")
+        return False
+    return True
 
 
 def _check_csrf() -> None:
@@ -191,8 +235,21 @@ def _headers(response: Response) -> Response:
     return response
 
 
+def _finalize(value: Any) -> Any:
+    """Every printed value: store text made visible (module doc)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return visible(value)
+    return value
+
+
 def _when(value: float | None) -> str:
     if value is None:
         return "-"
-    at = dt.datetime.fromtimestamp(value, tz=dt.UTC)
+    if not isinstance(value, (int, float)):
+        return str(value)
+    try:
+        at = dt.datetime.fromtimestamp(value, tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        # A time no calendar holds (1e20, NaN) is shown as stored (breaker run 2).
+        return str(value)
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -63,8 +63,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "state.missing": "jamais démarrée",
         "state.data_gap": "trou de données",
         "alarm.data_gap": "Trou de données : des entrées du journal IBM i ont"
-        " disparu avant d'être lues. À faire : appelez le support central ; une"
-        " resynchronisation complète du magasin est nécessaire.",
+        " disparu avant d'être lues. À faire : avec ibmi.on_data_gap = resend le"
+        " gardien compare et répare les tables seul (page Gardien) ; sinon"
+        " appelez le support central.",
+        "alarm.source_denied": "L'IBM i refuse au relais la lecture du catalogue"
+        " (droits). Le relais réessaie. À faire : demandez à l'équipe IBM i de"
+        " rendre au profil du relais le droit *USE sur les tables relayées.",
         "alarm.leg_stalled": "L'étape {detail} ne donne plus signe de vie."
         " À faire : vérifiez le boîtier (systemctl status appliance-{detail});"
         " systemd la redémarre seule en quelques minutes.",
@@ -110,7 +114,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         " version d'origine : le hub ne réapplique que ce qui lui manque.",
         "act.table": "Table",
         "act.all_tables": "toutes",
-        "act.since": "Depuis (AAAA-MM-JJ HH:MM, UTC, facultatif)",
+        "act.since": "Depuis (AAAA-MM-JJ HH:MM, UTC sauf fuseau écrit"
+        " comme +01:00, facultatif)",
         "act.until": "Jusqu'à (facultatif)",
         "act.submit_resend": "Renvoyer",
         "act.pause": "Mettre en pause",
@@ -119,6 +124,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "act.queued": "Demande enregistrée (commande {id}) ; l'étape l'exécute"
         " dans quelques secondes. Suivez-la dans le journal d'audit.",
         "act.bad": "Demande refusée : {detail}",
+        "act.twin": "Déjà demandé : la commande {id}, identique, attend son étape.",
         "act.rewind": "Revenir en arrière dans le journal",
         "act.rewind_help": "Le mineur relira le journal depuis cette séquence du"
         " récepteur courant.",
@@ -137,6 +143,60 @@ MESSAGES: dict[str, dict[str, str]] = {
         "audit.what": "Quoi",
         "audit.detail": "Détail",
         "audit.outcome": "Résultat",
+        "nav.guardian": "Gardien",
+        "nav.account": "Mot de passe",
+        "guard.intro": "Le gardien compare chaque table du magasin avec le hub"
+        " central et répare les écarts (mode réparer) ou les signale seulement.",
+        "guard.not_running": "Le gardien ne tourne pas encore : aucun contrôle"
+        " enregistré sur ce boîtier.",
+        "guard.last_runs": "Dernier contrôle par table",
+        "guard.when": "Début",
+        "guard.kind": "Type",
+        "guard.mode": "Mode",
+        "guard.rows_read": "Lignes lues",
+        "guard.changed": "Modifiées pendant la lecture",
+        "guard.narrowed": "Écarts (groupes détaillés)",
+        "guard.repaired": "Réparées",
+        "guard.deleted": "Supprimées",
+        "guard.dropped": "Abandonnées",
+        "guard.duration": "Durée (s)",
+        "guard.error": "Erreur",
+        "guard.run": "Contrôle",
+        "guard.no_run": "Aucun contrôle pour l'instant.",
+        "guard.no_event": "Aucun événement.",
+        "guard.events": "Événements récents",
+        "guard.actions": "Contrôler ou renvoyer",
+        "guard.check": "Contrôler maintenant",
+        "guard.load": "Renvoyer cette table",
+        "guard.load_help": "Renvoyer une table relit toute la table sur l'IBM i"
+        " et envoie chaque ligne au hub. Pour renvoyer une période, utilisez la"
+        " page Actions.",
+        "guard.mode_default": "réglage du boîtier",
+        "guard.mode_repair": "réparer",
+        "guard.mode_log": "signaler seulement",
+        "guard.confirm_check": "Confirmer le contrôle",
+        "guard.confirm_load": "Confirmer le renvoi de la table",
+        "guard.states_check": "Le gardien va comparer la table {table} (mode :"
+        " {mode}) avec le hub central. La lecture ménage l'IBM i ; elle peut"
+        " durer plusieurs minutes.",
+        "guard.states_load": "Le gardien va relire toute la table {table} sur"
+        " l'IBM i et envoyer chaque ligne au hub central, qui n'applique que ce"
+        " qui lui manque ou qui est plus ancien. Pour une grande table, cela peut"
+        " durer longtemps.",
+        "guard.submit_check": "Oui, contrôler",
+        "guard.submit_load": "Oui, renvoyer la table",
+        "alarm.guardian_failed": "Le dernier contrôle du gardien sur la table"
+        " {detail} a échoué. À faire : lisez l'erreur sur la page Gardien, puis"
+        " relancez le contrôle.",
+        "alarm.guardian_differences": "Le gardien a trouvé des écarts sur la table"
+        " {detail} (mode signaler seulement : rien n'est réparé). À faire : ouvrez"
+        " la page Gardien, renvoyez la table ou prévenez le support.",
+        "account.title": "Changer le mot de passe",
+        "account.intro": "Les autres sessions de ce compte seront fermées.",
+        "account.current": "Mot de passe actuel",
+        "account.submit": "Changer",
+        "account.changed": "Mot de passe changé ; les autres sessions sont fermées.",
+        "account.same": "Le nouveau mot de passe doit différer de l'actuel.",
         "lang.switch": "English",
         "error.csrf": "Formulaire expiré ou invalide : rechargez la page.",
     },
@@ -189,7 +249,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "state.missing": "never started",
         "state.data_gap": "data gap",
         "alarm.data_gap": "Data gap: IBM i journal entries vanished before they"
-        " were read. To do: call central support; the store needs a full resync.",
+        " were read. To do: with ibmi.on_data_gap = resend the guardian compares"
+        " and repairs the tables by itself (Guardian page); else call central"
+        " support.",
+        "alarm.source_denied": "The IBM i refuses the relay's catalog reads"
+        " (authority). The relay keeps retrying. To do: ask the IBM i team to"
+        " give the relay's profile *USE on the relayed tables again.",
         "alarm.leg_stalled": "Leg {detail} shows no sign of life. To do: check"
         " the box (systemctl status appliance-{detail}); systemd restarts it.",
         "alarm.leg_stopped": "Leg {detail} is stopped. To do: systemctl start"
@@ -234,7 +299,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         " original version: the hub applies only what it is missing.",
         "act.table": "Table",
         "act.all_tables": "all",
-        "act.since": "Since (YYYY-MM-DD HH:MM, UTC, optional)",
+        "act.since": "Since (YYYY-MM-DD HH:MM, UTC unless a zone such as +01:00"
+        " is written, optional)",
         "act.until": "Until (optional)",
         "act.submit_resend": "Re-send",
         "act.pause": "Pause",
@@ -243,6 +309,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "act.queued": "Request saved (command {id}); the leg carries it out in a"
         " few seconds. Follow it in the audit log.",
         "act.bad": "Request refused: {detail}",
+        "act.twin": "Already requested: command {id}, the same, waits for its leg.",
         "act.rewind": "Rewind the journal",
         "act.rewind_help": "The miner reads the journal again from this sequence"
         " of the current receiver.",
@@ -260,6 +327,57 @@ MESSAGES: dict[str, dict[str, str]] = {
         "audit.what": "What",
         "audit.detail": "Detail",
         "audit.outcome": "Outcome",
+        "nav.guardian": "Guardian",
+        "nav.account": "Password",
+        "guard.intro": "The guardian compares each store table with the central"
+        " hub and repairs the differences (repair mode) or only reports them.",
+        "guard.not_running": "Guardian not running yet: no run recorded on this box.",
+        "guard.last_runs": "Last run per table",
+        "guard.when": "Started",
+        "guard.kind": "Kind",
+        "guard.mode": "Mode",
+        "guard.rows_read": "Rows read",
+        "guard.changed": "Changed during the read",
+        "guard.narrowed": "Mismatches (buckets narrowed)",
+        "guard.repaired": "Repaired",
+        "guard.deleted": "Deleted",
+        "guard.dropped": "Dropped",
+        "guard.duration": "Duration (s)",
+        "guard.error": "Error",
+        "guard.run": "Run",
+        "guard.no_run": "No run yet.",
+        "guard.no_event": "No event.",
+        "guard.events": "Recent events",
+        "guard.actions": "Check or re-send",
+        "guard.check": "Check now",
+        "guard.load": "Re-send this table",
+        "guard.load_help": "Re-sending a table reads the whole table on the IBM i"
+        " again and sends every row to the hub. To re-send a time range, use the"
+        " Actions page.",
+        "guard.mode_default": "box setting",
+        "guard.mode_repair": "repair",
+        "guard.mode_log": "log only",
+        "guard.confirm_check": "Confirm the check",
+        "guard.confirm_load": "Confirm re-sending the table",
+        "guard.states_check": "The guardian will compare table {table} (mode:"
+        " {mode}) with the central hub. The read spares the IBM i; it can take a"
+        " few minutes.",
+        "guard.states_load": "The guardian will read the whole table {table} on"
+        " the IBM i again and send every row to the central hub, which applies"
+        " only what it lacks or holds older. A large table can take a while.",
+        "guard.submit_check": "Yes, check",
+        "guard.submit_load": "Yes, re-send the table",
+        "alarm.guardian_failed": "The guardian's last run on table {detail}"
+        " failed. To do: read the error on the Guardian page, then check again.",
+        "alarm.guardian_differences": "The guardian found differences in table"
+        " {detail} (log-only mode: nothing is repaired). To do: open the Guardian"
+        " page, re-send the table or tell support.",
+        "account.title": "Change the password",
+        "account.intro": "Every other session of this account ends.",
+        "account.current": "Current password",
+        "account.submit": "Change",
+        "account.changed": "Password changed; the other sessions are ended.",
+        "account.same": "The new password must differ from the current one.",
         "lang.switch": "Français",
         "error.csrf": "Form expired or invalid: reload the page.",
     },

@@ -13,6 +13,9 @@ Invariants:
   that long cannot be guessed back) and compared in constant time.
 - No secret value is ever logged, rendered in an error, or stored in clear
   (the session key is the exception: it must be usable, so it is 0600).
+- A session cookie is good only while it carries its account's current
+  session nonce (kept here, server side): logout and a password change draw
+  a new one, so a copied cookie dies with them.
 - Failed logins are counted per client address: each failure waits a little
   longer; after ``limit`` failures within ``LOCK_S`` the login answers 429.
 """
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_S = 300.0
 MIN_PASSWORD = 12
+MIN_KEY = 32  # characters of the session key
 _USERS = "users.json"
 _SETUP = "setup-code.hash"
 
@@ -66,6 +71,7 @@ def ensure_certificate(state_dir: Path, names: list[str]) -> tuple[Path, Path]:
     """A self-signed certificate for ``names`` (IPs or DNS names), made once."""
     cert, key = state_dir / "tls.crt", state_dir / "tls.key"
     if cert.exists() and key.exists():
+        _owner_only(key)
         return cert, key
     alt = ",".join(
         ("IP:" if n.replace(".", "").isdigit() or ":" in n else "DNS:") + n
@@ -105,13 +111,44 @@ def ensure_certificate(state_dir: Path, names: list[str]) -> tuple[Path, Path]:
     return cert, key
 
 
+def _owner_only(path: Path) -> None:
+    """Take group and other bits off an existing secret file."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            logger.warning("secret file made private path=%s", path)
+
+
+def _credential(name: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    found = Path(directory) / name if directory else None
+    return found if found is not None and found.exists() else None
+
+
 def session_key(state_dir: Path) -> bytes:
-    """The Flask secret key: credential 'webui-secret', else a 0600 file."""
+    """The Flask secret key: credential 'webui-secret', else a 0600 file.
+
+    Breaker run 2: a key file left readable by others stayed so, an empty or
+    short one was used as is (an empty key broke every login, a short one can
+    be guessed), and an unreadable credential fell back to the file silently.
+    The file is now made 0600 and replaced when shorter than ``MIN_KEY``; a
+    short or unreadable credential stops the start (ConfigError).
+    """
     path = state_dir / "secret-key"
+    _owner_only(path)
+    credential = _credential("webui-secret")
     try:
-        return read_secret("webui-secret", path).encode()
+        key = read_secret("webui-secret", path)
     except ConfigError:
-        pass
+        if credential is not None or path.exists():
+            raise
+        key = ""
+    if len(key) >= MIN_KEY:
+        return key.encode()
+    if credential is not None:
+        raise ConfigError(f"secret 'webui-secret' shorter than {MIN_KEY} characters")
+    if key:
+        logger.warning("session key too short, a new one is made path=%s", path)
     _private_file(path, secrets.token_hex(32).encode())
     return path.read_text().strip().encode()
 
@@ -135,19 +172,30 @@ class Users:
         try:
             data: dict[str, dict[str, str]] = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {"users": {}, "tokens": {}}
+            return {"users": {}, "tokens": {}, "sessions": {}}
+        data.setdefault("sessions", {})
         return data
+
+    def _save(self, data: dict[str, dict[str, str]]) -> None:
+        _private_file(self.path, json.dumps(data).encode())
 
     def configured(self) -> bool:
         return bool(self._load()["users"])
 
     def check(self, user: str, password: str) -> bool:
-        """True when the password is right (always hashes: no timing oracle)."""
+        """True when the password is right (always hashes: no timing oracle).
+
+        The password is compared in NFKC (:func:`normal_password`); one hashed before
+        that rule, in another form, is still tried as typed.
+        """
         stored = self._load()["users"].get(user)
+        normal = normal_password(password)
         if stored is None:
-            check_password_hash(_DUMMY_HASH, password)
+            check_password_hash(_DUMMY_HASH, normal)
             return False
-        return check_password_hash(stored, password)
+        if check_password_hash(stored, normal):
+            return True
+        return normal != password and check_password_hash(stored, password)
 
     def token_role(self, token: str) -> str | None:
         """'api' or 'metrics' for a valid bearer token, else None."""
@@ -157,18 +205,60 @@ class Users:
                 return role
         return None
 
+    def session_nonce(self, user: str) -> str:
+        """The nonce a new session of ``user`` carries (drawn if none yet)."""
+        with self._lock:
+            data = self._load()
+            nonce = data["sessions"].get(user)
+            if not nonce:
+                nonce = data["sessions"][user] = secrets.token_urlsafe(16)
+                self._save(data)
+        return nonce
+
+    def session_valid(self, user: str, nonce: str) -> bool:
+        """True while ``nonce`` is the account's current one."""
+        stored = self._load()["sessions"].get(user, "")
+        return bool(stored and nonce) and hmac.compare_digest(stored, nonce)
+
+    def end_sessions(self, user: str) -> str:
+        """Every session of ``user`` ends; returns the nonce of the next one."""
+        with self._lock:
+            data = self._load()
+            nonce = data["sessions"][user] = secrets.token_urlsafe(16)
+            self._save(data)
+        logger.info("sessions ended user=%s", user)
+        return nonce
+
+    def set_password(self, user: str, password: str) -> str:
+        """A new password, and every session of ``user`` ends (returns the
+        nonce of the session that asked, so it alone can go on)."""
+        with self._lock:
+            data = self._load()
+            data["users"][user] = generate_password_hash(normal_password(password))
+            nonce = data["sessions"][user] = secrets.token_urlsafe(16)
+            self._save(data)
+        logger.info("password changed user=%s", user)
+        return nonce
+
     def create(self, user: str, password: str) -> dict[str, str]:
         """The first account; returns the new API and metrics tokens (shown once)."""
         tokens = {role: secrets.token_urlsafe(32) for role in ("api", "metrics")}
         with self._lock:
             data = self._load()
-            data["users"][user] = generate_password_hash(password)
+            data["users"][user] = generate_password_hash(normal_password(password))
             data["tokens"] = {r: token_hash(t) for r, t in tokens.items()}
-            _private_file(self.path, json.dumps(data).encode())
+            self._save(data)
         return tokens
 
 
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+def normal_password(password: str) -> str:
+    """The password in Unicode NFKC: "é" typed as one character or as "e" and
+    a combining accent (as some systems send it) is the same password.
+    Breaker run 2: a password set in one form was refused in the other."""
+    return unicodedata.normalize("NFKC", password)
 
 
 class SetupCode:

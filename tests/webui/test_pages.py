@@ -112,3 +112,26 @@ def test_api_token_queues_commands_and_is_audited(
     assert audit[0]["user_name"] == "token:api"
     assert audit[0]["command_id"] == command
     assert "PRIX" in audit[0]["detail"]
+
+
+def test_a_refused_catalog_read_is_an_alarm_until_it_clears(
+    configured: tuple[Flask, dict[str, str], str],
+) -> None:
+    """The transformer's meta row (it retries for ever) shows with what to do."""
+    app, _, _ = configured
+    conn = store.connect(app.extensions["appliance"]["settings"].pipeline.db_path)
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            ("transformer.alarm.source_denied", '{"error": "CPF2217", "attempt": 3}'),
+        )
+    client = app.test_client()
+    login(client)
+    state = client.get("/api/v1/state", base_url=BASE).get_json()
+    assert {"code": "source_denied", "detail": ""} in state["alarms"]
+    page = client.get("/", base_url=BASE).get_data(as_text=True)
+    assert "droit *USE sur les tables relayées" in page
+    with store.transaction(conn):
+        conn.execute("DELETE FROM meta WHERE key = 'transformer.alarm.source_denied'")
+    state = client.get("/api/v1/state", base_url=BASE).get_json()
+    assert all(a["code"] != "source_denied" for a in state["alarms"])

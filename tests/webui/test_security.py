@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from flask import Flask
-from webui_support import BASE, PASSWORD, csrf, login
+from webui_support import BASE, PASSWORD, csrf, login, settings_for
 
+from appliance.errors import ConfigError
 from webui import security
-from webui.app import PUBLIC
+from webui.app import PUBLIC, create_app
 
 # The forms an anonymous visitor must reach, and the stylesheet they use.
 EXPECTED_PUBLIC = {"ui.login", "ui.setup", "static"}
@@ -26,6 +28,7 @@ def _sample_path(rule: str) -> str:
         rule.replace("<int:letter_id>", "1")
         .replace("<any(retry, discard):action>", "retry")
         .replace("<any(pause, resume):kind>", "pause")
+        .replace("<any(check, load):kind>", "check")
         .replace("<leg>", "miner")
         .replace("<int:command_id>", "1")
         .replace("<path:filename>", "style.css")
@@ -219,3 +222,33 @@ def test_many_addresses_share_the_account_budget() -> None:
         limiter.attempt(f"10.0.0.{n}") is not None for n in range(40) for _ in range(3)
     )
     assert allowed == 3 * security.ACCOUNT_FACTOR
+
+
+def test_the_session_key_file_is_private_long_and_never_replaced_blindly(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Breaker run 2: a key file left 0644 stayed readable by all, an empty
+    one broke every login (no session), a short one was used as is."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    state = tmp_path / "webui"
+    state.mkdir()
+    key = state / "secret-key"
+    key.write_text("x" * 64)
+    key.chmod(0o644)
+    assert create_app(settings_for(tmp_path)).secret_key == b"x" * 64
+    assert key.stat().st_mode & 0o777 == 0o600
+    for weak in ("", "short"):
+        key.write_text(weak)
+        made = create_app(settings_for(tmp_path)).secret_key
+        assert isinstance(made, bytes)
+        assert len(made) >= security.MIN_KEY
+        assert key.read_bytes().strip() == made
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "webui-secret").write_text("too short")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    with pytest.raises(ConfigError):
+        create_app(settings_for(tmp_path))
+    capsys.readouterr()
