@@ -4,7 +4,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/services.py
 
 .PHONY: setup services services-down demo check lint typecheck test bench clean \
-	image image-test units-check ansible-check
+	image image-test units-check ansible-check fleet-check
 
 setup:
 	@scripts/bootstrap.sh
@@ -60,6 +60,14 @@ ansible-check: setup
 		  $(ANSIBLE_VENV)/bin/pip install -q ansible-core ansible-lint; }
 	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-lint --offline --profile production
 	APPLIANCE_ANSIBLE_VENV=$(CURDIR)/$(ANSIBLE_VENV) .venv/bin/pytest -q -m ansible tests/ansible
+
+# The rollout on four booted image boxes (nspawn, SSH on loopback), each
+# relaying a store's emulator to the ODH (root; a built image tree from
+# `make image`; ~15 min on 2 cores). Never part of `check`/CI.
+fleet-check: services
+	@test -x $(ANSIBLE_VENV)/bin/ansible-playbook || $(MAKE) ansible-check
+	APPLIANCE_FLEET_TESTS=1 APPLIANCE_ANSIBLE_VENV=$(CURDIR)/$(ANSIBLE_VENV) \
+		.venv/bin/pytest -q -s -m fleet tests/ansible/test_fleet_image.py
 
 clean:
 	rm -rf .cache/demo .cache/bench artifacts

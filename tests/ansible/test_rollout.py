@@ -45,6 +45,20 @@ FAKE_BOX = Path(__file__).with_name("fake_box.py")
 OLD, NEW = "0.1.0", "0.2.0"
 LEG_UNITS = [f"appliance-{leg}.service" for leg in ("miner", "transformer", "enricher")]
 SHIPPER = "appliance-shipper.service"
+# Box services of systemd/ beside the legs and the page (the guardian...):
+# the role finds them there and stops them after the legs, before the page.
+OTHER_UNITS = sorted(
+    p.name
+    for p in (REPO / "systemd").glob("appliance*.service")
+    if p.name
+    not in {
+        *LEG_UNITS,
+        SHIPPER,
+        "appliance-webui.service",
+        "appliance-sink.service",
+        "appliance-firstboot.service",
+    }
+)
 
 
 @dataclass
@@ -365,6 +379,15 @@ def test_role_installs_release_settings_units_and_credentials(fleet: Fleet) -> N
         )
         assert os.readlink(home / "venv") == "current/venv"
         assert (box.root / "etc/systemd/system/appliance-miner.service").exists()
+        # the release keeps its own units; the unit directory has exactly them
+        kept = sorted(p.name for p in (home / "releases" / OLD / "units").iterdir())
+        installed = sorted(
+            p.name
+            for p in (box.root / "etc/systemd/system").glob("appliance*")
+            if p.suffix in (".service", ".target")
+        )
+        assert kept == installed
+        assert "appliance-sink.service" not in kept
         for name, secret in (
             ("ibmi-password", box.secrets["ibmi"]),
             ("kafka-password", box.secrets["kafka"]),
@@ -434,11 +457,14 @@ def test_rollout_drains_the_outbox_before_switching(fleet: Fleet) -> None:
         reads = [e for e in ops[stops[0] : stops[1]] if e["op"] == "status"]
         # 3 in flight; the first read already shows one confirmed
         assert [r["unconfirmed"] for r in reads] == [2, 1, 0]
-        stopped_in_order = [e["units"][0] for e in ops[stops[1] : stops[1] + 4]]
-        assert stopped_in_order == [*LEG_UNITS[1:], SHIPPER, "appliance-webui.service"]
+        order = [*LEG_UNITS[1:], SHIPPER, *OTHER_UNITS, "appliance-webui.service"]
+        stopped_in_order = [
+            e["units"][0] for e in ops[stops[1] : stops[1] + len(order)]
+        ]
+        assert stopped_in_order == order
         # Everything up to the last stop ran on the old release; the first
         # start after it on the new one.
-        assert {e["current"] for e in ops[: stops[1] + 4]} == {OLD}
+        assert {e["current"] for e in ops[: stops[1] + len(order)]} == {OLD}
         assert next(e for e in ops if e["op"] == "start")["current"] == NEW
 
 

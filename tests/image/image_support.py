@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +40,31 @@ def _end(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait(timeout=10)
 
 
+# What a container cannot have: the kernel's audit and nftables belong to the
+# host, and with only loopback "network online" would wait its full timeout.
+# The qemu boot tests cover these three.
+CONTAINER_MASKS = (
+    "auditd.service",
+    "nftables.service",
+    "systemd-networkd-wait-online.service",
+)
+# A container sharing the host's network must not manage it: no networkd, no
+# time sync or package timers reaching out (everything stays on loopback).
+SHARED_NETWORK_MASKS = (
+    *CONTAINER_MASKS,
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "systemd-network-generator.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+)
+
+
 class Container:
     """``systemd-nspawn -b`` of the tree, private network, volatile overlay.
 
@@ -47,9 +72,26 @@ class Container:
     from the image as flashed (empty machine-id, no keys, no secrets).
     """
 
-    def __init__(self, tree: Path, log: Path) -> None:
+    def __init__(
+        self,
+        tree: Path,
+        log: Path,
+        *,
+        private_network: bool = True,
+        volatile: bool = True,
+        name: str = "",
+        masks: Sequence[str] = CONTAINER_MASKS,
+    ) -> None:
+        """``private_network=False`` shares the host's network namespace (the
+        fleet test: each box's sshd and page on its own loopback port);
+        ``volatile=False`` boots ``tree`` as it is, writes included (the
+        caller gives each box its own copy or overlay mount)."""
         self.tree = tree
         self.log = log
+        self.private_network = private_network
+        self.volatile = volatile
+        self.name = name or f"appliance-test-{os.getpid()}"
+        self.masks = tuple(masks)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the container's systemd, as seen from here
 
@@ -61,19 +103,13 @@ class Container:
                     "--keep-unit",
                     "--register=no",
                     "--quiet",
-                    "--private-network",
-                    "--volatile=overlay",
-                    f"--machine=appliance-test-{os.getpid()}",
+                    *(["--private-network"] if self.private_network else []),
+                    *(["--volatile=overlay"] if self.volatile else []),
+                    f"--machine={self.name}",
                     "-D",
                     str(self.tree),
                     "-b",
-                    # What a container cannot have: the kernel's audit and
-                    # nftables belong to the host, and with only loopback
-                    # "network online" would wait its full timeout. The qemu
-                    # boot tests cover these three.
-                    "systemd.mask=auditd.service",
-                    "systemd.mask=nftables.service",
-                    "systemd.mask=systemd-networkd-wait-online.service",
+                    *(f"systemd.mask={unit}" for unit in self.masks),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
