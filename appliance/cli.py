@@ -1,6 +1,7 @@
 """The ``appliance`` command: run a leg, inspect the pipeline, benchmark.
 
     appliance run miner|transformer|enricher|shipper   (box legs, box settings)
+    appliance run control                               (the guardian, issue 5)
     appliance run sink                                  (hub leg, hub settings)
     appliance status [--json]                           counters, legs, outbox
     appliance dead-letters list [--json] [--limit N]
@@ -18,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ BOX_LEGS = {
     "transformer": "appliance.transformer",
     "enricher": "appliance.enricher",
     "shipper": "appliance.shipper",
+    "control": "appliance.guardian.leg",
 }
 HUB_LEGS = {"sink": "appliance.hub.sink"}
 
@@ -75,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--paced-rate", type=float, default=200.0)
     bench.add_argument("--paced-seconds", type=float, default=20.0)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument(
+        "scenario",
+        nargs="?",
+        choices=("relay", "guardian"),
+        default="relay",
+        help="relay rates (default) or the guardian on one large table",
+    )
+    bench.add_argument("--rows", type=int, default=1_000_000, help="guardian table")
+    bench.add_argument("--differences", type=int, default=100, help="guardian drift")
 
     soak = sub.add_parser(
         "soak", parents=[common], help="long workload with journal events, end to end"
@@ -186,7 +198,13 @@ def _run_leg(name: str, config_file: str | None) -> int:
     def beat(state: str, status: str) -> None:
         if status.startswith("data gap"):
             state = "data_gap"  # the miner's stop: visible until an operator acts
-        store.heartbeat(beat_conn, name, pid, state, status)
+        try:
+            store.heartbeat(beat_conn, name, pid, state, status)
+        except sqlite3.OperationalError as exc:
+            # Best effort: the next beat comes within seconds. A busy or full
+            # database is the step's business (daemon waits it out), never a
+            # reason for the leg to die between two steps.
+            logger.warning("heartbeat not written stage=%s error=%s", name, exc)
 
     idle = box.ibmi.poll_interval_s if name == "miner" else 0.2
     runner = commands.Runner(beat_conn, leg, name)
@@ -225,22 +243,57 @@ def _status(conn: Any, *, as_json: bool) -> int:
         "outbox": outbox,
         "legs": legs,
         "dead_letters": parked,
+        "guardian": _guardian_runs(conn),
     }
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
     for leg in legs:
-        print(
+        _echo(
             f"{leg['leg']:<12} {leg['state']:<8} pid={leg['pid']:<7} "
             f"age={leg['age_s']}s {leg['status']}"
         )
-    print("outbox: " + ", ".join(f"{k}={v}" for k, v in sorted(outbox.items())))
-    print(f"dead letters parked: {parked}")
+    _echo("outbox: " + ", ".join(f"{k}={v}" for k, v in sorted(outbox.items())))
+    _echo(f"dead letters parked: {parked}")
     for name, value in sorted(journal.items()):
-        print(f"journal {name}: {json.dumps(value, sort_keys=True)}")
+        _echo(f"journal {name}: {json.dumps(value, sort_keys=True)}")
+    for run in report["guardian"]:
+        _echo(
+            f"guardian {run['run']} {run['table_name']} {run['kind']}/{run['mode']}"
+            f" {run['state']} rows={run['rows_read']} changed={run['changed']}"
+            f" repaired={run['repaired']} deleted={run['deleted']}"
+            f" dropped={run['dropped']}"
+            + (f" error={run['error']}" if run["error"] else "")
+        )
     for name, value in sorted(report["counters"].items()):
-        print(f"  {name} = {value}")
+        _echo(f"  {name} = {value}")
     return 0
+
+
+def _echo(line: str) -> None:
+    """Print one line of store data, control and bidi characters escaped.
+
+    A raw ESC or U+202E from the store would otherwise drive the terminal or
+    reorder the text shown to the technician (found by a breaker run).
+    """
+    print("".join(c if c.isprintable() else ascii(c)[1:-1] for c in line))
+
+
+GUARDIAN_RUNS_SHOWN = 10
+
+
+def _guardian_runs(conn: Any) -> list[dict[str, Any]]:
+    """The guardian's last runs, newest first (none on a box without them)."""
+    try:
+        rows = conn.execute(
+            "SELECT run, table_name, kind, mode, reason, state, started_at,"
+            " finished_at, rows_read, changed, parts, narrowed, repaired, deleted,"
+            " dropped, error FROM guardian_runs ORDER BY id DESC LIMIT ?",
+            (GUARDIAN_RUNS_SHOWN,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # a database from before the guardian
+        return []
+    return [dict(row) for row in rows]
 
 
 def _dead_letters(conn: Any, *, as_json: bool, limit: int) -> int:
@@ -260,16 +313,16 @@ def _dead_letters(conn: Any, *, as_json: bool, limit: int) -> int:
         print("no dead letters")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
-        print(
+        _echo(
             f"#{r['id']} {when} [{r['state']}] stage={r['stage']} "
             f"table={r['table_name']} position={r['position']} field={r['field']} "
             f"offset={r['byte_offset']}"
         )
-        print(f"    reason: {r['reason']}")
+        _echo(f"    reason: {r['reason']}")
         if r["expected"]:
-            print(f"    expected: {r['expected']}")
+            _echo(f"    expected: {r['expected']}")
         if r["bytes_hex"]:
-            print(f"    bytes: {r['bytes_hex'][:128]}")
+            _echo(f"    bytes: {r['bytes_hex'][:128]}")
     return 0
 
 

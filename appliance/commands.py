@@ -24,6 +24,10 @@ Invariants:
   commit already went by would be held forever waiting for a commit that will
   not come again.
 
+- ``check`` and ``load`` go to the ``control`` leg (the guardian,
+  docs/guardian.md §5): a check compares a table with ODH and repairs it; a
+  load reads the table and sends every row as an ``r`` change.
+
 Worked example: the technician asks to re-send table PRIX. The page inserts
 ``commands(leg='enricher', kind='resend', args={"table": "PRIX"})``. Between
 two batches the enricher copies each confirmed PRIX message (one per
@@ -37,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,7 +53,7 @@ from appliance.errors import ApplianceError
 
 logger = logging.getLogger(__name__)
 
-LEGS = ("miner", "transformer", "enricher", "shipper")
+LEGS = ("miner", "transformer", "enricher", "shipper", "control")
 KINDS = {
     "pause": LEGS,
     "resume": LEGS,
@@ -56,8 +61,13 @@ KINDS = {
     "retry_dead_letter": ("transformer", "enricher"),
     "discard_dead_letter": ("transformer", "enricher"),
     "rewind": ("miner",),
+    "check": ("control",),
+    "load": ("control",),
 }
 POLL_EVERY_S = 0.5
+FINISH_TRIES = 5
+# An IBM i system name: ASCII only, so a full-width look-alike is refused.
+SYSTEM_NAME = re.compile(r"[A-Z#@$][A-Z0-9_#@$]{0,29}")
 _META_SEQ = "enricher.lane_seq."
 
 SCHEMA = """
@@ -135,6 +145,26 @@ def request(
     conn: sqlite3.Connection, leg: str, kind: str, args: dict[str, Any], user: str
 ) -> int:
     """Queue a command for ``leg`` and audit it; return its id."""
+    return request_once(conn, leg, kind, args, user, once=False)[0]
+
+
+def request_once(
+    conn: sqlite3.Connection,
+    leg: str,
+    kind: str,
+    args: dict[str, Any],
+    user: str,
+    *,
+    once: bool = True,
+) -> tuple[int, bool]:
+    """Queue a command unless the same one (leg, kind, args) is still pending.
+
+    Returns ``(id, created)``: with ``once`` a pending twin's id comes back
+    with ``created = False`` and nothing is queued or audited. The check and
+    the insert share one write transaction, so two requests racing from two
+    processes cannot both queue (a loop of POSTs once queued thousands of
+    full table reads).
+    """
     if kind not in KINDS:
         raise CommandError(f"command kind {kind[:40]!r} unknown, expected {KINDS}")
     if leg not in KINDS[kind]:
@@ -144,6 +174,14 @@ def request(
     _check_numbers(args)
     text = json.dumps(args, sort_keys=True, allow_nan=False)
     with store.transaction(conn):
+        if once:
+            twin = conn.execute(
+                "SELECT id FROM commands WHERE leg = ? AND kind = ? AND args = ?"
+                " AND state = 'pending' ORDER BY id LIMIT 1",
+                (leg, kind, text),
+            ).fetchone()
+            if twin is not None:
+                return int(twin[0]), False
         cur = conn.execute(
             "INSERT INTO commands (leg, kind, args, requested_by, requested_at)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -152,7 +190,7 @@ def request(
         command_id = int(cur.lastrowid or 0)
         audit(conn, user, kind, f"leg={leg} {text}", command_id)
     logger.info("command requested stage=%s kind=%s id=%d", leg, kind, command_id)
-    return command_id
+    return command_id, True
 
 
 def take(conn: sqlite3.Connection, leg: str) -> list[Command]:
@@ -224,10 +262,16 @@ class Runner:
         if now - self._polled < POLL_EVERY_S:
             return 0
         self._polled = now
-        todo = take(self.conn, self.name)
+        try:
+            todo = take(self.conn, self.name)
+        except sqlite3.OperationalError as exc:
+            # The database is busy or full: the leg's own step will meet the
+            # same and wait it out; the commands wait for the next poll.
+            logger.warning("commands not read stage=%s error=%s", self.name, exc)
+            return 0
         for command in todo:
             ok, result = self._run(command)
-            finish(self.conn, command.id, ok, result)
+            self._finish(command.id, ok, result)
             log = logger.info if ok else logger.warning
             log(
                 "command %s stage=%s kind=%s id=%d",
@@ -237,6 +281,24 @@ class Runner:
                 command.id,
             )
         return len(todo)
+
+    def _finish(self, command_id: int, ok: bool, result: str) -> None:
+        """Record the outcome, retried while the database stays busy."""
+        for attempt in range(1, FINISH_TRIES + 1):
+            try:
+                finish(self.conn, command_id, ok, result)
+                return
+            except sqlite3.OperationalError as exc:
+                if attempt == FINISH_TRIES:
+                    raise
+                logger.warning(
+                    "command outcome not written stage=%s id=%d attempt=%d error=%s",
+                    self.name,
+                    command_id,
+                    attempt,
+                    exc,
+                )
+                time.sleep(attempt)
 
     def _run(self, command: Command) -> tuple[bool, str]:
         try:
@@ -372,7 +434,8 @@ def resend(
     caller keeps ``lane_seqs`` and adopts the returned counters only after
     this returns (the transaction committed).
     """
-    where = ["state = 'confirmed'"]
+    # A guardian checksum (op g) is only true of its moment: never re-sent.
+    where = ["state = 'confirmed'", "op != 'g'"]
     params: list[Any] = []
     if table:
         where.append("table_name = ?")
@@ -442,8 +505,9 @@ def resend_args(args: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     table = args.get("table")
     if table is not None:
-        if not isinstance(table, str) or not table.isidentifier() or len(table) > 30:
-            raise CommandError(f"table {str(table)[:40]!r} is not a table name")
+        ok = isinstance(table, str) and table.isascii()
+        if not ok or not SYSTEM_NAME.fullmatch(table.upper()):
+            raise CommandError(f"table {str(table)[:40]!a} is not a table name")
         out["table"] = table.upper()
     for name in ("since", "until"):
         value = args.get(name)
