@@ -9,6 +9,18 @@ stuck inside a step stops pinging and systemd restarts it.
 
 Steps must be bounded (a window of entries, a batch of rows): SIGTERM is
 honoured between two steps, and ``close`` gets ``stop_timeout_s`` at most.
+
+Idle pauses: a leg whose idle step is cheap (a local SQLite read, no call to
+the IBM i) may set ``idle_first_s``; after a step that did work the pause
+starts there and doubles at each idle step up to ``idle_s``. Work arriving
+just after a busy spell (the usual case at a steady rate: the leg upstream
+commits a batch every few milliseconds) then waits milliseconds instead of
+``idle_s``, while a leg idle for long still polls only every ``idle_s``.
+Worked example with ``idle_first_s = 0.005`` and ``idle_s = 0.2``: after
+work, pauses of 5, 10, 20, 40, 80, 160, 200, 200 ms...; a leg without the
+attribute (the miner, whose idle step asks the IBM i) always pauses
+``idle_s``. A leg whose idle step itself blocks until work arrives (the
+hub sink waits in Kafka's poll) may also cap the pause with ``idle_max_s``.
 """
 
 from __future__ import annotations
@@ -120,6 +132,9 @@ def run(
     notify(f"READY=1\nSTATUS={leg.status()}")
     logger.info("leg ready stage=%s pid=%s", leg.name, os.getpid())
     ping_every = watchdog_interval_s()
+    first_idle = getattr(leg, "idle_first_s", None)
+    idle_s = min(idle_s, float(getattr(leg, "idle_max_s", idle_s)))
+    idle_now = idle_s
     last_ping = last_beat = 0.0
     steps = 0
     closed = False
@@ -147,8 +162,12 @@ def run(
                 last_beat = now
             if max_steps is not None and steps >= max_steps:
                 break
-            if not worked:
-                stopper.event.wait(_idle_wait(idle_s, ping_every))
+            if worked:
+                if first_idle is not None:
+                    idle_now = min(float(first_idle), idle_s)
+            else:
+                stopper.event.wait(_idle_wait(idle_now, ping_every))
+                idle_now = min(idle_now * 2, idle_s)
     finally:
         notify("STOPPING=1")
         started = time.monotonic()

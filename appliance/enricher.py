@@ -237,7 +237,7 @@ class EnricherLeg:
             for name in ("key", "before", "after", "source"):
                 text = row[name]
                 # Parsed to check it (a row that is not JSON is parked) and
-                # for the scripts' and dead letters' sake; the message reuses
+                # for dead letters; the scripts' input and the message reuse
                 # the text itself (see _message).
                 change.event[name] = None if text is None else json.loads(text)
                 texts[name] = "null" if text is None else text

@@ -17,7 +17,8 @@ Invariants:
 - SQLite is written only by :meth:`ShipperLeg.step` (and setup/close), in ONE
   transaction per step: the in_flight marks, the delivery reports collected in
   memory by the callback, the confirmations and the confirm-topic offset move
-  together. The delivery callback never touches SQLite.
+  together (a step with nothing to write opens none). The delivery callback
+  never touches SQLite.
 - The confirm-topic position lives in ``shipper_offsets`` next to the rows it
   confirmed, so a restart resumes exactly where the last committed step ended:
   a confirmation is never skipped, and reading one twice changes nothing.

@@ -150,3 +150,69 @@ def test_other_sqlite_errors_still_end_the_leg() -> None:
 
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         daemon.run(Broken(), max_steps=3, stopper=daemon.Stopper())
+
+
+class _RecordingEvent:
+    """Stands in for the stopper's event: records each pause, never waits."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self._set = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(round(float(timeout or 0.0), 6))
+        return self._set
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+class _ScriptedLeg(CountingLeg):
+    """Works on the steps listed in ``busy`` (1-based), idle on the others."""
+
+    def __init__(self, busy: set[int], idle_first_s: float | None) -> None:
+        super().__init__()
+        self.busy = busy
+        if idle_first_s is not None:
+            self.idle_first_s = idle_first_s
+
+    def step(self) -> bool:
+        self.steps += 1
+        return self.steps in self.busy
+
+
+def _pauses(leg: CountingLeg, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    stopper = daemon.Stopper()
+    event = _RecordingEvent()
+    stopper.event = event  # type: ignore[assignment]
+    daemon.run(leg, idle_s=0.1, max_steps=11, stopper=stopper)
+    return event.waits
+
+
+def test_idle_pause_starts_short_after_work_and_doubles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With idle_first_s the pause after work is short, then doubles to idle_s."""
+    leg = _ScriptedLeg(busy={1, 2, 9}, idle_first_s=0.005)
+    # Steps 3-8 idle (six pauses), 9 works, 10 idle again, 11 is the last.
+    assert _pauses(leg, monkeypatch) == [0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.005]
+
+
+def test_idle_pause_is_flat_without_idle_first_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leg that does not ask for short pauses (the miner) always waits idle_s."""
+    leg = _ScriptedLeg(busy={1, 2, 9}, idle_first_s=None)
+    assert _pauses(leg, monkeypatch) == [0.1] * 7
+
+
+def test_idle_pause_is_capped_by_idle_max_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leg that waits inside its own idle step caps the runner's pause."""
+    leg = _ScriptedLeg(busy={1, 2, 9}, idle_first_s=0.005)
+    leg.idle_max_s = 0.02  # type: ignore[attr-defined]
+    assert _pauses(leg, monkeypatch) == [0.005, 0.01, 0.02, 0.02, 0.02, 0.02, 0.005]

@@ -68,3 +68,43 @@ def test_outbox_lane_seq_is_unique_per_lane(tmp_path: Path) -> None:
     conn.execute(insert)
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute(insert)
+
+
+def test_transaction_waits_for_the_write_lock_then_gets_it(tmp_path: Path) -> None:
+    """A leg waiting for another's write lock gets it once that one commits."""
+    import threading
+
+    holder = store.connect(tmp_path / "p.db")
+    waiter = store.connect(tmp_path / "p.db", timeout_s=10.0)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO counters (name, value) VALUES ('held', 1)")
+    entered = threading.Event()
+
+    def wait_then_write() -> None:
+        with store.transaction(waiter):
+            entered.set()
+            store.bump(waiter, "waited")
+
+    thread = threading.Thread(target=wait_then_write)
+    thread.start()
+    assert not entered.wait(0.05)  # still held by the other connection
+    holder.execute("COMMIT")
+    thread.join(10.0)
+    assert store.counters(holder) == {"held": 1, "waited": 1}
+    # The connection's own busy timeout is back after the wait.
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+
+
+def test_transaction_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    """Past the connection's busy timeout the wait ends as 'database is locked'."""
+    holder = store.connect(tmp_path / "p.db")
+    waiter = store.connect(tmp_path / "p.db", timeout_s=0.05)
+    holder.execute("BEGIN IMMEDIATE")
+    with (
+        pytest.raises(sqlite3.OperationalError, match="database is locked"),
+        store.transaction(waiter),
+    ):
+        pass  # pragma: no cover - never entered
+    assert not waiter.in_transaction
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    holder.execute("ROLLBACK")
