@@ -195,6 +195,13 @@ def request_once(
 
 def take(conn: sqlite3.Connection, leg: str) -> list[Command]:
     """Claim the pending commands of ``leg`` (now ``running``), oldest first."""
+    # A plain read first: every leg polls twice a second, and taking the
+    # write lock for an empty answer cost the control leg 18% of its time.
+    pending = conn.execute(
+        "SELECT 1 FROM commands WHERE leg = ? AND state = 'pending' LIMIT 1", (leg,)
+    ).fetchone()
+    if pending is None:
+        return []
     with store.transaction(conn):
         rows = conn.execute(
             "UPDATE commands SET state = 'running' WHERE leg = ? AND state = 'pending'"

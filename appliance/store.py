@@ -327,6 +327,21 @@ def version_of(epoch_value: int, raw_id: int) -> int:
     return epoch_value * VERSION_SPAN + raw_id
 
 
+def meta_get(conn: sqlite3.Connection, key: str) -> str | None:
+    """The text stored under ``key`` in ``meta``, or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def meta_put(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Store ``value`` under ``key`` in ``meta`` (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
     """Add to a named counter (inside the caller's transaction)."""
     conn.execute(

@@ -12,7 +12,8 @@ A read of the source is bracketed in the pipeline database:
 4. :func:`changed_keys`, in the transaction that hands the result to the
    enricher: the table's keys in ``changes`` with ``id > c_low`` and in
    ``held_changes`` (open cycles), plus (:func:`rolled_back_keys`) those of
-   cycles rolled back after ``r_low``. They are never sent as ``r`` rows.
+   cycles rolled back after ``r_low`` and (:func:`netted_keys`) those of
+   cycles of two images or more committed after it. They are never sent as ``r`` rows.
 
 Every ``r`` row of the read carries ``v_low = version_of(epoch, r_low)``.
 Worked example: ``r_low = 41``, ``c_low = 30``; ARTNUM 7 is updated during
@@ -135,25 +136,58 @@ def rolled_back_keys(
     ``obj`` is the 20-character file and library of the table's OBJECT;
     ``key_of`` decodes an image into the key (DecodeError when it cannot).
     """
+    return _cycle_keys(conn, r_low, obj, key_of, end="RB", images=1)
+
+
+def netted_keys(
+    conn: sqlite3.Connection,
+    r_low: int,
+    obj: str,
+    key_of: Callable[[bytes, bytes | None], dict[str, Any]],
+) -> set[str]:
+    """Keys of cycles committed after ``r_low`` with two images or more.
+
+    Such a cycle may undo what it did to a key (insert then delete, a
+    savepoint rollback's compensations, an update and its reverse): netting
+    leaves no change for that key, yet a reader that does not wait on record
+    locks may have seen a passing image. A cycle of one image of the table
+    cannot undo anything; its change is in ``changes`` and costs nothing here.
+    """
+    return _cycle_keys(conn, r_low, obj, key_of, end="CM", images=2)
+
+
+def _cycle_keys(
+    conn: sqlite3.Connection,
+    r_low: int,
+    obj: str,
+    key_of: Callable[[bytes, bytes | None], dict[str, Any]],
+    *,
+    end: str,
+    images: int,
+) -> set[str]:
     keys: set[str] = set()
     ends = conn.execute(
         "SELECT id, journal, commit_cycle FROM raw_entries"
-        " WHERE id > ? AND code = 'C' AND entry_type = 'RB'",
-        (r_low,),
+        " WHERE id > ? AND code = 'C' AND entry_type = ?",
+        (r_low, end),
     ).fetchall()
     for end_id, journal, cycle in ends:
-        start = conn.execute(
-            "SELECT coalesce(max(id), 0) FROM raw_entries WHERE journal = ?"
-            " AND code = 'C' AND entry_type = 'SC' AND id < ?"
-            " AND (commit_cycle = ? OR sequence = ?)",
-            (journal, end_id, cycle, cycle),
-        ).fetchone()[0]
-        images = conn.execute(
+        # Walked back from the end: the cost is the cycle's span, not the table's.
+        opened = conn.execute(
+            "SELECT id FROM raw_entries WHERE id < ? AND journal = ?"
+            " AND code = 'C' AND entry_type = 'SC'"
+            " AND (commit_cycle = ? OR sequence = ?) ORDER BY id DESC LIMIT 1",
+            (end_id, journal, cycle, cycle),
+        ).fetchone()
+        start = 0 if opened is None else int(opened[0])
+        found = conn.execute(
             "SELECT data, null_map FROM raw_entries WHERE journal = ?"
             " AND commit_cycle = ? AND code = 'R' AND id > ? AND id < ?"
             " AND substr(object, 1, 20) = ? AND data IS NOT NULL",
             (journal, cycle, start, end_id, obj),
         ).fetchall()
-        for data, null_map in images:
+        if len(found) < images:
+            continue
+        for data, null_map in found:
             keys.add(canonical_pk(key_of(bytes(data), null_map)))
     return keys

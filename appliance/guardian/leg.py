@@ -38,7 +38,6 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyodbc
@@ -47,62 +46,24 @@ from appliance import store
 from appliance.config import BoxSettings
 from appliance.errors import ApplianceError, DecodeError, SourceError
 from appliance.guardian import bracket, digest, parts, reader
-from appliance.guardian.bracket import Marks
-from appliance.guardian.reader import Head, TableReader
+from appliance.guardian.jobs import (
+    HOUSEKEEP_EVERY_S,
+    LOAD_PAGES,
+    LOADED,
+    NEXT_CHECK,
+    PURGE_ROWS,
+    REPAIR_AT_MOST,
+    REPAIR_TRIES,
+    REQUESTS_PER_STEP,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
+    RUN_SEQ,
+    STAGE,
+    Job,
+)
+from appliance.guardian.reader import TableReader
 
 logger = logging.getLogger(__name__)
-
-STAGE = "control"
-HOUSEKEEP_EVERY_S = 1.0
-# Cache rows deleted per transaction (a few ms of write lock each).
-PURGE_ROWS = 5000
-REQUESTS_PER_STEP = 20
-RETRY_FIRST_S = 2.0
-RETRY_MAX_S = 300.0
-REPAIR_TRIES = 10
-LOAD_PAGES = 10  # pages of read_chunk_rows held per bracket of a load
-LOADED = "guardian.loaded."
-NEXT_CHECK = "guardian.next_check_at"
-RUN_SEQ = "guardian.run_seq"
-
-
-@dataclass
-class Job:
-    """One read in progress (see the module docstring)."""
-
-    kind: str  # check | load | repair
-    table: str  # system name, as in ibmi.tables
-    run: str
-    mode: str
-    reason: str = ""
-    send_as: str = "load"  # source.guardian.kind of r rows: load | resend | repair
-    request: str | None = None
-    keys: list[str] = field(default_factory=list)
-    narrow: list[list[int]] = field(default_factory=list)
-    table_reader: TableReader | None = None
-    marks: Marks | None = None
-    head_before: Head | None = None
-    head_after: Head | None = None
-    after: Sequence[Any] | None = None
-    start_after: Sequence[Any] | None = None  # a load's key at its bracket's start
-    done_reading: bool = False
-    more: bool = False
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    found: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    rows_read: int = 0
-    read_at: float = 0.0
-    wait_since: float = 0.0
-    attempt: int = 0
-    tries: int = 0  # repair: reads so far of keys that kept changing
-    not_before: float = 0.0
-
-    def restart(self) -> None:
-        """Forget the read in progress (its cache rows are deleted by the caller)."""
-        self.marks = self.head_before = self.head_after = None
-        self.done_reading = self.more = False
-        self.rows, self.found = [], {}
-        if self.kind == "check":
-            self.after, self.rows_read = None, 0
 
 
 class ControlLeg:
@@ -261,15 +222,15 @@ class ControlLeg:
         modes = self.modes()
         if self.section.initial_load:
             for table, mode in modes.items():
-                if self._meta(LOADED + table) is None and not self._busy_with(
-                    "load", table
-                ):
+                if store.meta_get(
+                    self.conn, LOADED + table
+                ) is None and not self._busy_with("load", table):
                     job = Job("load", table, self._new_run_id(), mode, "initial load")
                     self._enqueue(job)
         if self.section.interval_s <= 0:
             return
         now = time.time()
-        due = self._meta(NEXT_CHECK)
+        due = store.meta_get(self.conn, NEXT_CHECK)
         if due is not None and float(due) > now:
             return
         if due is not None:
@@ -278,12 +239,12 @@ class ControlLeg:
                 if not self._busy_with("check", table):
                     self._enqueue(Job("check", table, run, mode, "scheduled"))
         with store.transaction(self.conn):
-            self._put_meta(NEXT_CHECK, str(now + self.section.interval_s))
+            store.meta_put(self.conn, NEXT_CHECK, str(now + self.section.interval_s))
 
     def _new_run_id(self) -> str:
         with store.transaction(self.conn):
-            seq = int(self._meta(RUN_SEQ) or 0) + 1
-            self._put_meta(RUN_SEQ, str(seq))
+            seq = int(store.meta_get(self.conn, RUN_SEQ) or 0) + 1
+            store.meta_put(self.conn, RUN_SEQ, str(seq))
             epoch = store.epoch(self.conn)
         return f"{epoch}-{seq}"
 
@@ -327,9 +288,14 @@ class ControlLeg:
     def _request(
         self, request: str, run: str, table: str, body: dict[str, Any]
     ) -> None:
-        info = self._run_info(run, table)
+        info = parts.run_info(self.conn, run, table)
         repair = [str(pk) for pk in body.get("repair") or []]
         narrow = [[int(b), int(p)] for b, p in body.get("narrow") or []]
+        if len(repair) > REPAIR_AT_MOST or len(narrow) > parts.BUCKETS_PER_PART:
+            raise ValueError(
+                f"{len(repair)} pks and {len(narrow)} buckets: the hub asks at most"
+                f" {REPAIR_AT_MOST} and {parts.BUCKETS_PER_PART} per request"
+            )
         for bits, prefix in narrow:
             if not (0 < bits <= parts.MAX_BITS and 0 <= prefix < 1 << bits):
                 raise ValueError(f"narrow bucket [{bits}, {prefix}] out of range")
@@ -399,28 +365,24 @@ class ControlLeg:
         )
         self._taken.discard(request)
 
-    def _run_info(self, run: str, table: str) -> parts.RunInfo | None:
-        row = self.conn.execute(
-            "SELECT mode, v_low, rows_read, changed FROM guardian_runs"
-            " WHERE run = ? AND table_name = ? AND kind = 'check'"
-            " AND state IN ('sent', 'done')",
-            (run, table),
-        ).fetchone()
-        if row is None:
-            return None
-        return parts.RunInfo(run, table, row[0], int(row[1] or 0), row[2], row[3])
-
     # -- jobs ----------------------------------------------------------------------
 
     def _advance(self, job: Job) -> bool:
         src = self._ensure_source()
         if job.table_reader is None:
+            if job.table not in self.modes() and not self._find_table(src, job):
+                return True
             layout = reader.load_layout(src, self.ibmi, job.table)
             self._sql_names[job.table] = layout.sql_name
             job.table_reader = TableReader(self.ibmi, layout)
             self._start_run(job)
             return True
         if job.marks is None:
+            cached = (job.run, job.table_reader.table)
+            if job.kind == "check" and cached in self._purge_queue:
+                # A check read again keeps its run: the old attempt's cache
+                # goes first, or its batched deletes would take the new rows.
+                return self._purge(cached)
             job.marks = bracket.low_marks(self.conn)
             job.start_after = job.after
             job.head_before = reader.read_head(src, self.ibmi)
@@ -443,14 +405,35 @@ class ControlLeg:
         self._hand_off(job, job.table_reader)
         return True
 
+    def _find_table(self, src: Any, job: Job) -> bool:
+        """Point ``job.table`` (a run's SQL name) at the relayed system name.
+
+        Runs and hub requests name a table by its SQL name, the catalog by
+        its system name; after a restart the leg may not have met the table
+        yet. A name no relayed table has closes the request (recorded).
+        """
+        for system in self.modes():
+            if system not in self._sql_names:
+                layout = reader.load_layout(src, self.ibmi, system)
+                self._sql_names[system] = layout.sql_name
+        system = self._system_name(job.table)
+        if system in self.modes():
+            job.table = system
+            return True
+        self.job = None
+        if job.request is not None:
+            self._close_request(
+                job.request, job.run, job.table, "unknown table", "not relayed"
+            )
+        return False
+
     def _read(self, src: Any, job: Job, table: TableReader) -> None:
         chunk = self.section.read_chunk_rows
         if job.kind == "repair":
             todo = [pk for pk in job.keys if pk not in job.found][:chunk]
             for pk in todo:
                 try:
-                    key = json.loads(pk)
-                    job.found[pk] = table.by_key(src, key)
+                    job.found[pk] = _read_pk(src, table, pk)
                 except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
                     self._park_pk(job, table, pk, exc)
             job.done_reading = len(job.found) == len(job.keys)
@@ -514,9 +497,10 @@ class ControlLeg:
             if bracket.cleared_since(self.conn, table.table, job.marks.c_low):
                 raise SourceError(f"table {table.table} cleared during the read")
             changed = bracket.changed_keys(self.conn, table.table, job.marks.c_low)
-            changed |= bracket.rolled_back_keys(
-                self.conn, job.marks.r_low, table.object_name, table.image_key
-            )
+            for cycles in (bracket.rolled_back_keys, bracket.netted_keys):
+                changed |= cycles(
+                    self.conn, job.marks.r_low, table.object_name, table.image_key
+                )
             if sums is not None:
                 self._hand_off_check(job, table, changed, sums)
             elif job.kind == "load":
@@ -589,7 +573,7 @@ class ControlLeg:
                 " WHERE run = ? AND table_name = ?",
                 (time.time(), job.run, table.table),
             )
-            self._put_meta(LOADED + job.table, str(time.time()))
+            store.meta_put(self.conn, LOADED + job.table, str(time.time()))
             self._event(job.run, table.table, "loaded", f"rows={job.rows_read}")
 
     def _hand_off_repair(self, job: Job, table: TableReader, changed: set[str]) -> None:
@@ -603,7 +587,7 @@ class ControlLeg:
         again = sorted(pk for pk in job.found if pk in changed)
         deleted = sum(1 for _, row in rows if row is None)
         self._insert_r(job, table, rows)
-        info = self._run_info(job.run, table.table)
+        info = parts.run_info(self.conn, job.run, table.table)
         if info is not None and job.request is not None:
             self._answer_narrow(info, job.request, job.narrow)
         self.conn.execute(
@@ -736,11 +720,11 @@ class ControlLeg:
         """
         self._purge_queue.add((run, table))
 
-    def _purge(self) -> bool:
+    def _purge(self, which: tuple[str, str] | None = None) -> bool:
         """Delete at most ``PURGE_ROWS`` forgotten cache rows (own transaction)."""
         if not self._purge_queue:
             return False
-        run, table = next(iter(self._purge_queue))
+        run, table = which or next(iter(self._purge_queue))
         with store.transaction(self.conn):
             cur = self.conn.execute(
                 "DELETE FROM guardian_cache WHERE rowid IN (SELECT rowid FROM"
@@ -763,19 +747,6 @@ class ControlLeg:
             self.conn.execute("SELECT coalesce(max(id), 0) FROM changes").fetchone()[0]
         )
 
-    def _meta(self, key: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT value FROM meta WHERE key = ?", (key,)
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    def _put_meta(self, key: str, value: str) -> None:
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
     # -- ODBC ------------------------------------------------------------------------
 
     def _ensure_source(self) -> Any:
@@ -790,6 +761,23 @@ class ControlLeg:
                 conn.close()
             except pyodbc.Error:
                 logger.debug("closing the source connection failed")
+
+
+def _read_pk(src: Any, table: TableReader, pk: str) -> dict[str, Any] | None:
+    """The source row of ``pk`` (a canonical pk), or None when it has none.
+
+    The point read compares as the database does (CHAR blank-padded, numbers
+    by value), so it may find a row whose own pk is another text: that row
+    is not this pk's, which the source therefore lacks.
+    """
+    key = json.loads(pk)
+    names = {c.name for c in table.keys}
+    if not isinstance(key, dict) or set(key) != names:
+        raise ValueError(f"expected exactly the key columns {sorted(names)}")
+    row = table.by_key(src, key)
+    if row is None or digest.canonical_pk(table.key_of(row)) != pk:
+        return None
+    return row
 
 
 def _compact(value: Any) -> str:

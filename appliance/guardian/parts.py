@@ -43,6 +43,19 @@ class RunInfo:
     changed: int
 
 
+def run_info(conn: sqlite3.Connection, run: str, table: str) -> RunInfo | None:
+    """The figures of a check run the hub may still ask about, or None."""
+    row = conn.execute(
+        "SELECT mode, v_low, rows_read, changed FROM guardian_runs"
+        " WHERE run = ? AND table_name = ? AND kind = 'check'"
+        " AND state IN ('sent', 'done')",
+        (run, table),
+    ).fetchone()
+    if row is None:
+        return None
+    return RunInfo(run, table, row[0], int(row[1] or 0), row[2], row[3])
+
+
 def bits_for(rows: int) -> int:
     """Bits so that a bucket holds about 1,000 rows (at least 4)."""
     if rows <= ROWS_PER_BUCKET * 2**MIN_BITS:

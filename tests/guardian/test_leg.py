@@ -21,6 +21,7 @@ import pytest
 
 from appliance import store
 from appliance.config import BoxSettings
+from appliance.errors import DecodeError
 from appliance.guardian import bracket, digest, leg, reader
 from appliance.guardian.reader import Head
 from appliance.layouts import Column, make_layout
@@ -118,9 +119,11 @@ def _leg(
     conn: sqlite3.Connection,
     monkeypatch: pytest.MonkeyPatch,
     during: Callable[[], None],
+    tables: list[str] | None = None,
 ) -> leg.ControlLeg:
     settings = BoxSettings(
         store={"id": "MQ01"},
+        **({"ibmi": {"tables": tables}} if tables else {}),
         guardian={"initial_load": False, "interval_s": 0, "max_rows_per_s": 1e6},
     )
     monkeypatch.setattr(reader, "connect", lambda ibmi: Source(during))
@@ -463,3 +466,200 @@ def test_a_repair_pk_of_another_key_is_parked_and_the_rest_answered(
     assert len(letters) == 2
     assert all("repair pk unreadable" in r[0] for r in letters)
     assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def _repair_request(conn: sqlite3.Connection, table: str, pks: list[str]) -> None:
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, v_low) VALUES ('1-1', ?, 'check', 'repair', 0, 'sent', 1)",
+            (table,),
+        )
+        body = {"type": "guardian", "run": "1-1", "table": table, "repair": pks}
+        conn.execute(
+            "INSERT INTO guardian_requests (request, received_at, run, table_name,"
+            " body, state) VALUES ('1-1/7', 0, '1-1', ?, ?, 0)",
+            (table, json.dumps(body)),
+        )
+
+
+def test_a_repair_pk_the_source_only_matches_after_padding_is_sent_absent(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ODH pk with a padded CHAR key is not the source row's pk.
+
+    The database compares CHAR values blank-padded, so a point read for
+    ``"000001 "`` finds row ``000001``; sending that row under the padded pk
+    would write a second ODH row with its data, and every check would find
+    it again. The source has no row of that pk: the answer is NULL.
+    """
+    control = _leg(conn, monkeypatch, lambda: None)
+    padded = '{"ARTNUM":"000001 "}'
+    exact = digest.canonical_pk({"ARTNUM": "000002"})
+    _repair_request(conn, "PRIX", [padded, exact])
+
+    def by_key(self: reader.TableReader, src: Any, key: dict[str, Any]) -> Any:
+        wanted = str(key["ARTNUM"]).rstrip(" ")  # CHAR comparison semantics
+        found = [r for r in ROWS if r[0] == wanted]
+        return {"ARTNUM": found[0][0], "PRIX": found[0][1]} if found else None
+
+    monkeypatch.setattr(reader.TableReader, "by_key", by_key)
+    _drive(control)
+
+    sent = {
+        r["key"]: r["after"]
+        for r in conn.execute("SELECT key, after FROM changes WHERE op = 'r'")
+    }
+    assert sent == {
+        padded: None,
+        exact: json.dumps({"ARTNUM": "000002", "PRIX": "2.00"}, separators=(",", ":")),
+    }
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def test_a_repair_pk_with_columns_beyond_the_key_is_parked(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extra names in a pk would be ignored by the point read: parked instead."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    _repair_request(conn, "PRIX", ['{"ARTNUM":"000001","PRIX":"1.00"}'])
+    _drive(control)
+    assert _r_rows(conn) == {}
+    [reason] = conn.execute("SELECT reason FROM dead_letters").fetchone()
+    assert "repair pk unreadable" in reason
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def test_a_repair_after_a_restart_finds_a_table_by_its_sql_name(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs and hub requests name a table by its SQL name; the catalog by its
+    system name. A leg that has not read the table since it started must
+    still find it, not retry a catalog read of the SQL name forever."""
+    long = make_layout(
+        "MAG",
+        "PRIXV00001",
+        [Column("ARTNUM", "CHAR", 6), Column("PRIX", "DECIMAL", 7, 2)],
+        ["ARTNUM"],
+        sql_schema="MAG",
+        sql_name="PRIX_DE_VENTE",
+    )
+    control = _leg(conn, monkeypatch, lambda: None, ["PRIXV00001"])
+
+    def load_layout(src: Any, ibmi: Any, table: str) -> Any:
+        if table != "PRIXV00001":
+            raise DecodeError("table not found in catalog", table=table)
+        return long
+
+    monkeypatch.setattr(reader, "load_layout", load_layout)
+    _repair_request(conn, "PRIX_DE_VENTE", [digest.canonical_pk({"ARTNUM": "000001"})])
+    _drive(control)
+    [row] = conn.execute("SELECT table_name, key FROM changes WHERE op = 'r'")
+    assert row["table_name"] == "PRIX_DE_VENTE"
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def test_a_row_a_cycle_made_and_undid_during_the_read_is_never_sent(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle open during the read inserts key 3, rolls back to a savepoint
+    (DR compensates the PT) and commits. Its net effect is nothing, so no
+    change and no held row name key 3, yet a reader that does not wait on
+    record locks saw the row. Sent as ``r``, it would put in ODH a row the
+    source never had: the key is dropped like a changed one."""
+    obj = f"{'PRIX':<10}{'MAG':<10}PRIX"
+    entries = [
+        (10, "C", "SC", 0, 30, "", None),
+        (11, "R", "PT", 30, 31, obj, b"000003"),
+        (12, "R", "DR", 30, 32, obj, b"000003"),
+        (13, "C", "CM", 30, 33, "", None),
+    ]
+
+    def during() -> None:
+        with store.transaction(conn):
+            for raw_id, code, kind, cycle, seq, obj_name, data in entries:
+                conn.execute(
+                    "INSERT INTO raw_entries (id, journal, receiver_library,"
+                    " receiver_name, sequence, code, entry_type, entry_ts,"
+                    " commit_cycle, object, data, mined_at, state) VALUES (?,"
+                    " 'MAG/QSQJRN', 'MAG', 'QSQJRN0001', ?, ?, ?, '', ?, ?, ?, 0, 1)",
+                    (raw_id, seq, code, kind, cycle, obj_name, data),
+                )
+
+    def image_key(
+        self: reader.TableReader, image: bytes, null_map: bytes | None
+    ) -> dict[str, Any]:
+        return {"ARTNUM": image.decode()}
+
+    monkeypatch.setattr(reader.TableReader, "image_key", image_key)
+    control = _leg(conn, monkeypatch, during)
+    control.handle_command("load", {"table": "PRIX"})
+    _drive(control)
+    assert sorted(_r_rows(conn)) == ["000001", "000002"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"repair": [digest.canonical_pk({"ARTNUM": f"{n:06d}"}) for n in range(1001)]},
+        {"narrow": [[12, n] for n in range(1025)]},
+    ],
+    ids=["pks", "buckets"],
+)
+def test_a_request_larger_than_the_hub_ever_asks_is_parked(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch, body: dict[str, Any]
+) -> None:
+    """A hub splits its asks (1,000 pks, one part's 1,024 buckets); a bigger
+    list would hold the pipeline's write lock for its whole answer: parked."""
+    control = _leg(conn, monkeypatch, lambda: None)
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, v_low) VALUES ('1-1', 'PRIX', 'check', 'repair', 0, 'sent', 1)"
+        )
+        conn.execute(
+            "INSERT INTO guardian_requests (request, received_at, run, table_name,"
+            " body, state) VALUES ('1-1/9', 0, '1-1', 'PRIX', ?, 0)",
+            (json.dumps(body),),
+        )
+    _drive(control)
+    [reason] = conn.execute("SELECT reason FROM dead_letters").fetchone()
+    assert "the hub asks at most" in reason
+    assert _r_rows(conn) == {}
+    assert conn.execute("SELECT count(*) FROM guardian_outbound").fetchone()[0] == 0
+    assert conn.execute("SELECT state FROM guardian_requests").fetchone()[0] == 1
+
+
+def test_a_check_read_again_keeps_its_cache_from_the_old_attempt_purge(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check read voided (here: the table cleared meanwhile) is read again
+    under the same run, while the first attempt's cache is deleted a batch
+    per step. Those deletes must not take the new attempt's rows: the sums
+    handed over cover every row read."""
+    cleared = False
+
+    def during() -> None:
+        nonlocal cleared
+        if cleared:
+            return
+        cleared = True
+        with store.transaction(conn):
+            _raw(conn, 2)
+            conn.execute(
+                "INSERT INTO changes (raw_id, table_name, op, key, source,"
+                " entry_ts_ms, mined_at) VALUES (2, 'PRIX', 't', '{}', '{}', 0, 0)"
+            )
+
+    monkeypatch.setattr(leg, "PURGE_ROWS", 1)
+    monkeypatch.setattr(leg, "RETRY_FIRST_S", 0.0)
+    control = _leg(conn, monkeypatch, during)
+    control.handle_command("check", {"table": "PRIX"})
+    _drive(control)
+    [body] = [
+        json.loads(r[0]) for r in conn.execute("SELECT body FROM guardian_outbound")
+    ]
+    assert body["rows_read"] == 3
+    assert sum(count for _prefix, count, _sum in body["buckets"]) == 3
+    cached = conn.execute("SELECT count(*) FROM guardian_cache").fetchone()[0]
+    assert cached == 3
