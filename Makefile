@@ -4,7 +4,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/services.py
 
 .PHONY: setup services services-down demo check lint typecheck test bench clean \
-	image image-test units-check ansible-check fleet-check
+	image image-test units-check ansible-venv ansible-check fleet-check
 
 setup:
 	@scripts/bootstrap.sh
@@ -40,20 +40,28 @@ units-check: setup
 	.venv/bin/pytest -q tests/test_systemd_units.py
 
 # The store NUC's disk image (root; minutes). Outputs in .cache/image/.
-image: setup
+# The tree is configured by the Ansible role `appliance` (chroot connection),
+# so the Ansible venv (ansible-core only) is a build dependency.
+image: setup ansible-venv
 	@scripts/bootstrap.sh image-tools
-	image/build.sh all
+	APPLIANCE_ANSIBLE_VENV=$(CURDIR)/$(ANSIBLE_VENV) image/build.sh all
 
 # Build the test variant of the image, boot it under nspawn and qemu (TCG,
 # UEFI, Secure Boot). Slow: never part of `check`/CI.
-image-test: setup
+image-test: setup ansible-venv
 	@scripts/bootstrap.sh image-tools
-	APPLIANCE_IMAGE_TESTS=1 .venv/bin/pytest -q -m image tests/image
+	APPLIANCE_IMAGE_TESTS=1 APPLIANCE_ANSIBLE_VENV=$(CURDIR)/$(ANSIBLE_VENV) \
+		.venv/bin/pytest -q -m image tests/image
 
 # The fleet role and playbooks (issue #8): Ansible in its own venv (never a
 # dependency of the appliance), ansible-lint offline on the production
 # profile, then the rollout test on fake boxes (minutes; not part of `check`).
 ANSIBLE_VENV := .cache/ansible-venv
+# ansible-core alone: what image/build.sh needs (ansible-check adds the linter).
+ansible-venv:
+	@test -x $(ANSIBLE_VENV)/bin/ansible-playbook || \
+		{ python3 -m venv $(ANSIBLE_VENV) && \
+		  $(ANSIBLE_VENV)/bin/pip install -q ansible-core; }
 ansible-check: setup
 	@test -x $(ANSIBLE_VENV)/bin/ansible-lint || \
 		{ python3 -m venv $(ANSIBLE_VENV) && \

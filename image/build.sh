@@ -4,13 +4,20 @@
 # build host has no vfat and no device-mapper, platform-notes §0/§1.2):
 #
 #   lock    resolve the Python dependencies once into image/requirements.lock
-#   wheels  the project's wheel + the locked wheelhouse (hashes checked)
-#   tree    debootstrap minbase, Debian packages, the venv, units, hardening
+#   wheels  the project's wheel + the locked wheelhouse (hashes checked), as
+#           the role's archive wheelhouse-<version>.tar with its own lock
+#   tree    debootstrap minbase, Debian packages, then the Ansible role
+#           `appliance` through the chroot connection (release venv, settings,
+#           units: what a fleet box gets), then the image's own hardening
 #   disk    ext4 root (mkfs.ext4 -d), ESP (mkfs.vfat + mtools), GPT (sfdisk)
 #   all     wheels + tree + disk (what `make image` runs)
 #
 # Outputs under $IMAGE_OUT (default .cache/image, git-ignored):
 #   tree/  appliance.raw  appliance-unsigned.raw  vmlinuz  initrd.img  build.log
+#   wheelhouse-<version>.tar  ansible.log
+#
+# Needs the Ansible venv (ansible-core only) at $APPLIANCE_ANSIBLE_VENV
+# (default .cache/ansible-venv; `make image` creates it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -19,6 +26,7 @@ source image/image.conf
 OUT=${IMAGE_OUT:-$REPO/.cache/image}
 TREE=$OUT/tree
 WHEELS=$OUT/wheelhouse
+ANSIBLE_VENV=${APPLIANCE_ANSIBLE_VENV:-$REPO/.cache/ansible-venv}
 mkdir -p "$OUT"
 
 log() { printf '%s image: %s\n' "$(date +%T)" "$*" >&2; }
@@ -48,10 +56,34 @@ wheels() {
   mkdir -p "$WHEELS"
   rm -f "$WHEELS"/store_relay_appliance-*.whl
   .venv/bin/pip wheel -q --no-deps --wheel-dir "$WHEELS" .
-  # Files already in the wheelhouse are checked against their hash, not
-  # fetched again.
-  .venv/bin/pip download -q --no-deps --require-hashes --dest "$WHEELS" \
-    -r image/requirements.lock
+  # The role's archive holds exactly the locked files, each checked against
+  # its hash: first offline from the files we already have (this wheelhouse,
+  # the fleet test's cache), else fetched by hash (pip's cache first).
+  local stage=$OUT/release-wheels cache=$REPO/.cache/ansible-test/deps
+  rm -rf "$stage" && mkdir -p "$stage"
+  if ! .venv/bin/pip download -q --no-deps --require-hashes --no-index \
+    --find-links "$WHEELS" --find-links "$cache" --dest "$stage" \
+    -r image/requirements.lock 2>/dev/null; then
+    log "some locked files are not here yet: fetching them by hash"
+    .venv/bin/pip download -q --no-deps --require-hashes --dest "$WHEELS" \
+      -r image/requirements.lock
+    .venv/bin/pip download -q --no-deps --require-hashes --no-index \
+      --find-links "$WHEELS" --dest "$stage" -r image/requirements.lock
+  fi
+  local whl
+  whl=$(ls "$WHEELS"/store_relay_appliance-*.whl)
+  VERSION=$(basename "$whl" | cut -d- -f2)
+  cp "$whl" "$stage/"
+  # The lock the role installs with --require-hashes: the image's lock plus
+  # the appliance's own wheel.
+  {
+    cat image/requirements.lock
+    echo "store-relay-appliance==$VERSION --hash=sha256:$(sha256sum "$whl" | cut -d' ' -f1)"
+  } >"$stage/requirements.lock"
+  rm -f "$OUT"/wheelhouse-*.tar
+  tar -C "$stage" -cf "$OUT/wheelhouse-$VERSION.tar" .
+  rm -rf "$stage"
+  log "wheelhouse-$VERSION.tar: $(($(grep -c == image/requirements.lock) + 1)) locked files"
 }
 
 # --- tree ------------------------------------------------------------------
@@ -119,7 +151,7 @@ EOF
     in_tree sh -c 'apt-get -qq install -y /tmp/*.deb && rm -f /tmp/*.deb'
   fi
 
-  venv
+  install_appliance
   configure
   in_tree apt-get -qq clean
   rm -f "$TREE/usr/sbin/policy-rc.d" "$TREE/etc/resolv.conf"
@@ -128,42 +160,66 @@ EOF
   log "tree ready: $(du -sh "$TREE" | cut -f1)"
 }
 
-venv() {
-  log "installing the appliance into /opt/appliance/venv"
-  rm -rf "$TREE/opt/appliance" "$TREE/tmp/wheelhouse"
-  cp -r "$WHEELS" "$TREE/tmp/wheelhouse"
-  cp image/requirements.lock "$TREE/tmp/wheelhouse/"
-  # --system-site-packages for Debian's python3-systemd only (no compiler in
-  # the image); every other module comes from the locked wheelhouse.
-  in_tree python3 -m venv --system-site-packages /opt/appliance/venv
-  in_tree /opt/appliance/venv/bin/pip install -q --no-index --find-links /tmp/wheelhouse --no-cache-dir \
-    --require-hashes -r /tmp/wheelhouse/requirements.lock
-  in_tree sh -c '/opt/appliance/venv/bin/pip install -q --no-index \
-    --no-cache-dir --no-deps /tmp/wheelhouse/store_relay_appliance-*.whl'
-  rm -rf "$TREE/tmp/wheelhouse"
+install_appliance() {
+  # One definition for a NUC and a fleet box: the role `appliance` installs
+  # the release (venv from the locked wheelhouse, `current`, settings, units)
+  # through the appliance_chroot connection, inside the tree, so every path
+  # is the one the NUC will have. A rebuild starts from no release at all.
+  local archive
+  archive=$(ls "$OUT"/wheelhouse-*.tar)
+  VERSION=$(basename "$archive" .tar | cut -d- -f2)
+  log "installing release $VERSION with the Ansible role (chroot connection)"
+  [ -x "$ANSIBLE_VENV/bin/ansible-playbook" ] || {
+    echo "no ansible-playbook in $ANSIBLE_VENV (make image creates it)" >&2
+    return 1
+  }
+  rm -rf "$TREE/opt/appliance" "$TREE/root/.ansible"
+  rm -f "$TREE/etc/appliance/appliance.toml" \
+    "$TREE"/etc/systemd/system/appliance*.service \
+    "$TREE"/etc/systemd/system/appliance*.target
+  # The settings belong to group appliance: the user exists before the role.
+  install -D -m 0644 systemd/appliance.sysusers "$TREE/usr/lib/sysusers.d/appliance.conf"
+  install -D -m 0644 systemd/appliance.tmpfiles "$TREE/usr/lib/tmpfiles.d/appliance.conf"
+  in_tree systemd-sysusers
+  in_tree systemd-tmpfiles --create /usr/lib/tmpfiles.d/appliance.conf || true
+  # Store content beside the releases: the enricher's scripts (named by the
+  # settings, image/ansible-vars.yml) and the documentation.
   mkdir -p "$TREE/opt/appliance/docs" "$TREE/opt/appliance/scripts"
   cp README.md "$TREE/opt/appliance/"
   cp docs/*.md "$TREE/opt/appliance/docs/"
   cp config/scripts/* "$TREE/opt/appliance/scripts/"
+
+  # The peers of image.conf (also the firewall's), on top of the image's vars.
+  local brokers extra
+  brokers=$(printf '%s\n' $IMAGE_KAFKA_BROKERS | paste -sd, -)
+  extra=$(printf '{"appliance_version": "%s", "appliance_wheelhouse_archive": "%s",
+    "appliance_units_src": "%s", "appliance_ibmi_host": "%s",
+    "appliance_kafka_bootstrap": "%s", "appliance_webui_port": %d,
+    "ansible_python_interpreter": "/usr/bin/python3"}' \
+    "$VERSION" "$archive" "$REPO/systemd" "$IMAGE_IBMI_HOST" "$brokers" \
+    "$IMAGE_WEBUI_PORT")
+  mkdir -p "$OUT/ansible-home"
+  if ! (cd ansible && env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" \
+    ANSIBLE_HOME="$OUT/ansible-home" ANSIBLE_LOCAL_TEMP="$OUT/ansible-home/tmp" \
+    ANSIBLE_REMOTE_TMP=/tmp/.ansible-build ANSIBLE_PIPELINING=True \
+    ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=False \
+    "$ANSIBLE_VENV/bin/ansible-playbook" -i "$TREE," -c appliance_chroot site.yml \
+    -e "@$REPO/image/ansible-vars.yml" -e "$extra" >"$OUT/ansible.log" 2>&1); then
+    tail -n 40 "$OUT/ansible.log" >&2
+    return 1
+  fi
+  grep -A3 '^PLAY RECAP' "$OUT/ansible.log" | tail -n +2 | sed 's/  */ /g' >&2
+  rm -rf "$TREE/root/.ansible" "$TREE/tmp/.ansible-build"
+
+  # The image's own first-boot unit (not a release unit: the role skips it).
+  install -m 0644 systemd/appliance-firstboot.service "$TREE/etc/systemd/system/"
 }
 
 configure() {
-  log "configuring units and hardening"
+  log "configuring the hardening"
   cp -r image/overlay/. "$TREE/"
   chmod 0755 "$TREE"/usr/local/sbin/*
-  for unit in systemd/*.service systemd/*.target; do
-    install -m 0644 "$unit" "$TREE/etc/systemd/system/"
-  done
-  # The hub sink runs beside the ODH, never on a store box.
-  rm -f "$TREE/etc/systemd/system/appliance-sink.service"
-  install -m 0644 systemd/appliance.sysusers "$TREE/usr/lib/sysusers.d/appliance.conf"
-  install -m 0644 systemd/appliance.tmpfiles "$TREE/usr/lib/tmpfiles.d/appliance.conf"
-  in_tree systemd-sysusers
-  in_tree systemd-tmpfiles --create /usr/lib/tmpfiles.d/appliance.conf || true
-
   render_firewall >"$TREE/etc/nftables.conf"
-  in_tree chown root:appliance /etc/appliance/appliance.toml
-  in_tree chmod 0640 /etc/appliance/appliance.toml
 
   # Logins: root locked (no password works anywhere), SSH keys only.
   in_tree usermod --lock --expiredate '' root
