@@ -132,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApplianceError as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `appliance status | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -157,7 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
     conn = store.connect_existing(settings.pipeline.db_path)
     if args.command == "status":
-        return _status(conn, as_json=args.json)
+        stalled_after = settings.webui.stalled_after_s
+        return _status(conn, as_json=args.json, stalled_after_s=stalled_after)
     return _dead_letters(conn, as_json=args.json, limit=args.limit)
 
 
@@ -211,7 +216,7 @@ def _run_leg(name: str, config_file: str | None) -> int:
     return daemon.run(leg, idle_s=idle, heartbeat=beat, commands=runner)
 
 
-def _status(conn: Any, *, as_json: bool) -> int:
+def _status(conn: Any, *, as_json: bool, stalled_after_s: float = 30.0) -> int:
     now = time.time()
     outbox = {
         row[0]: row[1]
@@ -221,7 +226,12 @@ def _status(conn: Any, *, as_json: bool) -> int:
         {
             "leg": r["leg"],
             "pid": r["pid"],
-            "state": r["state"],
+            # As the web page says it: a live state with an old heartbeat is
+            # a leg that died or hangs (a SIGKILL writes no "stopped").
+            "state": "stalled"
+            if r["state"] in ("running", "paused")
+            and now - r["updated_at"] > stalled_after_s
+            else r["state"],
             "status": r["status"],
             "age_s": round(now - r["updated_at"], 1),
         }

@@ -59,7 +59,9 @@ KINDS = {
     "resume": LEGS,
     "resend": ("enricher",),
     "retry_dead_letter": ("transformer", "enricher"),
-    "discard_dead_letter": ("transformer", "enricher"),
+    # Any leg that parks may discard its own letters (a guardian request the
+    # store cannot read, a bad confirmation); only decode stages can retry.
+    "discard_dead_letter": ("miner", "transformer", "enricher", "shipper", "control"),
     "rewind": ("miner",),
     "check": ("control",),
     "load": ("control",),
@@ -316,7 +318,7 @@ class Runner:
             if command.kind in ("retry_dead_letter", "discard_dead_letter"):
                 letter = int(command.args["id"])
                 if command.kind == "discard_dead_letter":
-                    return True, discard_dead_letter(self.conn, letter)
+                    return True, discard_dead_letter(self.conn, letter, self.name)
                 return True, retry_dead_letter(self.conn, letter, self.name)
             handler = getattr(self.leg, "handle_command", None)
             if handler is None:
@@ -349,9 +351,16 @@ def _letter(conn: sqlite3.Connection, letter_id: int, stage: str) -> sqlite3.Row
     return row  # type: ignore[no-any-return]
 
 
-def discard_dead_letter(conn: sqlite3.Connection, letter_id: int) -> str:
-    """Mark a parked letter discarded (its bytes stay for the record)."""
+def discard_dead_letter(
+    conn: sqlite3.Connection, letter_id: int, stage: str | None = None
+) -> str:
+    """Mark a parked letter discarded (its bytes stay for the record).
+
+    With ``stage``, only a letter of that stage (the leg carrying it out).
+    """
     with store.transaction(conn):
+        if stage is not None:
+            _letter(conn, letter_id, stage)
         cur = conn.execute(
             "UPDATE dead_letters SET state = 'discarded'"
             " WHERE id = ? AND state = 'parked'",

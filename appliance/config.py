@@ -87,7 +87,9 @@ class IbmiSection(Section):
     )
     driver: str = Field("IBM i Access ODBC Driver", description="unixODBC driver name.")
     host: str = Field("127.0.0.1", description="Host of the IBM i (or emulator).")
-    port: int | None = Field(None, description="Port, when the driver takes one.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Port, when the driver takes one."
+    )
     database: str = Field("*LOCAL", description="Database (emulator: PG database).")
     user: str = Field("RELAY", description="User profile with *USE on the journal.")
     password_file: Path | None = Field(
@@ -228,7 +230,7 @@ class ShipperSection(Section):
 
 class PostgresSection(Section):
     host: str = Field("127.0.0.1", description="PostgreSQL host of the ODH.")
-    port: int = Field(5432, description="PostgreSQL port.")
+    port: int = Field(5432, ge=1, le=65535, description="PostgreSQL port.")
     database: str = Field("odh", description="Database of the ODH.")
     user: str = Field("odh_sink", description="Role the sink applies changes as.")
     password_file: Path | None = Field(

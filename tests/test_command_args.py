@@ -78,3 +78,33 @@ def test_a_busy_database_delays_commands_instead_of_killing_the_leg(
         "SELECT state, result FROM commands WHERE id = ?", (command_id,)
     )
     assert tuple(row.fetchone()) == ("done", "check done")
+
+
+def test_a_guardian_dead_letter_is_discarded_by_its_own_leg_only(
+    tmp_path: Path,
+) -> None:
+    """Newcomer run: control letters could not be cleared from the page."""
+
+    class Leg:
+        name = "control"
+
+    conn = store.connect(tmp_path / "pipeline.db")
+    commands.ensure_schema(conn)
+    with store.transaction(conn):
+        store.park(conn, stage="control", reason="bad guardian request")
+    letter = conn.execute("SELECT max(id) FROM dead_letters").fetchone()[0]
+    clock = [0.0]
+    for leg in ("transformer", "control"):
+        commands.request(conn, leg, "discard_dead_letter", {"id": letter}, "tech")
+        clock[0] += 1
+        commands.Runner(conn, Leg(), leg, clock=lambda: clock[0]).run_pending()
+    rows = conn.execute(
+        "SELECT leg, state, result FROM commands ORDER BY id"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("transformer", "failed"),
+        ("control", "done"),
+    ]
+    assert "is of stage 'control'" in rows[0][2]
+    state = conn.execute("SELECT state FROM dead_letters WHERE id = ?", (letter,))
+    assert state.fetchone()[0] == "discarded"

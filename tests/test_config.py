@@ -30,7 +30,7 @@ def test_every_bad_field_is_reported_by_dotted_key_and_value(tmp_path: Path) -> 
     """All errors at once, each naming its key and the value that came."""
     path = _write(
         tmp_path,
-        '[store]\nid = "mq 01"\n[ibmi]\nwindow = 0\n'
+        '[store]\nid = "mq 01"\n[ibmi]\nwindow = 0\nport = 99999\n'
         "[shipper]\nconfirm_timeout_s = -1\n",
     )
     with pytest.raises(ConfigError) as caught:
@@ -39,6 +39,7 @@ def test_every_bad_field_is_reported_by_dotted_key_and_value(tmp_path: Path) -> 
     assert "store.id" in text and "'mq 01'" in text
     assert "ibmi.window" in text and "(got 0)" in text
     assert "shipper.confirm_timeout_s" in text and "(got -1)" in text
+    assert "ibmi.port" in text and "(got 99999)" in text
     assert str(path) in text
 
 

@@ -160,3 +160,8 @@ def numeric_text(value: float | Decimal) -> str:
     if not any(digits):
         text = text.lstrip("-")
     return text
+
+
+def compact(value: Any) -> str:
+    """JSON with sorted keys and no blanks, Unicode kept (how r rows are stored)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

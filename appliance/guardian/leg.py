@@ -620,15 +620,20 @@ class ControlLeg:
         """``r`` changes (docs/guardian.md §3): version ``v_low`` via raw_id r_low."""
         assert job.marks is not None
         layout = table.layout
-        source = {
+        source: dict[str, Any] = {
             "library": layout.library,
             "table": layout.table,
             "guardian": {"run": job.run, "kind": job.send_as, "request": job.request},
             "read_at": job.read_at,
         }
-        source_text = json.dumps(source, ensure_ascii=False, separators=(",", ":"))
         read_ms = int(job.read_at * 1000)
         now = time.time()
+
+        def source_of(pk: str) -> str:
+            if job.send_as == "repair":  # the pk text the hub asked (guardian.md §3)
+                source["guardian"]["pk"] = pk
+            return json.dumps(source, ensure_ascii=False, separators=(",", ":"))
+
         self.conn.executemany(
             "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
             " entry_ts_ms, mined_at) VALUES (?, ?, 'r', ?, NULL, ?, ?, ?, ?)",
@@ -637,8 +642,8 @@ class ControlLeg:
                     job.marks.r_low,
                     table.table,
                     pk,
-                    None if row is None else _compact(row),
-                    source_text,
+                    None if row is None else digest.compact(row),
+                    source_of(pk),
                     read_ms,
                     now,
                 )
@@ -778,10 +783,6 @@ def _read_pk(src: Any, table: TableReader, pk: str) -> dict[str, Any] | None:
     if row is None or digest.canonical_pk(table.key_of(row)) != pk:
         return None
     return row
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _cache_row(

@@ -31,6 +31,7 @@ Every function runs inside the caller's transaction; none commits.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -350,7 +351,7 @@ def apply_reads(
 def _read_params(msg: dict[str, Any]) -> dict[str, Any]:
     return {
         "store": msg["store"],
-        "pk": canonical_pk(msg["key"]),
+        "pk": _read_pk(msg),
         "key": Jsonb(msg["key"]),
         "data": _jsonb_or_none(msg.get("after")),
         "enrichment": _jsonb_or_none(msg.get("enrichment")),
@@ -358,6 +359,22 @@ def _read_params(msg: dict[str, Any]) -> dict[str, Any]:
         "source": _jsonb_or_none(msg.get("source")),
         "errors": _jsonb_or_none(msg.get("errors")),
     }
+
+
+def _read_pk(msg: dict[str, Any]) -> str:
+    """The row an ``r`` is for: the pk text the hub asked a repair of, when it
+    names the same key (a row stored under a pk that is not canonical, e.g.
+    written by hand, is repaired on itself), else the canonical pk."""
+    asked = _guardian_of(msg).get("pk")
+    key = msg["key"]
+    if isinstance(asked, str) and asked != canonical_pk(key):
+        try:
+            same = json.loads(asked) == key
+        except ValueError:
+            same = False
+        if same:
+            return asked
+    return canonical_pk(key)
 
 
 def _read_outcome(

@@ -37,3 +37,27 @@ def test_status_lists_the_last_guardian_runs(
     assert cli.main(["--config", str(config), "status", "--json"]) == 0
     [run] = json.loads(capsys.readouterr().out)["guardian"]
     assert (run["run"], run["state"], run["repaired"]) == ("9-4", "done", 2)
+
+
+def test_status_calls_a_leg_with_an_old_heartbeat_stalled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Newcomer run: a SIGKILLed leg still said 'running' 42 s later."""
+    db = tmp_path / "pipeline.db"
+    conn = store.connect(db)
+    store.heartbeat(conn, "control", 4242, "running", "idle")
+    store.heartbeat(conn, "miner", 4243, "running", "window")
+    with store.transaction(conn):
+        conn.execute(
+            "UPDATE heartbeats SET updated_at = ? WHERE leg = 'control'",
+            (time.time() - 42,),
+        )
+    conn.close()
+    config = tmp_path / "box.toml"
+    config.write_text(f'[store]\nid = "MQ01"\n[pipeline]\ndb_path = "{db}"\n')
+
+    assert cli.main(["--config", str(config), "status", "--json"]) == 0
+    legs = {
+        leg["leg"]: leg["state"] for leg in json.loads(capsys.readouterr().out)["legs"]
+    }
+    assert legs == {"control": "stalled", "miner": "running"}

@@ -444,3 +444,29 @@ def test_table_made_before_the_guardian_gets_pk_hash_and_its_index(rig: Rig) -> 
         (rig.schema,),
     ).fetchone()
     assert index is not None and "(store_id, pk_hash)" in index[0]
+
+
+def test_a_repair_of_a_row_stored_under_an_odd_pk_text_touches_that_row_only(
+    rig: Rig,
+) -> None:
+    """Newcomer run: a copy of key 000014 stored under an escaped pk text was
+    'extra'; the store's absent answer tombstoned the genuine row instead."""
+    sink = rig.sink()
+    send(rig, payload(0, 1, key="000014", price="1.40", version=100))
+    drain(rig, sink, 0, 1)
+    odd = '{"ARTNUM":"\\u0030\\u0030\\u0030\\u0030\\u0031\\u0034"}'
+    rig.pg.execute(
+        f'INSERT INTO "{rig.schema}".prix (store_id, pk, key, data, version, deleted)'
+        " SELECT store_id, %s, key, data, version, false"
+        f' FROM "{rig.schema}".prix WHERE store_id = %s',
+        (odd, STORE),
+    )
+    answer = read_row(2, "000014", None, version=150)
+    answer["source"]["guardian"]["pk"] = odd
+    send(rig, answer)
+    drain(rig, sink, 0, 2)
+    live = rig.pg.execute(
+        f'SELECT pk, deleted FROM "{rig.schema}".prix ORDER BY pk'
+    ).fetchall()
+    assert dict(live) == {odd: True, digest.canonical_pk({"ARTNUM": "000014"}): False}
+    assert outcomes(rig) == {odd: "deleted"}
