@@ -60,6 +60,33 @@ def queue(conn: sqlite3.Connection, table: str, reason: str, origin: str) -> boo
     return cur.rowcount > 0
 
 
+# The meta key is the transformer's (kept, so a box upgraded between an F EJ
+# and its F JM still asks for the check).
+ENDED_KEY = "transformer.journaling_ended."
+
+
+def journaling_ended(
+    conn: sqlite3.Connection, library: str, table: str, position: str
+) -> None:
+    """F EJ: changes made while journaling is off show only once it is back
+    on, so the check waits for the F JM (:func:`journaling_started`)."""
+    text = json.dumps({"at": position}, sort_keys=True, separators=(",", ":"))
+    store.meta_put(conn, f"{ENDED_KEY}{library}/{table}", text)
+
+
+def journaling_started(conn: sqlite3.Connection, library: str, table: str) -> bool:
+    """F JM: queue the check an earlier F EJ of the table owes; False if none."""
+    ended = conn.execute(
+        "DELETE FROM meta WHERE key = ? RETURNING value",
+        (f"{ENDED_KEY}{library}/{table}",),
+    ).fetchone()
+    if ended is None:
+        return False
+    since = json.loads(ended[0]).get("at", "")
+    queue(conn, table, "EJ", f"transformer EJ {since} {library}/{table}")
+    return True
+
+
 class Flusher:
     """Files queued checks as ``control`` commands; retries refused ones."""
 

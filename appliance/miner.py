@@ -599,11 +599,7 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
-        " DO UPDATE SET value = excluded.value",
-        (key, json.dumps(value, sort_keys=True)),
-    )
+    store.meta_put(conn, key, json.dumps(value, sort_keys=True))
 
 
 def load_bookmark(conn: sqlite3.Connection, journal_id: str) -> Bookmark | None:

@@ -102,7 +102,6 @@ MEMBER_REPAIRS = {
     "EJ": "a guardian check (repair) of the table when journaling restarts (F JM)",
     "MR": "a guardian check (repair) of the table, requested now",
 }
-ENDED_KEY = "transformer.journaling_ended."
 DENIED_KEY = "transformer.alarm.source_denied"
 MAX_BACKOFF_S = 60.0
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -589,17 +588,12 @@ class TransformerLeg:
             " OR cycle_key LIKE 'before:%'"
         )
         events = [e for _, change in sorted(held) for e in json.loads(change)]
-        for event in events:
-            store.park(
-                self.conn,
-                stage=STAGE,
-                reason="commit cycle cut by a data gap: its end was lost",
-                table=event["table"],
-                position=_position(row),
-                expected="the guardian's repair check of the table (asked)",
-                raw_id=event["raw_id"],
-                payload=event,
-            )
+        self._park_events(
+            row,
+            events,
+            "commit cycle cut by a data gap: its end was lost",
+            "the guardian's repair check of the table (asked)",
+        )
         self._count("transformer.cycles_cut_by_gap", len(held))
         logger.warning(
             "data gap passed, open cycles dropped stage=%s position=%s count=%d",
@@ -608,20 +602,31 @@ class TransformerLeg:
             len(events),
         )
 
-    def _abandon(self, row: sqlite3.Row, cycle: str) -> None:
-        """A cycle number reopened while still open: park what it held."""
-        events = self._close_cycle(row, cycle)
+    def _park_events(
+        self, row: sqlite3.Row, events: list[Any], reason: str, expected: str
+    ) -> None:
+        """Park held events of a cycle that cannot end (at ``row``)."""
         for event in events:
             store.park(
                 self.conn,
                 stage=STAGE,
-                reason="commit cycle reopened before its CM or RB",
+                reason=reason,
                 table=event["table"],
                 position=_position(row),
-                expected="C CM or C RB before the next C SC of the same cycle",
+                expected=expected,
                 raw_id=event["raw_id"],
                 payload=event,
             )
+
+    def _abandon(self, row: sqlite3.Row, cycle: str) -> None:
+        """A cycle number reopened while still open: park what it held."""
+        events = self._close_cycle(row, cycle)
+        self._park_events(
+            row,
+            events,
+            "commit cycle reopened before its CM or RB",
+            "C CM or C RB before the next C SC of the same cycle",
+        )
         logger.warning(
             "open commit cycle abandoned stage=%s position=%s count=%d",
             STAGE,
@@ -674,11 +679,7 @@ class TransformerLeg:
             origin = f"transformer MR {_position(row)} {library}/{table}"
             checks.queue(self.conn, table, "MR", origin)
         else:
-            # Changes made while journaling is off show only once it is back
-            # on: the check waits for the F JM (see _journaling_started).
-            _put_meta(
-                self.conn, f"{ENDED_KEY}{library}/{table}", {"at": _position(row)}
-            )
+            checks.journaling_ended(self.conn, library, table, _position(row))
         logger.error(
             "journal alarm, odh may drift stage=%s table=%s position=%s reason=%s",
             STAGE,
@@ -690,16 +691,9 @@ class TransformerLeg:
     def _journaling_started(self, row: sqlite3.Row) -> None:
         """F JM: journaling (re)started; after an F EJ, ask for a repair check."""
         library, table = _object_names(row)
-        key = f"{ENDED_KEY}{library}/{table}"
-        ended = self.conn.execute(
-            "DELETE FROM meta WHERE key = ? RETURNING value", (key,)
-        ).fetchone()
-        if ended is None:
+        if not checks.journaling_started(self.conn, library, table):
             self._count("transformer.ignored")
             return
-        since = json.loads(ended[0]).get("at", "")
-        origin = f"transformer EJ {since} {library}/{table}"
-        checks.queue(self.conn, table, "EJ", origin)
         logger.warning(
             "journaling restarted, repair check queued stage=%s table=%s position=%s",
             STAGE,
@@ -779,11 +773,7 @@ def _key(
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
-        " DO UPDATE SET value = excluded.value",
-        (key, canonical(value)),
-    )
+    store.meta_put(conn, key, canonical(value))
 
 
 def _object_names(row: sqlite3.Row) -> tuple[str, str]:

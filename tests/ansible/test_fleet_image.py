@@ -60,9 +60,8 @@ from image_support import OUT, SHARED_NETWORK_MASKS, Container, wait_for  # noqa
 
 pytestmark = pytest.mark.fleet
 
-ANSIBLE_DIR = REPO / "ansible"
-VENV = Path(os.environ.get("APPLIANCE_ANSIBLE_VENV", REPO / ".cache" / "ansible-venv"))
-DEPS_CACHE = REPO / ".cache" / "ansible-test" / "deps"
+from ansible_support import ANSIBLE_DIR, VENV, Run, locked_wheels, run_playbook  # noqa: E402
+
 TREE = OUT / "tree"
 OLD, NEW = "0.1.0", "0.2.0"
 LEGS = ("miner", "transformer", "enricher", "shipper")
@@ -124,24 +123,7 @@ def _free_port() -> int:
 
 def _wheelhouses(work: Path) -> str:
     """Locked dependencies plus git HEAD of this repo as 0.1.0 and 0.2.0."""
-    DEPS_CACHE.mkdir(parents=True, exist_ok=True)
-    lock = REPO / "image" / "requirements.lock"
-    wanted = sum(1 for line in lock.read_text().splitlines() if "==" in line)
-    if len(list(DEPS_CACHE.glob("*.whl"))) < wanted:
-        subprocess.run(
-            [
-                REPO / ".venv/bin/pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--require-hashes",
-                "--dest",
-                DEPS_CACHE,
-                "-r",
-                lock,
-            ],
-            check=True,
-        )
+    deps = locked_wheels()
     head = work / "src-head"
     head.mkdir()
     archive = subprocess.run(
@@ -161,7 +143,7 @@ def _wheelhouses(work: Path) -> str:
             pyproject.replace('version = "0.1.0"', f'version = "{version}"', 1)
         )
         house = work / f"wheelhouse-{version}"
-        shutil.copytree(DEPS_CACHE, house)
+        shutil.copytree(deps, house)
         subprocess.run(
             [
                 REPO / ".venv/bin/pip",
@@ -328,49 +310,16 @@ def _inventory(work: Path, archive: str, password_file: Path, key: Path) -> Path
     return inv
 
 
-@dataclass
-class Run:
-    rc: int
-    out: str
-    seconds: float
-
-
 def _playbook(
     work: Path, inv: Path, password_file: Path, name: str, *extra: str
 ) -> Run:
-    env = os.environ | {
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "ANSIBLE_FORCE_COLOR": "0",
+    ssh = {
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": "-o UserKnownHostsFile=/dev/null -o BatchMode=yes "
         "-o ControlMaster=auto -o ControlPersist=120s",
-        "ANSIBLE_LOG_PATH": str(work / f"{name}.log"),
-        "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
     }
-    started = time.monotonic()
-    done = subprocess.run(
-        [
-            VENV / "bin/ansible-playbook",
-            "-i",
-            inv / "hosts.yml",
-            "--vault-password-file",
-            password_file,
-            ANSIBLE_DIR / name,
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ANSIBLE_DIR,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    sys.stdout.write(f"--- {name}: rc={done.returncode} in {seconds:.1f} s\n")
-    sys.stdout.write(done.stdout[-8000:])
-    sys.stderr.write(done.stderr[-3000:])
-    return Run(done.returncode, done.stdout + done.stderr, seconds)
+    return run_playbook(work, inv, password_file, name, *extra, env=ssh, tail=8000)
 
 
 def _give_page_a_token(box: Box) -> None:

@@ -24,9 +24,7 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,13 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_support import REPO, VENV, Run, locked_wheels, run_playbook
 
 pytestmark = pytest.mark.ansible
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = REPO / "ansible"
-VENV = Path(os.environ.get("APPLIANCE_ANSIBLE_VENV", REPO / ".cache" / "ansible-venv"))
-DEPS_CACHE = REPO / ".cache" / "ansible-test" / "deps"
 FAKE_BOX = Path(__file__).with_name("fake_box.py")
 OLD, NEW = "0.1.0", "0.2.0"
 LEG_UNITS = [f"appliance-{leg}.service" for leg in ("miner", "transformer", "enricher")]
@@ -141,27 +136,10 @@ def _health_handler(box: Box) -> type[BaseHTTPRequestHandler]:
 def _wheelhouses(work: Path) -> str:
     """Tars of the locked dependencies (downloaded once) plus this repo as
     0.1.0, resp. 0.2.0; returns the role's archive path, templated."""
-    DEPS_CACHE.mkdir(parents=True, exist_ok=True)
-    lock = REPO / "image" / "requirements.lock"
-    wanted = sum(1 for line in lock.read_text().splitlines() if "==" in line)
-    if len(list(DEPS_CACHE.glob("*.whl"))) < wanted:
-        subprocess.run(
-            [
-                REPO / ".venv/bin/pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--require-hashes",
-                "--dest",
-                DEPS_CACHE,
-                "-r",
-                lock,
-            ],
-            check=True,
-        )
+    deps = locked_wheels()
     for version in (OLD, NEW):
         house = work / f"wheelhouse-{version}"
-        shutil.copytree(DEPS_CACHE, house)
+        shutil.copytree(deps, house)
         src = work / f"src-{version}"
         for part in ("appliance", "webui"):
             shutil.copytree(
@@ -252,15 +230,6 @@ def _inventory(work: Path, archive: str, password_file: Path) -> Path:
 
 
 @dataclass
-class Run:
-    """One ansible-playbook run: its exit status, output and start time."""
-
-    rc: int
-    out: str
-    started: float
-
-
-@dataclass
 class Fleet:
     """Everything the module's tests look at."""
 
@@ -275,36 +244,7 @@ class Fleet:
 def _playbook(
     work: Path, inv: Path, password_file: Path, name: str, *extra: str
 ) -> Run:
-    env = os.environ | {
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_LOG_PATH": str(work / f"{name}.log"),
-        "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
-    }
-    started = time.time()
-    done = subprocess.run(
-        [
-            VENV / "bin/ansible-playbook",
-            "-i",
-            inv / "hosts.yml",
-            "--vault-password-file",
-            password_file,
-            ANSIBLE_DIR / name,
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ANSIBLE_DIR,
-        check=False,
-    )
-    sys.stdout.write(
-        f"--- {name}: rc={done.returncode} in {time.time() - started:.1f} s\n"
-    )
-    sys.stdout.write(done.stdout[-6000:])
-    sys.stderr.write(done.stderr[-3000:])
-    return Run(done.returncode, done.stdout + done.stderr, started)
+    return run_playbook(work, inv, password_file, name, *extra)
 
 
 @pytest.fixture(scope="module")
