@@ -23,6 +23,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from appliance import commands, config, daemon, logs, store
@@ -104,9 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--seconds", type=float, default=90.0, help="workload time")
     faults.add_argument("--rate", type=float, default=35.0, help="changes per second")
     faults.add_argument("--seed", type=int, default=1)
+    faults.add_argument("--writers", type=int, default=1, help="store writer processes")
+    faults.add_argument(
+        "--changes", type=int, default=0, help="write at least this many changes"
+    )
+    faults.add_argument(
+        "--drain-timeout-s", type=float, default=240.0, help="bound on the drain"
+    )
     faults.add_argument("--kills", type=int, default=12, help="leg kills per round")
     faults.add_argument("--rounds", type=int, default=1, help="rounds of every fault")
     faults.add_argument("--down-s", type=float, default=5.0, help="outage length")
+    faults.add_argument(
+        "--kafka-down-s", type=float, default=0.0, help="broker stop (0: --down-s)"
+    )
     faults.add_argument("--one-way-s", type=float, default=12.0)
     faults.add_argument("--disk-mb", type=int, default=96, help="pipeline tmpfs")
     faults.add_argument("--workdir", help="where the run keeps its files")
@@ -167,18 +178,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _faults(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from appliance.faults import harness
 
     logs.setup("INFO", "faults")
     plan = harness.Plan(
         seconds=args.seconds,
         rate=args.rate,
+        writers=args.writers,
+        changes=args.changes,
+        drain_timeout_s=args.drain_timeout_s,
         seed=args.seed,
         leg_kills=args.kills,
         rounds=args.rounds,
         down_s=args.down_s,
+        kafka_down_s=args.kafka_down_s,
         one_way_s=args.one_way_s,
         disk_mb=args.disk_mb,
         reflash=not args.no_reflash,
@@ -196,8 +209,25 @@ def _run_leg(name: str, config_file: str | None) -> int:
         return daemon.run(leg, idle_s=0.2)
     box = config.load_box(config.config_path(config_file, config.DEFAULT_BOX_CONFIG))
     logs.setup(box.log_level, name)
-    leg = importlib.import_module(BOX_LEGS[name]).build(box)
-    beat_conn = store.connect(box.pipeline.db_path)
+    disk = daemon.DiskWait(Path(box.pipeline.db_path).parent)
+    try:
+        leg = importlib.import_module(BOX_LEGS[name]).build(box)
+        beat_conn = store.connect(box.pipeline.db_path)
+    except sqlite3.OperationalError as exc:
+        if not daemon.is_disk_error(exc):
+            raise
+        # A full pipeline disk at start is waited out like one met in a step.
+        stopper = daemon.Stopper()
+        stopper.install()
+        daemon.wait_for_disk(
+            name,
+            disk,
+            stopper=stopper,
+            ping_every=daemon.watchdog_interval_s(),
+            heartbeat=None,
+            error=exc,
+        )
+        return 0
     pid = os.getpid()
 
     def beat(state: str, status: str) -> None:
@@ -213,7 +243,7 @@ def _run_leg(name: str, config_file: str | None) -> int:
 
     idle = box.ibmi.poll_interval_s if name == "miner" else 0.2
     runner = commands.Runner(beat_conn, leg, name)
-    return daemon.run(leg, idle_s=idle, heartbeat=beat, commands=runner)
+    return daemon.run(leg, idle_s=idle, heartbeat=beat, commands=runner, disk=disk)
 
 
 def _status(conn: Any, *, as_json: bool, stalled_after_s: float = 30.0) -> int:

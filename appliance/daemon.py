@@ -31,9 +31,12 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
@@ -119,16 +122,32 @@ def run(
     stopper: Stopper | None = None,
     max_steps: int | None = None,
     commands: Runner | None = None,
+    disk: DiskWait | None = None,
 ) -> int:
     """Drive ``leg`` until stopped; return the process exit code.
 
     With ``commands``, the leg's pending commands run between two steps; a
     paused leg does not step but keeps pinging and heartbeats ``paused``.
+    With ``disk``, a full or failing pipeline disk (at set-up or in a step)
+    is waited out in the process (:func:`wait_for_disk`).
     """
     stopper = stopper or Stopper()
     if threading.current_thread() is threading.main_thread():
         stopper.install()
-    leg.setup()
+    try:
+        leg.setup()
+    except sqlite3.OperationalError as exc:
+        if disk is None or not is_disk_error(exc):
+            raise
+        wait_for_disk(
+            leg.name,
+            disk,
+            stopper=stopper,
+            ping_every=watchdog_interval_s(),
+            heartbeat=None,
+            error=exc,
+        )
+        return 0
     notify(f"READY=1\nSTATUS={leg.status()}")
     logger.info("leg ready stage=%s pid=%s", leg.name, os.getpid())
     ping_every = watchdog_interval_s()
@@ -137,7 +156,7 @@ def run(
     idle_now = idle_s
     last_ping = last_beat = 0.0
     steps = 0
-    closed = False
+    settled = False
     try:
         while not stopper.stopping:
             paused = False
@@ -145,10 +164,16 @@ def run(
                 commands.run_pending()
                 paused = commands.paused
             try:
-                worked = False if paused else _step(leg, stopper, ping_every, heartbeat)
+                worked = (
+                    False
+                    if paused
+                    else _step(leg, stopper, ping_every, heartbeat, disk)
+                )
             except _StoppedWhileDown:
-                closed = True
                 break
+            if worked and not settled:
+                disk_settled()
+                settled = True
             steps += 1
             now = time.monotonic()
             if ping_every is not None and now - last_ping >= ping_every:
@@ -171,8 +196,7 @@ def run(
     finally:
         notify("STOPPING=1")
         started = time.monotonic()
-        if not closed:
-            leg.close()
+        leg.close()
         if heartbeat is not None:
             heartbeat("stopped", leg.status())
         logger.info(
@@ -183,10 +207,28 @@ def run(
     return 0
 
 
-_TRANSIENT_SQLITE = ("database or disk is full", "disk i/o error", "database is locked")
+_DISK_ERRORS = ("database or disk is full", "disk i/o error")
+_LOCKED = "database is locked"
 _DISK_RETRY_FIRST_S = 1.0
 _DISK_RETRY_MAX_S = 30.0
 _DISK_ERROR_AFTER_S = 300.0
+_DISK_PROBE_BYTES = 8 << 20
+# Carried across the re-exec, so a disk that keeps filling up is not probed
+# every second by a leg that restarts in place each time.
+_RETRY_ENV = "APPLIANCE_DISK_RETRY_S"
+
+
+@dataclass
+class DiskWait:
+    """How a leg waits out its pipeline disk.
+
+    ``directory`` is the filesystem of the pipeline database; ``restart``
+    replaces the process by a fresh start of the same leg (``os.execv``:
+    same pid, so systemd spends no restart on it) and is replaced in tests.
+    """
+
+    directory: Path
+    restart: Callable[[float], None] | None = None
 
 
 def _step(
@@ -194,37 +236,55 @@ def _step(
     stopper: Stopper,
     ping_every: float | None,
     heartbeat: Callable[[str, str], None] | None,
+    disk: DiskWait | None,
 ) -> bool:
     """One step; a full or failing pipeline disk is waited out, not fatal.
 
     The step's transaction rolled back, so nothing was half written. The leg
-    is closed and set up again once the disk answers, which reloads what it
-    keeps in memory (lane counters, bookmarks) from the database, exactly as
-    a restart would, without spending systemd's restart budget on an outage
-    that can last hours. WARNING at first, ERROR once it lasts (an operator
-    must free space).
+    waits (pinging the watchdog) until the disk takes a probe write again,
+    then starts afresh in the same process, which reloads everything it
+    keeps in memory (lane counters, bookmarks, rows in flight) from the
+    database exactly as a restart would, without spending systemd's restart
+    budget on an outage that can last hours. WARNING at first, ERROR once it
+    lasts (an operator must free space). A busy database only retries the
+    step later.
     """
     try:
         return leg.step()
     except sqlite3.OperationalError as exc:
-        if not str(exc).lower().startswith(_TRANSIENT_SQLITE):
+        text = str(exc).lower()
+        if text.startswith(_LOCKED):
+            logger.warning("pipeline database busy, step retried stage=%s", leg.name)
+            return False
+        if disk is None or not is_disk_error(exc):
             raise
-        _wait_for_disk(leg, stopper, ping_every, heartbeat, exc)
-        return False
+        wait_for_disk(
+            leg.name,
+            disk,
+            stopper=stopper,
+            ping_every=ping_every,
+            heartbeat=heartbeat,
+            error=exc,
+        )
+        raise _StoppedWhileDown from None
 
 
-def _wait_for_disk(
-    leg: Leg,
+def wait_for_disk(
+    name: str,
+    disk: DiskWait,
+    *,
     stopper: Stopper,
     ping_every: float | None,
     heartbeat: Callable[[str, str], None] | None,
-    first: sqlite3.OperationalError,
+    error: BaseException,
 ) -> None:
+    """Wait until the pipeline disk takes writes, then restart the leg in place.
+
+    Returns only when a stop was requested meanwhile.
+    """
     started = time.monotonic()
-    delay = _DISK_RETRY_FIRST_S
-    error: Exception = first
+    delay = float(os.environ.get(_RETRY_ENV) or _DISK_RETRY_FIRST_S)
     attempt = 0
-    leg.close()
     while not stopper.stopping:
         attempt += 1
         elapsed = time.monotonic() - started
@@ -233,7 +293,7 @@ def _wait_for_disk(
             level,
             "pipeline database unavailable, waiting stage=%s attempt=%d"
             " elapsed_s=%.0f error=%s",
-            leg.name,
+            name,
             attempt,
             elapsed,
             error,
@@ -244,22 +304,56 @@ def _wait_for_disk(
                 heartbeat("waiting", f"pipeline disk: {error}")
         _wait_pinging(stopper, delay, ping_every)
         delay = min(delay * 2, _DISK_RETRY_MAX_S)
-        try:
-            leg.setup()
-        except sqlite3.OperationalError as exc:
-            error = exc
+        problem = _probe(disk.directory)
+        if problem is not None:
+            error = problem
             continue
         logger.warning(
-            "pipeline database back stage=%s elapsed_s=%.0f",
-            leg.name,
+            "pipeline disk answers again, leg starts afresh stage=%s elapsed_s=%.0f",
+            name,
             time.monotonic() - started,
         )
+        (disk.restart or _exec_again)(delay)
         return
-    raise _StoppedWhileDown
+
+
+def _probe(directory: Path) -> OSError | None:
+    """Write, sync and remove a probe file of a few MB: None if the disk took it."""
+    probe = directory / f".disk-probe-{os.getpid()}"
+    try:
+        with probe.open("wb") as out:
+            out.write(b"\0" * _DISK_PROBE_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def _exec_again(delay: float) -> None:
+    """Replace this process by a fresh start of the same command (same pid)."""
+    os.environ[_RETRY_ENV] = f"{delay:.3f}"
+    notify("STATUS=starting afresh after a pipeline disk outage")
+    logging.shutdown()
+    # The same interpreter and arguments this process was started with.
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
+
+
+def is_disk_error(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's words for a full or failing disk (not a busy database)."""
+    return str(exc).lower().startswith(_DISK_ERRORS)
+
+
+def disk_settled() -> None:
+    """A step went through: the next outage starts its waits short again."""
+    os.environ.pop(_RETRY_ENV, None)
 
 
 class _StoppedWhileDown(Exception):
-    """Stop requested while the leg was closed for a disk outage."""
+    """Stop requested while the leg was waiting out a disk outage."""
 
 
 def _wait_pinging(stopper: Stopper, seconds: float, ping_every: float | None) -> None:

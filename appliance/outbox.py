@@ -69,14 +69,23 @@ class Delivery:
     error: str = ""
 
 
-def next_batch(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
-    """Up to ``limit`` pending rows, lower lanes first, each lane in order."""
+def next_batch(
+    conn: sqlite3.Connection, limit: int, skip_lanes: Iterable[int] = ()
+) -> list[OutboxRow]:
+    """Up to ``limit`` pending rows, lower lanes first, each lane in order.
+
+    Rows of ``skip_lanes`` are left for a later batch.
+    """
     if limit <= 0:
         return []
+    skip = sorted(set(skip_lanes))
+    holes = ", ".join("?" * len(skip))
     rows = conn.execute(
         "SELECT id, lane, lane_seq, payload, attempts FROM outbox"
-        " WHERE state = 'pending' ORDER BY lane, lane_seq LIMIT ?",
-        (limit,),
+        " WHERE state = 'pending'"
+        + (f" AND lane NOT IN ({holes})" if skip else "")
+        + " ORDER BY lane, lane_seq LIMIT ?",
+        (*skip, limit),
     ).fetchall()
     return [OutboxRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 

@@ -45,6 +45,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,12 @@ class ShipperLeg:
         self._last_sweep = 0.0
         self._last_prune = 0.0
         self._starved = False
+        # Copies handed to the producer and not yet reported, per lane; a lane
+        # whose rows were put back to pending (a failed report, a resend) is
+        # held until its earlier copies have all reported, so a row is never
+        # handed over again while a copy of it may still reach the broker.
+        self._outstanding: Counter[int] = Counter()
+        self._held: set[int] = set()
         self._pacer = outbox.ResendPacer(settings.shipper.confirm_timeout_s)
         # The hub keeps one watermark per (store, box epoch, lane).
         self._epoch = store.epoch(conn)
@@ -223,13 +230,13 @@ class ShipperLeg:
         self._starved = budget <= 0
         limit = min(budget, self.settings.pipeline.batch)
         produced: list[int] = []
-        for row in outbox.next_batch(self.conn, limit):
+        for row in outbox.next_batch(self.conn, limit, skip_lanes=self._held):
             try:
                 self._producer.produce(
                     self.settings.kafka.changes_topic,
                     value=row.payload.encode(),
                     key=self.key,
-                    on_delivery=functools.partial(self._on_delivery, row.id),
+                    on_delivery=functools.partial(self._on_delivery, row.id, row.lane),
                 )
             except BufferError:
                 # Local queue full: what was not produced stays pending.
@@ -239,11 +246,18 @@ class ShipperLeg:
                 logger.warning("produce refused outbox_id=%d error=%s", row.id, error)
                 break
             produced.append(row.id)
+            self._outstanding[row.lane] += 1
         return produced
 
-    def _on_delivery(self, outbox_id: int, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(
+        self, outbox_id: int, lane: int, err: KafkaError | None, msg: Any
+    ) -> None:
         # Runs inside poll()/flush(): memory only, SQLite is written by step().
+        self._outstanding[lane] -= 1
         if err is not None:
+            # The row and the rest of its lane go back to pending: hold the
+            # lane until the copies still in the producer have reported.
+            self._held.add(lane)
             self._reports.append(outbox.Delivery(outbox_id, -1, -1, err.str()))
         else:
             self._reports.append(
@@ -267,6 +281,9 @@ class ShipperLeg:
         with store.transaction(self.conn):
             outbox.mark_in_flight(self.conn, work.produced, now)
             acked, failed = outbox.apply_deliveries(self.conn, work.reports)
+            # Every report received so far is written now: a held lane with
+            # no copy left in the producer may go again from its first pending.
+            self._held = {n for n in self._held if self._outstanding[n] > 0}
             confirmed = self._apply_confirms(work)
             self._pacer.confirmed(work.confirms, now)
             resent = self._sweep(now)
@@ -288,6 +305,8 @@ class ShipperLeg:
             )
         if resent:
             logger.warning("lane stalled, sending again count=%d", resent)
+            # Rows of a stalled lane may still have copies in the producer.
+            self._held |= {n for n, left in self._outstanding.items() if left > 0}
 
     def _sweep_due(self, now: float) -> bool:
         timeout = self.settings.shipper.confirm_timeout_s
@@ -495,6 +514,8 @@ class ShipperLeg:
         with store.transaction(self.conn):
             outbox.requeue_in_flight(self.conn)
         self._fatal = ""
+        self._outstanding.clear()
+        self._held.clear()
         self._producer = self._new_producer()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -129,16 +131,70 @@ class DiskFullOnce:
         return f"steps={self.steps}"
 
 
-def test_full_disk_is_waited_out_and_the_leg_reloaded(
-    monkeypatch: pytest.MonkeyPatch,
+def test_full_disk_is_waited_out_then_the_leg_starts_afresh(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A full pipeline disk does not end the process: close, wait, set up again."""
+    """A full pipeline disk does not end the process: wait, then start afresh.
+
+    The restart (an exec of the same command in production) is recorded
+    here; the leg itself is neither closed nor set up while it waits, since
+    its connections may be gone with the disk.
+    """
     monkeypatch.setattr(daemon, "_DISK_RETRY_FIRST_S", 0.01)
+    monkeypatch.delenv("APPLIANCE_DISK_RETRY_S", raising=False)
+    probes = iter([OSError(28, "No space left on device"), None])
+    monkeypatch.setattr(daemon, "_probe", lambda directory: next(probes))
+    restarts: list[float] = []
     leg = DiskFullOnce()
-    assert daemon.run(leg, max_steps=5, stopper=daemon.Stopper()) == 0
-    assert leg.setups == 2  # the start, and the reload after the outage
-    assert leg.closes == 2  # before waiting, and at the end
-    assert leg.steps == 5
+    disk = daemon.DiskWait(tmp_path, restart=restarts.append)
+    assert daemon.run(leg, max_steps=5, stopper=daemon.Stopper(), disk=disk) == 0
+    assert leg.steps == 2  # the second met the full disk
+    assert leg.setups == 1
+    assert len(restarts) == 1
+    assert restarts[0] == pytest.approx(0.04)  # two waits: 0.01, then 0.02
+    assert leg.closes == 1  # only at the end of run()
+
+
+def test_disk_probe_writes_and_removes_its_file(tmp_path: Path) -> None:
+    assert daemon._probe(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(daemon._probe(tmp_path / "gone"), OSError)
+
+
+def test_full_disk_at_set_up_is_waited_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(daemon, "_DISK_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(daemon, "_probe", lambda directory: None)
+    restarts: list[float] = []
+
+    class FullAtStart(DiskFullOnce):
+        def setup(self) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    leg = FullAtStart()
+    disk = daemon.DiskWait(tmp_path, restart=restarts.append)
+    assert daemon.run(leg, max_steps=5, stopper=daemon.Stopper(), disk=disk) == 0
+    assert leg.steps == 0
+    assert len(restarts) == 1
+
+
+def test_busy_database_retries_the_step() -> None:
+    class BusyOnce(DiskFullOnce):
+        def step(self) -> bool:
+            self.steps += 1
+            if self.steps == 2:
+                raise sqlite3.OperationalError("database is locked")
+            return True
+
+    leg = BusyOnce()
+    assert daemon.run(leg, max_steps=4, stopper=daemon.Stopper()) == 0
+    assert leg.steps == 4
+
+
+def test_full_disk_without_a_disk_wait_ends_the_leg() -> None:
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        daemon.run(DiskFullOnce(), max_steps=5, stopper=daemon.Stopper())
 
 
 def test_other_sqlite_errors_still_end_the_leg() -> None:
@@ -216,3 +272,46 @@ def test_idle_pause_is_capped_by_idle_max_s(monkeypatch: pytest.MonkeyPatch) -> 
     leg = _ScriptedLeg(busy={1, 2, 9}, idle_first_s=0.005)
     leg.idle_max_s = 0.02  # type: ignore[attr-defined]
     assert _pauses(leg, monkeypatch) == [0.005, 0.01, 0.02, 0.02, 0.02, 0.02, 0.005]
+
+
+RESTARTING_LEG = """
+import os, sqlite3, sys
+from pathlib import Path
+from appliance import daemon
+
+class Leg:
+    name = "restarting"
+    def setup(self):
+        print("setup", os.getpid(), flush=True)
+    def step(self):
+        if "APPLIANCE_DISK_RETRY_S" not in os.environ:
+            raise sqlite3.OperationalError("database or disk is full")
+        print("step", os.getpid(), os.environ["APPLIANCE_DISK_RETRY_S"], flush=True)
+        return True
+    def close(self):
+        print("close", flush=True)
+    def status(self):
+        return ""
+
+daemon._DISK_RETRY_FIRST_S = 0.01
+sys.exit(daemon.run(Leg(), max_steps=1, disk=daemon.DiskWait(Path(sys.argv[1]))))
+"""
+
+
+def test_start_afresh_is_the_same_process_run_again(tmp_path: Path) -> None:
+    """The real restart: exec of the same command, same pid, backoff carried."""
+    env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_DISK_RETRY_S"}
+    done = subprocess.run(
+        [sys.executable, "-c", RESTARTING_LEG, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    lines = done.stdout.split()
+    first, second = lines[1], lines[3]
+    assert lines[0] == "setup" and lines[2] == "setup"
+    assert first == second  # systemd sees no exit: same main pid
+    assert lines[4:7] == ["step", first, "0.020"]
+    assert lines[7:] == ["close"]  # the first process never closed the leg

@@ -50,6 +50,9 @@ class Store:
     articles: list[str] = field(default_factory=list)
     next_number: int = 1
     counts: dict[str, int] = field(default_factory=dict)
+    # (k, n): this writer owns the articles whose number is k modulo n, so
+    # n writers in parallel never touch one another's rows.
+    shard: tuple[int, int] = (0, 1)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -60,14 +63,34 @@ class Store:
         return sum(self.counts.get(k, 0) for k in ("inserts", "updates", "deletes"))
 
     def load(self) -> None:
-        self.articles = sorted(row["ARTNUM"] for row in self.emu.rows("ARTICLE"))
-        numbers = [int(a) for a in self.articles if a.isdigit()]
-        self.next_number = max(numbers, default=0) + 1
+        own, of = self.shard
+        everyone = [row["ARTNUM"] for row in self.emu.rows("ARTICLE")]
+        self.articles = sorted(a for a in everyone if _owner(a, of) == own)
+        numbers = [int(a) for a in everyone if a.isdigit()]
+        first = max(numbers, default=0) + 1
+        self.next_number = first + (own - first) % of
+
+    @property
+    def jobs(self) -> tuple[str, ...]:
+        """The store's jobs; writer k of n > 1 runs its own (number + 10*k)."""
+        own, of = self.shard
+        if of == 1:
+            return JOBS
+        return tuple(_other_job(job, 10 * (own + 1)) for job in JOBS)
 
     def new_number(self) -> str:
         number = f"{self.next_number:06d}"
-        self.next_number += 1
+        self.next_number += self.shard[1]
         return number
+
+
+def _other_job(job: str, offset: int) -> str:
+    number, user, name = job.split("/")
+    return f"{int(number) + offset:06d}/{user}/{name}"
+
+
+def _owner(number: str, of: int) -> int:
+    return int(number) % of if number.isdigit() else 0
 
 
 Change = Callable[[Store, Job], Callable[[], None]]
@@ -220,6 +243,8 @@ def _current(st: Store, key: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_change(st: Store, job: Job) -> Callable[[], None]:
+    if not st.articles:
+        return new_article(st, job)
     changes, weights = zip(*CHANGES, strict=True)
     change: Change = st.rng.choices(changes, weights)[0]
     return change(st, job)
@@ -229,7 +254,7 @@ def _cycle(st: Store, size: int, ending: str) -> None:
     """One commit cycle of ``size`` changes ending in commit/rollback/savepoint."""
     undo: list[Callable[[], None]] = []
     first = st.changes
-    with st.emu.job(st.rng.choice(JOBS)) as job:
+    with st.emu.job(st.rng.choice(st.jobs)) as job:
         point = mark = saved = 0
         for index in range(size):
             if ending == "savepoint" and index == size // 2:
@@ -256,7 +281,10 @@ def _cycle(st: Store, size: int, ending: str) -> None:
 
 def _interleaved(st: Store) -> None:
     """A cycle left open while another job writes, then committed."""
-    with st.emu.job(JOBS[0]) as first, st.emu.job(JOBS[1], autocommit=True) as second:
+    with (
+        st.emu.job(st.jobs[0]) as first,
+        st.emu.job(st.jobs[1], autocommit=True) as second,
+    ):
         _one_change(st, first)
         # New rows only: an existing row may be locked by the open cycle.
         new_article(st, second)
@@ -270,7 +298,7 @@ def step(st: Store) -> None:
     draw = st.rng.random()
     try:
         if draw < 0.40:
-            with st.emu.job(st.rng.choice(JOBS), autocommit=True) as job:
+            with st.emu.job(st.rng.choice(st.jobs), autocommit=True) as job:
                 _one_change(st, job)
             st.count("autocommit")
         elif draw < 0.85:
@@ -320,10 +348,14 @@ def run(
     seed: int = 0,
     *,
     store: str = STORE,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, float]:
     """Write activity until ``duration_s`` passed or ``changes`` were made.
 
-    ``rate_per_s`` <= 0 means as fast as possible. Returns the counts
+    ``rate_per_s`` <= 0 means as fast as possible. ``shard`` (k, n): this
+    writer changes only articles numbered k modulo n and numbers its new
+    ones so, for n writers side by side (seeding is left to one writer
+    beforehand). Returns the counts
     (changes = inserts + updates + deletes, rolled back ones included;
     rolled_back = row changes undone by a rollback or a savepoint rollback;
     commits, rollbacks, savepoint_rollbacks, autocommit, refused) and
@@ -332,9 +364,12 @@ def run(
     if duration_s is None and changes is None:
         raise ValueError("give duration_s or changes, else the run never ends")
     rng = random.Random(seed)  # noqa: S311  (test data, not secrets)
-    st = Store(rng, emu, store)
+    own, of = shard
+    if not 0 <= own < of:
+        raise ValueError(f"shard: {own} of {of} is not a writer of the store")
+    st = Store(rng, emu, store, shard=shard)
     st.load()
-    if not st.articles:
+    if not st.articles and of == 1:
         seed_store(emu, 50, seed=seed, store=store)
         st.load()
     started = time.monotonic()

@@ -10,7 +10,8 @@ One run:
 3. prepares a :class:`~appliance.devstack.Stack`, creates the ODH tables as
    the sink role and puts the history and failure triggers on them;
 4. starts the five legs under a :class:`~appliance.faults.legs.Supervisor`,
-   runs the store workload in a thread, and injects the planned faults at
+   runs the store workload in writer processes
+   (:mod:`appliance.faults.writer`), and injects the planned faults at
    seeded random moments, one after the other;
 5. waits for the relay to drain, runs :func:`appliance.faults.checker.check`
    and, if asked, the reflash scenario (:mod:`appliance.faults.reflash`);
@@ -22,6 +23,7 @@ Every wait is bounded; every fault is undone by the fault itself.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import random
@@ -31,7 +33,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -74,10 +75,15 @@ class Plan:
 
     seconds: float = 90.0
     rate: float = 35.0
+    # Store writers in processes of their own, and the changes they write
+    # together at least (the run lasts longer if they need it).
+    writers: int = 1
+    changes: int = 0
     seed: int = 1
     leg_kills: int = 12
     rounds: int = 1
     down_s: float = 5.0
+    kafka_down_s: float = 0.0  # kafka_stop's outage; 0: down_s
     one_way_s: float = 12.0
     confirm_timeout_s: float = 8.0
     articles: int = 200
@@ -164,9 +170,6 @@ class Harness:
         self.stack: Stack | None = None
         self.supervisor: legs.Supervisor | None = None
         self._written: dict[str, float] = {}
-        self._workload_error: list[BaseException] = []
-        self._faults_done = threading.Event()
-        self._abort = threading.Event()
 
     # -- the run -------------------------------------------------------------
 
@@ -282,6 +285,7 @@ class Harness:
             admin_conninfo=self.stack.hub.conninfo(self.stack.odh_db),
             disk=self.disk,
             down_s=self.plan.down_s,
+            kafka_down_s=self.plan.kafka_down_s,
         )
 
     def _inject(self, stack: Stack) -> None:
@@ -290,8 +294,7 @@ class Harness:
         rng = random.Random(plan.seed + 1)  # noqa: S311  (fault timing)
         span = max(plan.seconds - 6.0, 1.0)
         moments = sorted(3.0 + rng.random() * span for _ in items)
-        writer = threading.Thread(target=self._workload, args=(stack,), daemon=True)
-        writer.start()
+        writers = self._start_writers(stack)
         started = time.monotonic()
         last_fault_end = started
         try:
@@ -302,13 +305,9 @@ class Harness:
                 self._one(item)
                 last_fault_end = time.monotonic()
         except BaseException:
-            self._abort.set()
+            self._stop_writers(writers)
             raise
-        finally:
-            self._faults_done.set()
-        writer.join(plan.seconds + _WORKLOAD_EXTRA_S + 60)
-        if self._workload_error:
-            raise RuntimeError("store workload failed") from self._workload_error[0]
+        self._join_writers(writers)
         self.outcome.written = self._written
         self.outcome.drain_s = self._drain(stack, last_fault_end)
 
@@ -363,37 +362,72 @@ class Harness:
             return f"no checkpoint seen in {waited:.0f}s, killed anyway"
         return f"{caught} killed inside a checkpoint after {waited:.2f}s"
 
-    def _workload(self, stack: Stack) -> None:
-        """Store activity for at least ``seconds`` and until the faults end.
+    def _start_writers(self, stack: Stack) -> list[subprocess.Popen[str]]:
+        """``writers`` store writers (:mod:`appliance.faults.writer`), one shard each.
 
-        Runs in chunks of a few seconds so it can stop as soon as the last
-        fault is over (bounded: ``seconds`` + ``_WORKLOAD_EXTRA_S``); faults
-        are thus always injected under load.
+        They write for at least ``seconds`` and ``changes``, until the faults
+        end (the stop file), never longer than ``seconds`` +
+        ``_WORKLOAD_EXTRA_S``; faults are thus always injected under load.
         """
-        from appliance.emulator import workload
+        plan = self.plan
+        stop_file = self.workdir / "writers.stop"
+        stop_file.unlink(missing_ok=True)
+        procs = []
+        for own in range(plan.writers):
+            orders = {
+                "conninfo": stack.services.conninfo(stack.ibmi_db),
+                "rate": plan.rate / plan.writers,
+                "seconds": plan.seconds,
+                "changes": -(-plan.changes // plan.writers),
+                "max_s": plan.seconds + _WORKLOAD_EXTRA_S,
+                "seed": plan.seed * 100 + own,
+                "shard": [own, plan.writers],
+                "stop_file": str(stop_file),
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "appliance.faults.writer"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(orders))
+            proc.stdin.close()
+            proc.stdin = None  # communicate() must not flush it again
+            procs.append(proc)
+        return procs
 
-        started = time.monotonic()
+    def _join_writers(self, procs: list[subprocess.Popen[str]]) -> None:
+        """Tell the writers the faults are over; add up what they wrote."""
+        (self.workdir / "writers.stop").touch()
         total: Counter[str] = Counter()
-        chunk = 0
-        try:
-            while time.monotonic() - started < self.plan.seconds + _WORKLOAD_EXTRA_S:
-                if self._abort.is_set():
-                    break
-                if self._faults_done.is_set() and (
-                    time.monotonic() - started >= self.plan.seconds
-                ):
-                    break
-                done = workload.run(
-                    stack.emulator(),
-                    rate_per_s=self.plan.rate,
-                    duration_s=_WORKLOAD_CHUNK_S,
-                    seed=self.plan.seed * 1000 + chunk,
-                )
-                chunk += 1
-                total.update({k: int(v) for k, v in done.items() if k != "rate"})
-        except BaseException as exc:  # re-raised by the main thread
-            self._workload_error.append(exc)
+        failed = []
+        for proc in procs:
+            wait = self.plan.seconds + _WORKLOAD_EXTRA_S + 60
+            try:
+                out, err = proc.communicate(timeout=wait)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            if proc.returncode != 0:
+                failed.append(err.strip()[-2000:] or f"exit {proc.returncode}")
+                continue
+            total.update(json.loads(out))
+        if failed:
+            raise RuntimeError("store workload failed: " + "; ".join(failed))
         self._written = {k: float(v) for k, v in total.items()}
+
+    def _stop_writers(self, procs: list[subprocess.Popen[str]]) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
 
     def _drain(self, stack: Stack, since: float) -> float:
         """Wait until nothing is on its way; seconds from ``since`` (the last fault)."""

@@ -31,7 +31,9 @@ from appliance.faults.proxy import FaultProxy
 logger = logging.getLogger(__name__)
 
 _FILL_CHUNK = 1 << 20
-_FILL_MAX_CHUNKS = 4096
+# The filler writes what statvfs says is free, plus a margin for what the
+# legs free meanwhile; it stops at ENOSPC.
+_FILL_SPARE_CHUNKS = 256
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Kit:
     admin_conninfo: str
     disk: Path | None
     down_s: float
+    # The broker's outage (kafka_stop) may be longer than the others.
+    kafka_down_s: float = 0.0
 
     def admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.admin_conninfo, autocommit=True, connect_timeout=10)
@@ -52,10 +56,11 @@ class Kit:
 
 def kafka_stop(kit: Kit) -> str:
     """Stop the broker (SIGTERM), keep it down, start it again."""
+    down_s = kit.kafka_down_s or kit.down_s
     outcome = kit.services.stop_kafka(kit.state_dir)
-    time.sleep(kit.down_s)
+    time.sleep(down_s)
     kit.services.start_kafka(kit.state_dir)
-    return f"broker {outcome}, down {kit.down_s:.0f}s, restarted"
+    return f"broker {outcome}, down {down_s:.0f}s, restarted"
 
 
 def kafka_kill(kit: Kit) -> str:
@@ -122,8 +127,10 @@ def disk_full(kit: Kit) -> str:
         return "no own filesystem: skipped"
     filler = kit.disk / "filler"
     written = 0
+    room = os.statvfs(kit.disk)
+    chunks = room.f_bavail * room.f_frsize // _FILL_CHUNK + _FILL_SPARE_CHUNKS
     with filler.open("wb") as out:
-        for _ in range(_FILL_MAX_CHUNKS):
+        for _ in range(chunks):
             try:
                 out.write(b"\0" * _FILL_CHUNK)
                 out.flush()

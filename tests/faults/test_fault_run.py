@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> harness.Outcome:
     plan = harness.Plan(
-        seconds=60, rate=40, seed=4, leg_kills=12, down_s=3, one_way_s=10
+        seconds=60, rate=40, writers=2, seed=4, leg_kills=12, down_s=3, one_way_s=10
     )
     work: Path = tmp_path_factory.mktemp("faults")
     result = harness.Harness(work, plan).run()
