@@ -108,6 +108,15 @@ class IbmiSection(Section):
     poll_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="Pause when the journal has nothing new."
     )
+    wait_s: int = Field(
+        0,
+        ge=0,
+        le=60,
+        description="0: poll every poll_interval_s. 1..60: at the journal head,"
+        " one DISPLAY_JOURNAL call with EOF_DELAY waits up to this many seconds"
+        " for the next entry. At most 60, under half the miner unit's"
+        " WatchdogSec (180).",
+    )
     ccsid_overrides: dict[str, int] = Field(
         default_factory=dict,
         description="TABLE.COLUMN (or TABLE.*) -> CCSID to decode with.",
@@ -192,13 +201,34 @@ class KafkaSection(Section):
     ca_file: Path | None = Field(
         None, description="CA bundle for TLS; unset: the system's CA store."
     )
+    oauth_credentials_file: Path | None = Field(
+        None,
+        description="OAUTHBEARER (Google Managed Kafka): service account JSON key"
+        " (no group or other access, e.g. 0600); the relay mints its own access"
+        " tokens. The default for store boxes.",
+    )
     oauth_token_file: Path | None = Field(
         None,
-        description="OAUTHBEARER (Google Managed Kafka): access token file that an"
-        " outside agent (metadata server poller, sidecar) keeps fresh.",
+        description="OAUTHBEARER: access token file that an agent of the host keeps"
+        " fresh (metadata server poller, sidecar). Either this or"
+        " oauth_credentials_file.",
     )
     oauth_service_account: str = Field(
-        "", description="OAUTHBEARER: service account email, the token's 'sub'."
+        "",
+        description="OAUTHBEARER: service account email, the token's 'sub'; with"
+        " oauth_credentials_file, defaults to the key's client_email.",
+    )
+    oauth_ca_file: Path | None = Field(
+        None,
+        description="CA bundle for the TLS of the key's token_uri; unset: the"
+        " system's CA store (Google's endpoint).",
+    )
+    oauth_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Bound on each network step (connect, send, read) of a token"
+        " request.",
     )
 
     @model_validator(mode="after")
@@ -212,6 +242,24 @@ class KafkaSection(Section):
             raise ValueError(
                 "security_protocol PLAINTEXT is allowed only with loopback bootstrap"
                 f" servers (got bootstrap {self.bootstrap!r}); use SASL_SSL"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_oauth_token_origin(self) -> KafkaSection:
+        if (self.security_protocol, self.sasl_mechanism) != ("SASL_SSL", "OAUTHBEARER"):
+            return self
+        given = [
+            name
+            for name in ("oauth_credentials_file", "oauth_token_file")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            got = " and ".join(given) or "neither"
+            raise ValueError(
+                "OAUTHBEARER needs exactly one of oauth_credentials_file (service"
+                " account key) and oauth_token_file (token kept fresh by an agent)"
+                f" (got {got})"
             )
         return self
 
@@ -433,6 +481,12 @@ def _load(cls: type[_T], path: Path | None) -> _T:
                 data = tomllib.load(handle)
         except FileNotFoundError as exc:
             raise ConfigError(f"settings file not found: {path}") from exc
+        except OSError as exc:
+            # A directory, no permission: say what was expected, no traceback.
+            raise ConfigError(
+                f"settings file {path} unreadable: {exc.strerror}"
+                " (expected a readable TOML file)"
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"settings file {path} is not TOML: {exc}") from exc
     env = _env_overrides(cls)

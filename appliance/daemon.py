@@ -19,8 +19,10 @@ commits a batch every few milliseconds) then waits milliseconds instead of
 Worked example with ``idle_first_s = 0.005`` and ``idle_s = 0.2``: after
 work, pauses of 5, 10, 20, 40, 80, 160, 200, 200 ms...; a leg without the
 attribute (the miner, whose idle step asks the IBM i) always pauses
-``idle_s``. A leg whose idle step itself blocks until work arrives (the
-hub sink waits in Kafka's poll) may also cap the pause with ``idle_max_s``.
+``idle_s``, unless its idle step waited in the IBM i itself (a waiting
+read, ``ibmi.wait_s``) and reported it as work. A leg whose idle step
+itself blocks until work arrives (the hub sink waits in Kafka's poll) may
+also cap the pause with ``idle_max_s``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ verified, chain (``kafka.ca_file``, else the system's CA store) and name
 (endpoint identification ``https``); no setting turns either off. The SASL
 mechanisms are PLAIN and SCRAM-SHA-512 with the password above, and
 OAUTHBEARER with Google Managed Kafka's token
-(:class:`~appliance.gcp_token.GoogleTokenSource` as ``oauth_cb``). See
+(:class:`~appliance.gcp_token.GoogleTokenSource` as ``oauth_cb``, minting
+from the service account key or reading an agent's token file). See
 docs/kafka-security.md.
 
 Partitioning: both the shipper and the hub use librdkafka's
@@ -114,12 +115,27 @@ def _sasl_config(kafka: KafkaSection) -> dict[str, Any]:
 
 
 def _oauth_config(kafka: KafkaSection) -> dict[str, Any]:
-    """Google Managed Kafka: librdkafka asks ``oauth_cb`` for each token."""
-    if kafka.oauth_token_file is None:
-        raise ConfigError(
-            "kafka.oauth_token_file: required with OAUTHBEARER (got unset)"
+    """Google Managed Kafka: librdkafka asks ``oauth_cb`` for each token.
+
+    The token's origin is the service account key (store boxes) or a token
+    file kept fresh by an agent of the host; the settings allow exactly one.
+    The key file is read here, so a bad key fails the leg at start.
+    """
+    credentials, token_file = kafka.oauth_credentials_file, kafka.oauth_token_file
+    if credentials is not None and token_file is None:
+        source = GoogleTokenSource.from_credentials(
+            credentials,
+            kafka.oauth_service_account,
+            ca_file=kafka.oauth_ca_file,
+            timeout_s=kafka.oauth_timeout_s,
         )
-    source = GoogleTokenSource(kafka.oauth_token_file, kafka.oauth_service_account)
+    elif token_file is not None and credentials is None:
+        source = GoogleTokenSource(token_file, kafka.oauth_service_account)
+    else:
+        raise ConfigError(
+            "kafka.oauth_credentials_file, kafka.oauth_token_file: exactly one"
+            " is required with OAUTHBEARER"
+        )
     return {"sasl.mechanism": "OAUTHBEARER", "oauth_cb": source}
 
 

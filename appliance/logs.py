@@ -18,7 +18,11 @@ def setup(level: str, leg: str) -> None:
     root.handlers.clear()
     root.setLevel(level)
     handler: logging.Handler
+    # The journal stamps every line itself: under systemd a line carries no
+    # time of its own, or `journalctl` would show two.
+    stamp = "%(asctime)s "
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        stamp = ""
         try:
             from systemd.journal import JournalHandler
 
@@ -28,7 +32,7 @@ def setup(level: str, leg: str) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.Formatter(stamp + "%(levelname)s %(name)s: %(message)s")
     )
     root.addHandler(handler)
     # librdkafka and py4j-style chatter stays out unless asked for.

@@ -34,6 +34,24 @@ Invariants:
   entries and seconds go to ``meta`` row ``miner.lag``.
 - When the transformer lags (more than 50 windows of unprocessed entries),
   the miner stops reading until it catches up.
+- Waiting read (``ibmi.wait_s`` > 0, 0 = polling): when the receiver list
+  shows the bookmark at the head of the attached receiver, the miner does
+  not pause but calls DISPLAY_JOURNAL with ``EOF_DELAY => wait_s`` from the
+  bookmark (at-head semantics: it keeps only what came back). That call
+  fetches at most one window, always closes its cursor and is cancelled
+  after ``wait_s + WAIT_GRACE_S``, or ``WAIT_SETTLE_S`` after its latest
+  row (:func:`appliance.source.fetch_bounded`), so a real IBM i cursor
+  that never ends cannot hold the leg; rows fetched before a cancel are
+  kept (check_window still checks them), and after a cancel that brought
+  nothing the next head read is a plain one. A waiting call that came back
+  empty counts as the pause (``step`` returns True); one that came back
+  empty too early (the source ignored EOF_DELAY) does not, so the IBM i is
+  never asked more often than ``poll_interval_s`` allows. Moves, gaps and
+  waits on other grounds are still decided on a fresh receiver list.
+- Counters for benchmarks: ``miner.calls`` (every ODBC round trip),
+  ``miner.windows`` (DISPLAY_JOURNAL windows stored), ``miner.rows`` (rows
+  those windows returned, before filtering), ``miner.waits`` (calls with
+  EOF_DELAY) and ``miner.waits_cancelled``.
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -64,6 +83,17 @@ QUERY_TIMEOUT_S = 120
 LAG_EVERY_S = 2.0
 LAG_KEY = "miner.lag"
 GAP_KEY = "miner.data_gap"
+# A waiting call is cancelled this long after its EOF_DELAY should have ended,
+# or this long after its latest row once rows flow (a streaming cursor).
+WAIT_GRACE_S = 5.0
+WAIT_SETTLE_S = 0.1
+# Waiting calls start at least this far apart: when entries flow, each call
+# returns at once with what is there, and without a gap a busy store would
+# see ~90 calls/s at 200 changes/s. 0.1 s caps it at 10/s for <= 0.1 s more
+# latency.
+WAIT_MIN_GAP_S = 0.1
+_EOF_AFTER = "ENDING_SEQUENCE => CAST(? AS DECIMAL(21,0))"
+_ORDER = " ORDER BY J.SEQUENCE_NUMBER"
 
 _ENTRY_COLUMNS = (
     "journal, receiver_library, receiver_name, sequence, code, entry_type,"
@@ -133,6 +163,10 @@ class MinerLeg:
         self._zone = ZoneInfo(settings.store.timezone)
         self._recovered = ""
         self._checks = checks.Flusher(conn, self.name)
+        self._tally: Counter[str] = Counter()
+        self._plain_next = False
+        self._cancel_logged = False
+        self._last_wait = 0.0
 
     # -- Leg protocol ----------------------------------------------------------
 
@@ -148,7 +182,11 @@ class MinerLeg:
             self._failed(exc)
 
     def step(self) -> bool:
-        """Read one window; True when the bookmark advanced (entries stored or not)."""
+        """Read one window; True when the bookmark advanced (entries stored or not).
+
+        Also True after a waiting read that came back empty once it waited
+        (``ibmi.wait_s`` > 0): the call was the pause, the next step follows.
+        """
         if self._gap is not None:
             raise self._gap
         if time.monotonic() < self._retry_at or self._backlogged():
@@ -215,6 +253,9 @@ class MinerLeg:
             action = journal.plan(self._bookmark, self._receivers, self.ibmi.window)
             if isinstance(action, Read):
                 return self._read(src, action)
+            head = self._head_read() if isinstance(action, Wait) else None
+            if head is not None:
+                return self._waited(src, head)
             if not fresh:
                 # Decide moves, waits and gaps only on a fresh receiver list.
                 self._refresh(src)
@@ -259,6 +300,77 @@ class MinerLeg:
         )
         self._stale = True
         return True
+
+    def _head_read(self) -> Read | None:
+        """The waiting read at the head, when ``wait_s`` > 0 and we are there.
+
+        At the head = the bookmark is in the attached receiver of the list
+        and at or past its LAST_SEQUENCE_NUMBER (past it when the list is
+        older than the entries read since).
+        """
+        bookmark = self._bookmark
+        head = journal.attached(self._receivers)
+        if (
+            self.ibmi.wait_s <= 0
+            or bookmark is None
+            or head is None
+            or head.key != bookmark.key
+            or head.attach_ts is None
+            or head.last_seq is None
+        ):
+            return None
+        start = bookmark.next_sequence
+        if start <= head.last_seq:
+            return None
+        return Read(head, start, start + self.ibmi.window - 1, at_head=True)
+
+    def _waited(self, src: Any, read: Read) -> bool:
+        """One waiting read; True when it stored entries or was the pause."""
+        gap = WAIT_MIN_GAP_S - (time.monotonic() - self._last_wait)
+        if gap > 0:
+            time.sleep(gap)
+        started = self._last_wait = time.monotonic()
+        if self._read(src, read, wait=True):
+            return True
+        # Empty: it was the pause only if the call really waited.
+        return time.monotonic() - started >= self.ibmi.wait_s / 2
+
+    def _fetch_waiting(self, src: Any, params: Sequence[Any]) -> list[Any]:
+        """Rows of one head read with EOF_DELAY (plain after a cancel)."""
+        plain = self._plain_next
+        sql = self._sql if plain else waiting_sql(self._sql, self.ibmi.wait_s)
+        self._tally["miner.calls"] += 1
+        self._tally["miner.waits"] += 0 if plain else 1
+        rows, cancelled = source.fetch_bounded(
+            src,
+            sql,
+            params,
+            "waiting for journal entries",
+            max_rows=self.ibmi.window,
+            deadline_s=self.ibmi.wait_s + WAIT_GRACE_S,
+            settle_s=WAIT_SETTLE_S,
+        )
+        # A cancel after rows is the end of a stream; one before any row is
+        # the deadline: read plainly next (it ends at end-of-journal).
+        self._plain_next = cancelled and not rows
+        if self._plain_next:
+            self._tally["miner.waits_cancelled"] += 1
+            log = logger.debug if self._cancel_logged else logger.warning
+            self._cancel_logged = True
+            log(
+                "waiting read cancelled at its deadline, next read plain"
+                " stage=miner delay_s=%.1f position=%s",
+                self.ibmi.wait_s + WAIT_GRACE_S,
+                self._bookmark.position() if self._bookmark else "-",
+            )
+        return rows
+
+    def _flush_tally(self) -> None:
+        """Add the round trips counted so far (inside a transaction)."""
+        for name, count in self._tally.items():
+            if count:
+                store.bump(self.conn, name, count)
+        self._tally.clear()
 
     def _refresh(self, src: Any) -> None:
         rows = self._query(
@@ -324,6 +436,7 @@ class MinerLeg:
         self, src: Any, sql: str, params: Sequence[Any]
     ) -> tuple[list[str], list[Any]]:
         """Rows of ``sql`` with their lower-case column names."""
+        self._tally["miner.calls"] += 1
         try:
             cursor = src.cursor()
             try:
@@ -350,6 +463,7 @@ class MinerLeg:
     def _enter(self, move: Move) -> None:
         bookmark = journal.entered(move, self._bookmark)
         with store.transaction(self.conn):
+            self._flush_tally()
             save_bookmark(self.conn, self.journal, bookmark)
             self._save_head()
         self._bookmark = bookmark
@@ -357,13 +471,17 @@ class MinerLeg:
             "receiver entered position=%s reason=%s", bookmark.position(), move.reason
         )
 
-    def _read(self, src: Any, read: Read) -> bool:
+    def _read(self, src: Any, read: Read, *, wait: bool = False) -> bool:
         bookmark = self._bookmark
         assert bookmark is not None
         params = journal.window_params(
             self.ibmi.journal_library, self.ibmi.journal_name, read
         )
-        rows = self._query(src, self._sql, params, "reading journal")
+        if wait:
+            rows = self._fetch_waiting(src, params)
+        else:
+            rows = self._query(src, self._sql, params, "reading journal")
+        self._tally["miner.rows"] += len(rows)
         entries = [journal.entry_from_row(row, self.journal) for row in rows]
         check_window(entries, read)
         hidden = sum(1 for e in entries if journal.internal(e))
@@ -393,6 +511,7 @@ class MinerLeg:
             if hidden:
                 store.bump(self.conn, "miner.internal_skipped", hidden)
             store.bump(self.conn, "miner.windows")
+            self._flush_tally()
             save_bookmark(self.conn, self.journal, after)
             self._save_head()
 
@@ -409,6 +528,7 @@ class MinerLeg:
 
     def _save_head_alone(self) -> None:
         with store.transaction(self.conn):
+            self._flush_tally()
             self._save_head()
 
     def _backlogged(self) -> bool:
@@ -547,7 +667,28 @@ class MinerLeg:
     def _query(
         self, src: Any, sql: str, params: Sequence[Any], doing: str
     ) -> list[Any]:
+        self._tally["miner.calls"] += 1
         return source.fetch_all(src, sql, params, doing)
+
+
+def waiting_sql(window_sql: str, wait_s: int) -> str:
+    """``window_sql`` (:func:`appliance.journal.window_sql`) with EOF_DELAY.
+
+    ``wait_s`` is a validated int (1..60), so it goes in as a literal. The
+    ORDER BY goes: a sort cannot hand out a row before its input ends, and
+    with EOF_DELAY IBM i's input need not end; entries come in journal
+    order anyway, and :func:`check_window` refuses a window out of order.
+    """
+    if isinstance(wait_s, bool) or not isinstance(wait_s, int) or wait_s < 1:
+        raise ValueError(f"EOF_DELAY must be a positive int, got {wait_s!r}")
+    if window_sql.count(_EOF_AFTER) != 1:
+        raise ValueError(
+            f"window query has no single {_EOF_AFTER!r} to put EOF_DELAY after"
+        )
+    if not window_sql.endswith(_ORDER):
+        raise ValueError(f"window query does not end with {_ORDER!r}")
+    sql = window_sql.removesuffix(_ORDER)
+    return sql.replace(_EOF_AFTER, f"{_EOF_AFTER}, EOF_DELAY => {wait_s}")
 
 
 def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:

@@ -195,6 +195,7 @@ CREATE TABLE IF NOT EXISTS guardian_runs (
     repaired INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
     dropped INTEGER NOT NULL DEFAULT 0,
+    loaded INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
     v_low INTEGER,
     UNIQUE (run, table_name)

@@ -190,3 +190,39 @@ def test_guardian_table_modes_are_validated_by_dotted_key(tmp_path: Path) -> Non
     settings = config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
     assert settings.guardian.initial_load is True
     assert settings.guardian.default_mode == "repair"
+
+
+def test_ibmi_wait_s_defaults_to_polling_and_takes_0_to_60(tmp_path: Path) -> None:
+    """wait_s: 0 polls (default); 1..60 seconds of EOF_DELAY; else refused."""
+    base = '[store]\nid = "MQ01"\n[ibmi]\n'
+    assert config.load_box(_write(tmp_path, base)).ibmi.wait_s == 0
+    for good in (1, 2, 60):
+        path = _write(tmp_path, f"{base}wait_s = {good}\n")
+        assert config.load_box(path).ibmi.wait_s == good
+    for bad, says in (("61", "(got 61)"), ("-1", "(got -1)"), ("1.5", "(got 1.5)")):
+        with pytest.raises(ConfigError) as caught:
+            config.load_box(_write(tmp_path, f"{base}wait_s = {bad}\n"))
+        assert "ibmi.wait_s" in str(caught.value) and says in str(caught.value)
+
+
+def test_ibmi_wait_s_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPLIANCE_IBMI__WAIT_S", "5")
+    settings = config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
+    assert settings.ibmi.wait_s == 5
+
+
+def test_ibmi_wait_s_stays_under_half_the_miner_watchdog() -> None:
+    """A waiting call must end well before systemd gives up on the miner."""
+    unit = (REPO / "systemd" / "appliance-miner.service").read_text()
+    watchdog = [
+        int(line.split("=", 1)[1])
+        for line in unit.splitlines()
+        if line.startswith("WatchdogSec=")
+    ]
+    assert len(watchdog) == 1
+    field = config.IbmiSection.model_fields["wait_s"]
+    most = next(m.le for m in field.metadata if getattr(m, "le", None) is not None)
+    assert most == 60
+    assert most < watchdog[0] / 2

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance.config import KafkaSection
+from appliance.config import KafkaSection, load_box
 from appliance.errors import ApplianceError, ConfigError, TransportError
 from appliance.gcp_token import AccessToken, GoogleTokenSource, wrap
 from appliance.kafka import common_config
@@ -194,16 +194,16 @@ def test_oauthbearer_settings_wire_the_callback(tmp_path: Path) -> None:
     assert "sasl.password" not in conf
 
 
-def test_oauthbearer_without_token_file_is_a_config_error() -> None:
-    """The token file is required with OAUTHBEARER."""
-    kafka = KafkaSection(
-        bootstrap="kafka.example:9092",
-        security_protocol="SASL_SSL",
-        sasl_mechanism="OAUTHBEARER",
-        oauth_service_account=EMAIL,
+def test_oauthbearer_without_token_origin_is_a_config_error(tmp_path: Path) -> None:
+    """OAUTHBEARER needs a token file or a credentials file: neither is refused."""
+    path = tmp_path / "box.toml"
+    path.write_text(
+        '[store]\nid = "MQ01"\n[kafka]\nbootstrap = "kafka.example:9092"\n'
+        'security_protocol = "SASL_SSL"\nsasl_mechanism = "OAUTHBEARER"\n'
+        f'oauth_service_account = "{EMAIL}"\n'
     )
-    with pytest.raises(ConfigError, match=r"kafka\.oauth_token_file: required"):
-        common_config(kafka)
+    with pytest.raises(ConfigError, match=r"exactly one of oauth_credentials_file"):
+        load_box(path)
 
 
 def _assert_secret_absent(

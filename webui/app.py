@@ -5,6 +5,9 @@ Invariants:
 - Every endpoint needs a live logged-in session, except ``PUBLIC`` (the login and
   setup forms, the stylesheet); the API and /metrics also take a bearer
   token (``api``: everything under /api/v1; ``metrics``: /metrics only).
+- While no technician account exists, every page (the login form too) sends
+  the browser to the setup form; once one exists, the setup form is refused
+  (it sends to the login form and creates nothing).
 - A session is live while (1) its cookie is younger than ``SESSION_HOURS``
   since the last request (idle timeout, checked by the cookie's signed
   time), (2) it began less than ``webui.session_max_h`` ago (absolute
@@ -180,7 +183,9 @@ def _guard() -> BaseResponse | None:
     if not user:
         if is_api or request.method != "GET":
             abort(401)
-        return redirect(url_for("ui.login"))
+        # A fresh box has no account to log in to: straight to the setup.
+        first = "ui.login" if ext()["users"].configured() else "ui.setup"
+        return redirect(url_for(first))
     g.user = user
     if request.method == "POST":
         _check_csrf()

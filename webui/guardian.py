@@ -7,7 +7,8 @@ beaten or recorded a run (or while an older database lacks the tables),
 
 Invariants: reads only (the page's one write is a command request); a
 column missing from an older or newer schema shows as empty rather than
-failing the page (``SELECT *``, then ``dict.get``); a value of an odd type
+failing the page (``SELECT *``, then ``dict.get``: ``loaded`` reads 0 on a
+database the control leg has not upgraded yet); a value of an odd type
 (SQLite keeps whatever was written: text or a blob in a figure, an infinite
 or out-of-range time) shows as empty too, and a text longer than
 ``TEXT_SHOWN`` is cut. Breaker run 2: one such row made the overview, the
@@ -30,6 +31,7 @@ TEXT_SHOWN = 2000  # characters of one stored text shown (page and API)
 FIGURES = (
     "rows_read",
     "changed",
+    "loaded",
     "narrowed",
     "repaired",
     "deleted",
@@ -84,7 +86,8 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     run["failed"] = str(run.get("state") or "") in FAILED_STATES or bool(
         run.get("error")
     )
-    # Differences found: buckets the hub narrowed, or rows it had repaired.
+    # Differences found: buckets the hub narrowed, or rows it had repaired
+    # (rows a load sent are ``loaded``: no check found them different).
     run["differences"] = run["narrowed"] + run["repaired"] + run["deleted"]
     return run
 

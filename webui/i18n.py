@@ -109,6 +109,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "dead.retry": "Relancer",
         "dead.discard": "Écarter",
         "dead.none": "Aucun rejet.",
+        "dead.not_parked": "Le rejet {id} n'est plus en attente : rien n'a été"
+        " demandé.",
+        "dead.no_retry": "Un rejet de l'étape {stage} ne peut pas être relancé :"
+        " corrigez la cause, puis écartez-le.",
+        "dead.no_retry_control": "Un rejet du gardien ne peut pas être relancé."
+        " À faire : écartez-le, puis lancez « Contrôler maintenant » sur sa"
+        " table depuis la page Gardien ; le gardien redemandera ce qui manque.",
+        "dead.no_action": "L'étape {stage} ne peut pas exécuter cette action.",
         "act.resend": "Renvoyer une table ou une période",
         "act.resend_help": "Les messages déjà confirmés sont renvoyés avec leur"
         " version d'origine : le hub ne réapplique que ce qui lui manque.",
@@ -156,6 +164,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "guard.rows_read": "Lignes lues",
         "guard.changed": "Modifiées pendant la lecture",
         "guard.narrowed": "Écarts (groupes détaillés)",
+        "guard.loaded": "Chargées (renvoi)",
         "guard.repaired": "Réparées",
         "guard.deleted": "Supprimées",
         "guard.dropped": "Abandonnées",
@@ -294,6 +303,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "dead.retry": "Retry",
         "dead.discard": "Discard",
         "dead.none": "No dead letter.",
+        "dead.not_parked": "Dead letter {id} is no longer waiting: nothing was"
+        " requested.",
+        "dead.no_retry": "A dead letter of the {stage} stage cannot be retried:"
+        " fix the cause, then discard it.",
+        "dead.no_retry_control": "A guardian dead letter cannot be retried. To do:"
+        ' discard it, then run "Check now" on its table from the Guardian'
+        " page; the guardian asks again for what is missing.",
+        "dead.no_action": "The {stage} stage cannot carry out this action.",
         "act.resend": "Re-send a table or a time range",
         "act.resend_help": "Confirmed messages are sent again with their"
         " original version: the hub applies only what it is missing.",
@@ -339,6 +356,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "guard.rows_read": "Rows read",
         "guard.changed": "Changed during the read",
         "guard.narrowed": "Mismatches (buckets narrowed)",
+        "guard.loaded": "Loaded (re-sent)",
         "guard.repaired": "Repaired",
         "guard.deleted": "Deleted",
         "guard.dropped": "Dropped",

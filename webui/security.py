@@ -240,11 +240,17 @@ class Users:
         logger.info("password changed user=%s", user)
         return nonce
 
-    def create(self, user: str, password: str) -> dict[str, str]:
-        """The first account; returns the new API and metrics tokens (shown once)."""
+    def create(self, user: str, password: str) -> dict[str, str] | None:
+        """The first account; returns the new API and metrics tokens (shown once).
+
+        None, and nothing written, when an account exists already: two setup
+        forms sent at once with the right code make one account, not two.
+        """
         tokens = {role: secrets.token_urlsafe(32) for role in ("api", "metrics")}
         with self._lock:
             data = self._load()
+            if data["users"]:
+                return None
             data["users"][user] = generate_password_hash(normal_password(password))
             data["tokens"] = {r: token_hash(t) for r, t in tokens.items()}
             self._save(data)

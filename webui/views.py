@@ -34,7 +34,7 @@ def _client() -> str:
 @bp.route("/setup", methods=["GET", "POST"])
 def setup() -> str | BaseResponse | tuple[str, int]:
     users = ext()["users"]
-    if users.configured():
+    if users.configured():  # refused once an account exists (app module doc)
         return redirect(url("ui.login"))
     limiter = ext()["limiter"]
     if request.method == "GET":
@@ -52,6 +52,9 @@ def setup() -> str | BaseResponse | tuple[str, int]:
     if not user or len(password) < MIN_PASSWORD or password != form.get("confirm"):
         return render_template("setup.html", error=text("setup.bad_password")), 400
     tokens = users.create(user, password)
+    if tokens is None:  # another setup form made the account meanwhile
+        logger.warning("setup refused reason=configured client=%s", _client())
+        return redirect(url("ui.login"))
     ext()["setup_code"].used()
     limiter.succeeded(_client())
     commands.audit(db(), user, "setup", "first technician account created")
@@ -164,18 +167,42 @@ def dead_letter(letter_id: int) -> str:
         except ValueError:
             decoded = None
     pretty = json.dumps(decoded, indent=2, ensure_ascii=False) if decoded else ""
-    return render_template("dead_letter.html", d=letter, decoded=pretty)
+    return render_template(
+        "dead_letter.html",
+        d=letter,
+        decoded=pretty,
+        retryable=str(letter["stage"]) in commands.KINDS["retry_dead_letter"],
+    )
 
 
 @bp.route(
     "/dead-letters/<int:letter_id>/<any(retry, discard):action>", methods=["POST"]
 )
 def dead_letter_action(letter_id: int, action: str) -> BaseResponse:
+    """Queue a retry or discard in the letter's own leg.
+
+    Every outcome is told in the page's language: a letter no longer parked,
+    or of a stage that cannot carry the action out (a guardian letter is never
+    retried), is refused here rather than with the command check's English.
+    """
     letter = state.dead_letter(db(), letter_id)
     if letter is None:
         abort(404)
-    request_command(str(letter["stage"]), f"{action}_dead_letter", {"id": letter_id})
+    stage, kind = str(letter["stage"]), f"{action}_dead_letter"
+    if letter["state"] != "parked":
+        flash(text("dead.not_parked", id=letter_id), "error")
+    elif stage not in commands.KINDS[kind]:
+        flash(text(_refusal(stage, action), stage=stage), "error")
+    else:
+        request_command(stage, kind, {"id": letter_id})
     return redirect(url("ui.dead_letter", letter_id=letter_id))
+
+
+def _refusal(stage: str, action: str) -> str:
+    """The message key of an action the letter's stage cannot carry out."""
+    if action == "retry":
+        return "dead.no_retry_control" if stage == "control" else "dead.no_retry"
+    return "dead.no_action"
 
 
 @bp.route("/actions")

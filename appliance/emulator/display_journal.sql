@@ -17,6 +17,25 @@
 -- * filters: journal_codes, journal_entry_types ('*ALL', '*RCD' = record
 --   level types), object library/name(list)/type/member, user, job ('name'
 --   or 'number/user/name'), program, commit_cycle, ending_timestamp.
+--
+-- eof_delay (parameter 21, integer seconds) is a bounded wait here. When it
+-- is given (> 0) and the call finds no qualifying entry (after every filter
+-- and the ending bound), the function re-reads every 10 ms (pg_sleep; each
+-- new statement of this VOLATILE function sees rows committed meanwhile, in
+-- READ COMMITTED, i.e. autocommit) until an entry qualifies or eof_delay
+-- seconds have passed, then returns what exists then: possibly nothing. The
+-- latency injection (latency_ms) is paid once per call, before any wait.
+-- This is NOT what IBM i does: there, with EOF_DELAY the cursor does not
+-- end at end-of-journal but keeps waiting and returning new entries (a
+-- RCVJRNE-like stream, brief section 1.1, parameter 21), so a reader fetching
+-- until end-of-data would never finish on an idle journal. The emulator
+-- models only what the miner relies on: a call that comes back as soon as
+-- something is there, and in bounded time. On a real system the miner bounds
+-- the cursor itself: no ORDER BY, at most one window of rows fetched one by
+-- one, the cursor always closed, and the statement cancelled (SQLCancel)
+-- ibmi.wait_s + 5 s after the call started or 0.1 s after its latest row,
+-- keeping the rows already fetched (docs/fidelity-journal.md, "Waiting
+-- reads"). Untested against a real IBM i.
 
 DO $$
 BEGIN
@@ -179,6 +198,8 @@ DECLARE
     job_parts text[] := string_to_array(upper(trim(job)), '/');
     usr text := upper(trim(display_journal."user"));
     pgm text := upper(trim(program));
+    wait_until timestamptz := clock_timestamp()
+        + make_interval(secs => greatest(coalesce(eof_delay, 0), 0));
 BEGIN
     SELECT * INTO jr FROM qsys2.emu_journal j
      WHERE j.journal_library = upper(trim(display_journal.journal_library))
@@ -204,78 +225,83 @@ BEGIN
     IF '*RCD' = ANY (types) THEN
         types := types || ARRAY['PT', 'PX', 'UB', 'UP', 'DL', 'BR', 'UR', 'DR', 'IL'];
     END IF;
-    ids := qsys2.emu_receiver_range(jr, starting_receiver_library,
-        starting_receiver_name, ending_receiver_library, ending_receiver_name);
+    -- One pass without eof_delay; with it, passes until a row or the deadline.
+    LOOP
+        ids := qsys2.emu_receiver_range(jr, starting_receiver_library,
+            starting_receiver_name, ending_receiver_library, ending_receiver_name);
 
-    -- Start: first entry, in chain order, at or after the sequence / time.
-    SELECT r.pos, e.sequence_number INTO s_pos, s_seq
-      FROM unnest(ids) WITH ORDINALITY AS r(id, pos)
-      JOIN LATERAL (
-          SELECT x.sequence_number FROM qsys2.emu_entry x
-           WHERE x.receiver_id = r.id
-             AND (starting_sequence IS NULL OR x.sequence_number >= starting_sequence)
-             AND (starting_timestamp IS NULL OR x.entry_timestamp >= starting_timestamp)
-           ORDER BY x.sequence_number LIMIT 1) e ON true
-     ORDER BY r.pos LIMIT 1;
-    IF s_pos IS NULL THEN
-        RETURN;
-    END IF;
-
-    -- End: the first receiver whose last sequence reaches ending_sequence.
-    e_pos := array_length(ids, 1);
-    e_seq := NULL;
-    IF ending_sequence IS NOT NULL THEN
-        SELECT r.pos INTO bounds
+        -- Start: first entry, in chain order, at or after the sequence / time.
+        SELECT r.pos, e.sequence_number INTO s_pos, s_seq
           FROM unnest(ids) WITH ORDINALITY AS r(id, pos)
-          JOIN qsys2.emu_receiver x ON x.receiver_id = r.id
-         WHERE x.last_sequence >= ending_sequence
+          JOIN LATERAL (
+              SELECT x.sequence_number FROM qsys2.emu_entry x
+               WHERE x.receiver_id = r.id
+                 AND (starting_sequence IS NULL OR x.sequence_number >= starting_sequence)
+                 AND (starting_timestamp IS NULL OR x.entry_timestamp >= starting_timestamp)
+               ORDER BY x.sequence_number LIMIT 1) e ON true
          ORDER BY r.pos LIMIT 1;
-        IF FOUND THEN
-            e_pos := bounds.pos;
-            e_seq := ending_sequence;
-        END IF;
-        IF e_pos < s_pos OR (e_pos = s_pos AND e_seq < s_seq) THEN
-            RAISE EXCEPTION 'CPF7054 Ending sequence % is before starting sequence %.',
-                ending_sequence, s_seq USING ERRCODE = '22023';
-        END IF;
-    END IF;
+        IF s_pos IS NOT NULL THEN
+            -- End: the first receiver whose last sequence reaches ending_sequence.
+            e_pos := array_length(ids, 1);
+            e_seq := NULL;
+            IF ending_sequence IS NOT NULL THEN
+                SELECT r.pos INTO bounds
+                  FROM unnest(ids) WITH ORDINALITY AS r(id, pos)
+                  JOIN qsys2.emu_receiver x ON x.receiver_id = r.id
+                 WHERE x.last_sequence >= ending_sequence
+                 ORDER BY r.pos LIMIT 1;
+                IF FOUND THEN
+                    e_pos := bounds.pos;
+                    e_seq := ending_sequence;
+                END IF;
+                IF e_pos < s_pos OR (e_pos = s_pos AND e_seq < s_seq) THEN
+                    RAISE EXCEPTION 'CPF7054 Ending sequence % is before starting sequence %.',
+                        ending_sequence, s_seq USING ERRCODE = '22023';
+                END IF;
+            END IF;
 
-    RETURN QUERY
-    SELECT e.entry_timestamp, e.sequence_number, e.journal_code,
-           e.journal_entry_type, e.count_or_rrn, e.commit_cycle, e.object,
-           e.object_type, e.indicator_flag, e.job_name, e.job_user, e.job_number,
-           e.job_user, e.job_user, e.program_name, e.program_library,
-           rc.receiver_library, rc.receiver_name, e.null_value_indicators,
-           e.entry_data
-      FROM unnest(ids) WITH ORDINALITY AS r(id, pos)
-      JOIN qsys2.emu_receiver rc ON rc.receiver_id = r.id
-      JOIN LATERAL (
-          SELECT * FROM qsys2.emu_entry x
-           WHERE x.receiver_id = r.id
-             AND (r.pos > s_pos OR x.sequence_number >= s_seq)
-             AND (r.pos < e_pos OR e_seq IS NULL OR x.sequence_number <= e_seq)) e
-        ON true
-     WHERE r.pos BETWEEN s_pos AND e_pos
-       AND (codes IS NULL OR e.journal_code = ANY (codes))
-       AND (types IS NULL OR e.journal_entry_type = ANY (types))
-       AND (obj_lib IS NULL OR substr(e.object, 11, 10) = obj_lib)
-       AND (objs IS NULL OR rtrim(substr(e.object, 1, 10)) = ANY (objs))
-       AND (member IS NULL OR member IN ('*ALL', '*FIRST')
-            OR rtrim(substr(e.object, 21, 10)) = member)
-       AND (objtype IS NULL OR objtype = '*ALL'
-            OR (objtype = '*FILE' AND e.object_type IN ('*QDDS', '*QDDSI'))
-            OR e.object_type = objtype)
-       AND (usr IS NULL OR e.job_user = usr)
-       AND (pgm IS NULL OR e.program_name = pgm)
-       AND (job_parts IS NULL OR (cardinality(job_parts) = 1 AND e.job_name = job_parts[1])
-            OR (cardinality(job_parts) = 3 AND e.job_number = job_parts[1]
-                AND e.job_user = job_parts[2] AND e.job_name = job_parts[3]))
-       AND (display_journal.commit_cycle IS NULL
-            OR e.commit_cycle = display_journal.commit_cycle)
-       AND (NOT e.hidden
-            OR upper(trim(coalesce(include_internal, 'NO'))) = 'YES')
-       AND (ending_timestamp IS NULL OR e.entry_timestamp <= ending_timestamp)
-     ORDER BY r.pos, e.sequence_number;
+            RETURN QUERY
+            SELECT e.entry_timestamp, e.sequence_number, e.journal_code,
+                   e.journal_entry_type, e.count_or_rrn, e.commit_cycle, e.object,
+                   e.object_type, e.indicator_flag, e.job_name, e.job_user, e.job_number,
+                   e.job_user, e.job_user, e.program_name, e.program_library,
+                   rc.receiver_library, rc.receiver_name, e.null_value_indicators,
+                   e.entry_data
+              FROM unnest(ids) WITH ORDINALITY AS r(id, pos)
+              JOIN qsys2.emu_receiver rc ON rc.receiver_id = r.id
+              JOIN LATERAL (
+                  SELECT * FROM qsys2.emu_entry x
+                   WHERE x.receiver_id = r.id
+                     AND (r.pos > s_pos OR x.sequence_number >= s_seq)
+                     AND (r.pos < e_pos OR e_seq IS NULL OR x.sequence_number <= e_seq)) e
+                ON true
+             WHERE r.pos BETWEEN s_pos AND e_pos
+               AND (codes IS NULL OR e.journal_code = ANY (codes))
+               AND (types IS NULL OR e.journal_entry_type = ANY (types))
+               AND (obj_lib IS NULL OR substr(e.object, 11, 10) = obj_lib)
+               AND (objs IS NULL OR rtrim(substr(e.object, 1, 10)) = ANY (objs))
+               AND (member IS NULL OR member IN ('*ALL', '*FIRST')
+                    OR rtrim(substr(e.object, 21, 10)) = member)
+               AND (objtype IS NULL OR objtype = '*ALL'
+                    OR (objtype = '*FILE' AND e.object_type IN ('*QDDS', '*QDDSI'))
+                    OR e.object_type = objtype)
+               AND (usr IS NULL OR e.job_user = usr)
+               AND (pgm IS NULL OR e.program_name = pgm)
+               AND (job_parts IS NULL OR (cardinality(job_parts) = 1 AND e.job_name = job_parts[1])
+                    OR (cardinality(job_parts) = 3 AND e.job_number = job_parts[1]
+                        AND e.job_user = job_parts[2] AND e.job_name = job_parts[3]))
+               AND (display_journal.commit_cycle IS NULL
+                    OR e.commit_cycle = display_journal.commit_cycle)
+               AND (NOT e.hidden
+                    OR upper(trim(coalesce(include_internal, 'NO'))) = 'YES')
+               AND (ending_timestamp IS NULL OR e.entry_timestamp <= ending_timestamp)
+             ORDER BY r.pos, e.sequence_number;
+            -- FOUND: RETURN QUERY appended at least one row.
+            EXIT WHEN FOUND;
+        END IF;
+        EXIT WHEN coalesce(eof_delay, 0) <= 0 OR clock_timestamp() >= wait_until;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
 END $$;
 
 REVOKE ALL ON FUNCTION qsys2.display_journal(text, text, text, text, timestamp,

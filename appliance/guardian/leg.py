@@ -11,7 +11,8 @@ It runs three kinds of job, one at a time, each a little per step:
   its own bracketed read (§1, up to LOAD_PAGES pages per bracket), so its
   rows carry that bracket's ``v_low``.
   A table without ``meta guardian.loaded.<TABLE>`` is loaded once when
-  ``initial_load``; the ``load`` command sends it again.
+  ``initial_load``; the ``load`` command sends it again. Its rows count as
+  ``loaded``, never ``repaired`` (:mod:`appliance.guardian.records`).
 - ``repair``: the hub's ``repair`` request; each key is read again by its
   primary key and sent as ``r`` (the row, or NULL when it is gone).
 
@@ -45,7 +46,7 @@ import pyodbc
 from appliance import store
 from appliance.config import BoxSettings
 from appliance.errors import ApplianceError, DecodeError, SourceError
-from appliance.guardian import bracket, digest, parts, reader
+from appliance.guardian import bracket, digest, parts, reader, records
 from appliance.guardian.jobs import (
     HOUSEKEEP_EVERY_S,
     LOAD_PAGES,
@@ -87,6 +88,7 @@ class ControlLeg:
         self._sql_names: dict[str, str] = {}
         self._finished = 0
         self._purge_queue: set[tuple[str, str]] = set()
+        records.ensure_schema(conn)  # columns added since (``loaded``)
 
     # -- Leg protocol ----------------------------------------------------------
 
@@ -552,7 +554,7 @@ class ControlLeg:
         )
 
     def _hand_off_load(self, job: Job, table: TableReader, changed: set[str]) -> None:
-        sent = dropped = 0
+        dropped = 0
         rows = []
         for row in job.rows:
             pk = digest.canonical_pk(table.key_of(row))
@@ -561,11 +563,11 @@ class ControlLeg:
                 continue
             rows.append((pk, row))
         self._insert_r(job, table, rows)
-        sent = len(rows)
+        # Loaded, not repaired: no check found these rows different (records).
         self.conn.execute(
-            "UPDATE guardian_runs SET rows_read = ?, repaired = repaired + ?,"
+            "UPDATE guardian_runs SET rows_read = ?, loaded = loaded + ?,"
             " dropped = dropped + ? WHERE run = ? AND table_name = ?",
-            (job.rows_read, sent, dropped, job.run, table.table),
+            (job.rows_read, len(rows), dropped, job.run, table.table),
         )
         if not job.more:
             self.conn.execute(

@@ -22,7 +22,7 @@ import pytest
 from appliance import store
 from appliance.config import BoxSettings
 from appliance.errors import DecodeError
-from appliance.guardian import bracket, digest, leg, reader
+from appliance.guardian import bracket, digest, leg, reader, records
 from appliance.guardian.reader import Head
 from appliance.layouts import Column, make_layout
 
@@ -165,7 +165,8 @@ def test_a_key_changed_during_the_read_is_never_sent(
     assert sent["000001"]["raw_id"] == 1  # r_low: taken before the read
     assert json.loads(sent["000001"]["after"]) == {"ARTNUM": "000001", "PRIX": "1.00"}
     run = conn.execute("SELECT * FROM guardian_runs").fetchone()
-    assert (run["state"], run["repaired"], run["dropped"]) == ("loaded", 1, 2)
+    figures = (run["state"], run["loaded"], run["repaired"], run["dropped"])
+    assert figures == ("loaded", 1, 0, 2)
 
 
 def test_a_change_committed_during_the_read_wins(
@@ -285,9 +286,9 @@ def test_a_repair_reads_a_key_that_changed_again_until_it_can_send_it(
     state = conn.execute("SELECT state FROM guardian_requests").fetchone()[0]
     assert state == 1
     run = conn.execute(
-        "SELECT repaired, deleted, dropped FROM guardian_runs"
+        "SELECT loaded, repaired, deleted, dropped FROM guardian_runs"
     ).fetchone()
-    assert tuple(run) == (1, 1, 1)
+    assert tuple(run) == (0, 1, 1, 1)
 
 
 def test_keys_of_a_cycle_rolled_back_after_the_read_began_count_as_changed(
@@ -401,7 +402,9 @@ def test_a_load_cut_by_a_source_failure_resumes_without_loss_or_repeat(
     assert sorted(keys) == [r[0] for r in MANY] and count == len(MANY)
     events = [r[0] for r in conn.execute("SELECT what FROM guardian_events")]
     assert "retry" in events and "loaded" in events
-    assert conn.execute("SELECT state FROM guardian_runs").fetchone()[0] == "loaded"
+    run = conn.execute("SELECT state, loaded, repaired FROM guardian_runs")
+    # Every row counted once as loaded, the retried page's too; none repaired.
+    assert tuple(run.fetchone()) == ("loaded", len(MANY), 0)
 
 
 def test_scheduled_checks_cover_every_table_once_due(
@@ -663,3 +666,68 @@ def test_a_check_read_again_keeps_its_cache_from_the_old_attempt_purge(
     assert sum(count for _prefix, count, _sum in body["buckets"]) == 3
     cached = conn.execute("SELECT count(*) FROM guardian_cache").fetchone()[0]
     assert cached == 3
+
+
+def test_a_load_counts_its_rows_loaded_and_a_repair_counts_them_repaired(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N rows of a load are ``loaded``; k rows a check had repaired are
+    ``repaired`` (docs/guardian.md §5, appliance.guardian.records)."""
+    monkeypatch.setattr(leg, "HOUSEKEEP_EVERY_S", 0.0)  # requests read each step
+    control = _leg(conn, monkeypatch, lambda: None)
+    control.handle_command("load", {"table": "PRIX"})
+    _drive(control)
+    load = conn.execute(
+        "SELECT kind, state, rows_read, loaded, repaired, deleted, dropped"
+        " FROM guardian_runs"
+    ).fetchone()
+    assert tuple(load) == ("load", "loaded", len(ROWS), len(ROWS), 0, 0, 0)
+
+    asked = [digest.canonical_pk({"ARTNUM": r[0]}) for r in ROWS[:2]]
+    _repair_request(conn, "PRIX", asked)
+    _drive(control)
+    check = conn.execute(
+        "SELECT kind, loaded, repaired, deleted, dropped FROM guardian_runs"
+        " WHERE run = '1-1'"
+    ).fetchone()
+    assert tuple(check) == ("check", 0, len(asked), 0, 0)
+    assert len(_r_rows(conn)) == len(ROWS)  # the load's 3 then the repair's 2
+    sent = conn.execute("SELECT count(*) FROM changes WHERE op = 'r'").fetchone()
+    assert sent[0] == len(ROWS) + len(asked)
+
+
+def test_an_older_database_gets_the_loaded_figure_and_its_loads_move_to_it(
+    tmp_path: Path,
+) -> None:
+    """A guardian_runs made before ``loaded``: the column is added once, the
+    old load runs' rows move from repaired to loaded, checks keep theirs."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE guardian_runs (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " run TEXT NOT NULL, table_name TEXT NOT NULL, kind TEXT NOT NULL,"
+        " mode TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+        " started_at REAL NOT NULL, finished_at REAL,"
+        " state TEXT NOT NULL DEFAULT 'reading',"
+        " rows_read INTEGER NOT NULL DEFAULT 0, changed INTEGER NOT NULL DEFAULT 0,"
+        " parts INTEGER NOT NULL DEFAULT 0, bytes_sent INTEGER NOT NULL DEFAULT 0,"
+        " narrowed INTEGER NOT NULL DEFAULT 0, repaired INTEGER NOT NULL DEFAULT 0,"
+        " deleted INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,"
+        " error TEXT NOT NULL DEFAULT '', v_low INTEGER, UNIQUE (run, table_name));"
+        "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at, state,"
+        " rows_read, repaired) VALUES ('1-1', 'PRIX', 'load', 'repair', 0,"
+        " 'loaded', 989, 989), ('1-2', 'PRIX', 'check', 'repair', 1, 'done',"
+        " 989, 3);"
+    )
+    old.close()
+    upgraded = store.connect(path)
+    try:
+        assert "loaded" not in records.columns(upgraded)
+        assert records.ensure_schema(upgraded) == ["loaded"]
+        assert records.ensure_schema(upgraded) == []  # once only
+        rows = upgraded.execute(
+            "SELECT run, loaded, repaired FROM guardian_runs ORDER BY run"
+        ).fetchall()
+        assert [tuple(r) for r in rows] == [("1-1", 989, 0), ("1-2", 0, 3)]
+    finally:
+        upgraded.close()

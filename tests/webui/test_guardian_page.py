@@ -11,6 +11,7 @@ from flask import Flask
 from webui_support import BASE, csrf, login
 
 from appliance import store
+from appliance.guardian import records
 
 
 def _conn(app: Flask) -> sqlite3.Connection:
@@ -294,3 +295,46 @@ def test_table_names_that_escape_alike_make_one_series(
     series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line[:1] != "#"]
     assert "appliance_guardian_last_run_rows_read{table=" in text
     assert len(series) == len(set(series))
+
+
+def test_rows_a_load_sent_show_as_loaded_not_repaired(
+    configured: tuple[Flask, dict[str, str], str],
+) -> None:
+    """Page, API and /metrics show ``loaded`` apart; a load of a log-mode
+    table is no difference found (docs/guardian.md §5)."""
+    app, tokens, _ = configured
+    conn = _conn(app)
+    headers = {"Authorization": "Bearer " + tokens["api"]}
+    client = app.test_client()
+    login(client)
+    # Before the control leg added the column, the figure reads 0.
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " state, rows_read, repaired) VALUES ('1-1', 'STOCK', 'check', 'log',"
+            " 0, 'done', 40, 0)"
+        )
+    facts = client.get("/api/v1/guardian", base_url=BASE, headers=headers).get_json()
+    assert [(r["loaded"], r["repaired"]) for r in facts["runs"]] == [(0, 0)]
+
+    assert records.ensure_schema(conn) == ["loaded"]
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO guardian_runs (run, table_name, kind, mode, started_at,"
+            " finished_at, state, rows_read, loaded) VALUES ('1-2', 'PRIX',"
+            " 'load', 'log', 0, 5, 'loaded', 989, 989)"
+        )
+    page = client.get("/guardian", base_url=BASE).get_data(as_text=True)
+    assert "Chargées (renvoi)" in page
+    assert '<td class="loaded">989</td><td class="narrowed">0</td>' in page
+    assert '<td class="repaired">0</td>' in page
+    facts = client.get("/api/v1/guardian", base_url=BASE, headers=headers).get_json()
+    last = {r["table_name"]: r for r in facts["runs"]}
+    assert (last["PRIX"]["loaded"], last["PRIX"]["repaired"]) == (989, 0)
+    assert last["PRIX"]["differences"] == 0
+    state = client.get("/api/v1/state", base_url=BASE, headers=headers).get_json()
+    assert not any(a["code"].startswith("guardian") for a in state["alarms"])
+    metrics = {"Authorization": "Bearer " + tokens["metrics"]}
+    text = client.get("/metrics", base_url=BASE, headers=metrics).get_data(True)
+    assert 'appliance_guardian_last_run_loaded{table="PRIX"} 989' in text
+    assert 'appliance_guardian_last_run_repaired{table="PRIX"} 0' in text
