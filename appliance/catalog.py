@@ -23,7 +23,23 @@ logger = logging.getLogger(__name__)
 
 # The source refused the relay's user (IBM i: SQL0551/CPF2189/CPF9802,
 # SQLSTATE 42501; the emulator: PostgreSQL's 42501).
-DENIED_MARKS = ("sqlstate=42501", "SQL0551", "SQL0552", "CPF2189", "CPF9802")
+DENIED_MARKS = (
+    # no authority to the object (SQL, IBM i)
+    "sqlstate=42501",
+    "SQL0551",
+    "SQL0552",
+    "CPF2189",
+    "CPF9802",
+    # the login itself refused: password wrong, expired, profile disabled
+    # (IBM i CPF22E2/E3/E4, the Access client's CWBSYnnnn security codes,
+    # SQL's invalid authorization, the emulator's PostgreSQL wording)
+    "sqlstate=28000",
+    "CPF22E2",
+    "CPF22E3",
+    "CPF22E4",
+    "CWBSY",
+    "password authentication failed",
+)
 _T = TypeVar("_T")
 
 

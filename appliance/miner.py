@@ -68,7 +68,7 @@ from zoneinfo import ZoneInfo
 
 import pyodbc
 
-from appliance import checks, journal, outbox, preflight, source, store
+from appliance import catalog, checks, journal, outbox, preflight, source, store
 from appliance.config import BoxSettings, IbmiSection
 from appliance.errors import DataGapError, SourceError
 from appliance.journal import Bookmark, Gap, Move, Read, Receiver, Wait
@@ -82,6 +82,7 @@ MAX_MOVES_PER_STEP = 16
 QUERY_TIMEOUT_S = 120
 LAG_EVERY_S = 2.0
 LAG_KEY = "miner.lag"
+DENIED_KEY = "miner.alarm.source_denied"
 GAP_KEY = "miner.data_gap"
 # A waiting call is cancelled this long after its EOF_DELAY should have ended,
 # or this long after its latest row once rows flow (a streaming cursor).
@@ -167,6 +168,7 @@ class MinerLeg:
         self._plain_next = False
         self._cancel_logged = False
         self._last_wait = 0.0
+        self._denied = False
 
     # -- Leg protocol ----------------------------------------------------------
 
@@ -174,6 +176,13 @@ class MinerLeg:
         """Load the bookmark and open the source (a failure is retried in step)."""
         checks.ensure_schema(self.conn)
         self._bookmark = load_bookmark(self.conn, self.journal)
+        # An alarm raised before a restart is cleared by the next good call.
+        self._denied = (
+            self.conn.execute(
+                "SELECT 1 FROM meta WHERE key = ?", (DENIED_KEY,)
+            ).fetchone()
+            is not None
+        )
         where = self._bookmark.position() if self._bookmark else "none"
         logger.info("miner starting position=%s journal=%s", where, self.journal)
         try:
@@ -202,6 +211,8 @@ class MinerLeg:
             self._failed(exc)
             return False
         self._attempt = 0
+        if self._denied:
+            self._let_in()
         return worked
 
     def close(self) -> None:
@@ -553,12 +564,48 @@ class MinerLeg:
         self._attempt += 1
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._attempt - 1))
         self._retry_at = time.monotonic() + delay
+        if catalog.denied(exc):
+            self._refused(exc)
         logger.warning(
             "source failed, will retry stage=miner attempt=%d delay_s=%.1f error=%s",
             self._attempt,
             delay,
             exc,
         )
+
+    def _refused(self, exc: SourceError) -> None:
+        """The IBM i refuses the relay's user: retried, but an alarm until it clears.
+
+        A wrong or expired password does not mend by waiting: ERROR once, the
+        ``meta`` row ``miner.alarm.source_denied`` (the web page's alarm),
+        counter ``miner.source_denied`` at every attempt.
+        """
+        first = not self._denied
+        self._denied = True
+        with store.transaction(self.conn):
+            store.bump(self.conn, "miner.source_denied")
+            self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value",
+                (
+                    DENIED_KEY,
+                    json.dumps({"error": str(exc)[:500], "attempt": self._attempt}),
+                ),
+            )
+        if first:
+            logger.error(
+                "source refused the relay's user, retrying until it is let in"
+                " stage=miner attempt=%d error=%s",
+                self._attempt,
+                exc,
+            )
+
+    def _let_in(self) -> None:
+        """The first good call after a refusal clears the alarm."""
+        self._denied = False
+        with store.transaction(self.conn):
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (DENIED_KEY,))
+        logger.warning("source lets the relay's user in again stage=miner")
 
     def _gap_record(self, gap: Gap) -> tuple[str, dict[str, Any]]:
         """(position, ``meta`` value) of a data gap found at the bookmark."""

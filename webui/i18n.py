@@ -66,9 +66,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         " disparu avant d'être lues. À faire : avec ibmi.on_data_gap = resend le"
         " gardien compare et répare les tables seul (page Gardien) ; sinon"
         " appelez le support central.",
-        "alarm.source_denied": "L'IBM i refuse au relais la lecture du catalogue"
-        " (droits). Le relais réessaie. À faire : demandez à l'équipe IBM i de"
-        " rendre au profil du relais le droit *USE sur les tables relayées.",
+        "alarm.source_denied": "L'IBM i refuse le profil du relais (mot de passe"
+        " ou droits). Le relais réessaie. À faire : vérifiez le mot de passe du"
+        " relais (appliance check-config) ; sinon demandez à l'équipe IBM i de"
+        " rendre au profil le droit *USE sur le journal et les tables relayées.",
         "alarm.leg_stalled": "L'étape {detail} ne donne plus signe de vie."
         " À faire : vérifiez le boîtier (systemctl status appliance-{detail});"
         " systemd la redémarre seule en quelques minutes.",
@@ -261,9 +262,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         " were read. To do: with ibmi.on_data_gap = resend the guardian compares"
         " and repairs the tables by itself (Guardian page); else call central"
         " support.",
-        "alarm.source_denied": "The IBM i refuses the relay's catalog reads"
-        " (authority). The relay keeps retrying. To do: ask the IBM i team to"
-        " give the relay's profile *USE on the relayed tables again.",
+        "alarm.source_denied": "The IBM i refuses the relay's profile (password"
+        " or authority). The relay keeps retrying. To do: check the relay's"
+        " password (appliance check-config); else ask the IBM i team to give the"
+        " profile *USE on the journal and the relayed tables again.",
         "alarm.leg_stalled": "Leg {detail} shows no sign of life. To do: check"
         " the box (systemctl status appliance-{detail}); systemd restarts it.",
         "alarm.leg_stopped": "Leg {detail} is stopped. To do: systemctl start"

@@ -240,8 +240,14 @@ def overview(
     )
     lag_entries = (jour["unread"] or 0) + raw_new + changes_new + unconfirmed
     alarms = _alarms(counters, leg_rows, unconfirmed, box, parked, rates)
-    if _one(conn, "SELECT 1 FROM meta WHERE key = ?", SOURCE_DENIED_KEY):
-        # The transformer's catalog reads are refused (it retries until granted).
+    if _one(
+        conn,
+        "SELECT 1 FROM meta WHERE key IN (?, ?)",
+        SOURCE_DENIED_KEY,
+        MINER_DENIED_KEY,
+    ):
+        # The IBM i refuses the relay's user: the miner's login or journal
+        # reads, or the transformer's catalog reads (both retry meanwhile).
         alarms.append(Alarm("source_denied", ""))
     alarms += [Alarm(c, t) for c, t in guardian.alarms(guardian.guardian(conn))]
     return {
@@ -258,6 +264,7 @@ def overview(
 
 
 SOURCE_DENIED_KEY = "transformer.alarm.source_denied"
+MINER_DENIED_KEY = "miner.alarm.source_denied"
 
 
 def _alarms(  # noqa: PLR0917 - one call site, each fact named

@@ -130,8 +130,18 @@ def test_a_refused_catalog_read_is_an_alarm_until_it_clears(
     state = client.get("/api/v1/state", base_url=BASE).get_json()
     assert {"code": "source_denied", "detail": ""} in state["alarms"]
     page = client.get("/", base_url=BASE).get_data(as_text=True)
-    assert "droit *USE sur les tables relayées" in page
+    assert "le droit *USE sur le journal et les tables relayées" in page
     with store.transaction(conn):
         conn.execute("DELETE FROM meta WHERE key = 'transformer.alarm.source_denied'")
     state = client.get("/api/v1/state", base_url=BASE).get_json()
     assert all(a["code"] != "source_denied" for a in state["alarms"])
+    # The miner's refused login raises the same alarm.
+    with store.transaction(conn):
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            ("miner.alarm.source_denied", '{"error": "CPF22E2", "attempt": 1}'),
+        )
+    state = client.get("/api/v1/state", base_url=BASE).get_json()
+    assert {"code": "source_denied", "detail": ""} in state["alarms"]
+    page = client.get("/", base_url=BASE).get_data(as_text=True)
+    assert "vérifiez le mot de passe du relais" in page
