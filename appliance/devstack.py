@@ -135,12 +135,14 @@ class Stack:
         self.changes_topic = f"odh.changes.{self.name}"
         self.confirm_topic = f"odh.confirm.{self.name}"
         self._emulator: Any = None
+        self._spawned: list[int] = []
 
     # -- set-up -----------------------------------------------------------
 
     def prepare(self) -> None:
         """Fresh databases, roles, topics, settings; nothing of a past run."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover_legs()
         self.secrets.mkdir(mode=0o700, exist_ok=True)
         for stale in self.pipeline_db.parent.glob("pipeline.db*"):
             stale.unlink()
@@ -262,6 +264,36 @@ class Stack:
         for leg in (*BOX_LEGS, GUARDIAN_LEG, "sink"):
             self.legs.append(self.spawn_leg(leg))
 
+    def _stop_leftover_legs(self, timeout_s: float = 30.0) -> None:
+        """Stop legs a past run of this stack left running (killed harness).
+
+        Their pids are in ``legs.pids``; a pid counts only while its command
+        line still names this stack's settings file, so a recycled pid is
+        never signalled. Without this a second run would delete the pipeline
+        and the databases under legs that still write to them.
+        """
+        record = self.workdir / "legs.pids"
+        if not record.exists():
+            return
+        ours = []
+        for word in record.read_text().split():
+            pid = int(word)
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            configs = (str(self.box_config).encode(), str(self.hub_config).encode())
+            if any(c in cmdline for c in configs):
+                os.kill(pid, signal.SIGTERM)
+                ours.append(pid)
+        deadline = time.monotonic() + timeout_s
+        for pid in ours:
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        record.unlink()
+
     def spawn_leg(self, leg: str) -> LegProcess:
         """Start one leg as its own process (log appended to logs/<leg>.log)."""
         logs = self.workdir / "logs"
@@ -277,6 +309,9 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
+        self._spawned = [p for p in self._spawned if Path(f"/proc/{p}").exists()]
+        self._spawned.append(proc.pid)
+        (self.workdir / "legs.pids").write_text(" ".join(map(str, self._spawned)))
         return LegProcess(leg, proc, log)
 
     def close(self) -> None:
@@ -468,6 +503,15 @@ class Stack:
                     "only_odh": sorted(set(target) - set(source))[:3],
                 }
         return report
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; its parent has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _canonical(rows: Any) -> list[str]:
