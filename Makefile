@@ -32,7 +32,7 @@ test: services
 check: lint typecheck test
 
 bench: services
-	@eval "$$($(SERVICES) env)" && .venv/bin/appliance bench
+	@eval "$$($(SERVICES) env)" && .venv/bin/appliance bench $(BENCH_ARGS)
 
 # Exposure score of every unit (systemd-analyze security --offline); also part
 # of `test`, so of `check`.

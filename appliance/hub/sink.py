@@ -74,7 +74,9 @@ OPS = frozenset("cudrtg")
 _POLL_S = 0.2
 _CONFIRM_FLUSH_S = 10.0
 _BACKOFF_FIRST_S = 1.0
-_BACKOFF_MAX_S = 30.0
+# A connection attempt is cheap; the long run lost up to 30 s after each
+# PostgreSQL restart waiting for a 30 s step of the backoff.
+_BACKOFF_MAX_S = 8.0
 
 
 @dataclass
