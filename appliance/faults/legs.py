@@ -102,7 +102,12 @@ class Supervisor:
                     code = leg.process.poll()
                     if code is None or leg.name in self.held:
                         continue
-                    if leg.process.pid not in self.expected:
+                    if leg.process.pid in self.expected:
+                        # Reaped: the pid may come back for another process
+                        # (pids wrap around in a long run), which must not be
+                        # taken for this dead leg.
+                        self.expected.discard(leg.process.pid)
+                    else:
                         self.own_exits[leg.name] += 1
                         logger.warning(
                             "leg exited by itself stage=%s code=%s", leg.name, code
