@@ -236,7 +236,9 @@ BEGIN
           JOIN LATERAL (
               SELECT x.sequence_number FROM qsys2.emu_entry x
                WHERE x.receiver_id = r.id
-                 AND (starting_sequence IS NULL OR x.sequence_number >= starting_sequence)
+                 -- A bound the index can use (an OR on a parameter is not):
+                 -- without it each call walked the receiver from its start.
+                 AND x.sequence_number >= coalesce(starting_sequence, 0)
                  AND (starting_timestamp IS NULL OR x.entry_timestamp >= starting_timestamp)
                ORDER BY x.sequence_number LIMIT 1) e ON true
          ORDER BY r.pos LIMIT 1;
@@ -272,8 +274,12 @@ BEGIN
               JOIN LATERAL (
                   SELECT * FROM qsys2.emu_entry x
                    WHERE x.receiver_id = r.id
-                     AND (r.pos > s_pos OR x.sequence_number >= s_seq)
-                     AND (r.pos < e_pos OR e_seq IS NULL OR x.sequence_number <= e_seq)) e
+                     -- Index bounds per receiver: from s_seq in the first,
+                     -- up to e_seq in the last, whole receivers between.
+                     AND x.sequence_number >= CASE WHEN r.pos = s_pos
+                                                   THEN s_seq ELSE 0 END
+                     AND x.sequence_number <= CASE WHEN r.pos = e_pos AND e_seq IS NOT NULL
+                                                   THEN e_seq ELSE 1e21 END) e
                 ON true
              WHERE r.pos BETWEEN s_pos AND e_pos
                AND (codes IS NULL OR e.journal_code = ANY (codes))
