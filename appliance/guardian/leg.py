@@ -554,29 +554,53 @@ class ControlLeg:
         )
 
     def _hand_off_load(self, job: Job, table: TableReader, changed: set[str]) -> None:
-        dropped = 0
-        rows = []
+        """Send the page; keys changed during its read are read again later.
+
+        A key whose change was rolled back or netted away leaves no change
+        for the hub: dropping it would leave the row out of the hub for good
+        (seen under load: rows seeded before the relay started, touched by a
+        rolled-back cycle during the initial load). So, as a repair does,
+        such keys are read again in a bracket of their own; the run is
+        ``loaded`` once the last of those reads is handed over.
+        """
+        rows: list[tuple[str, dict[str, Any] | None]] = []
+        again: list[tuple[str, dict[str, Any] | None]] = []
         for row in job.rows:
             pk = digest.canonical_pk(table.key_of(row))
-            if pk in changed:
-                dropped += 1
-                continue
-            rows.append((pk, row))
+            (again if pk in changed else rows).append((pk, row))
         self._insert_r(job, table, rows)
         # Loaded, not repaired: no check found these rows different (records).
         self.conn.execute(
-            "UPDATE guardian_runs SET rows_read = ?, loaded = loaded + ?,"
-            " dropped = dropped + ? WHERE run = ? AND table_name = ?",
-            (job.rows_read, len(rows), dropped, job.run, table.table),
+            "UPDATE guardian_runs SET rows_read = ?, loaded = loaded + ?"
+            " WHERE run = ? AND table_name = ?",
+            (job.rows_read, len(rows), job.run, table.table),
         )
+        if again:
+            follow = Job("repair", job.table, job.run, job.mode, job.reason, "load")
+            follow.keys, follow.tries = sorted(pk for pk, _ in again), 1
+            follow.not_before = time.monotonic() + RETRY_FIRST_S
+            self.queue.append(follow)
         if not job.more:
-            self.conn.execute(
-                "UPDATE guardian_runs SET state = 'loaded', finished_at = ?"
-                " WHERE run = ? AND table_name = ?",
-                (time.time(), job.run, table.table),
-            )
-            store.meta_put(self.conn, LOADED + job.table, str(time.time()))
-            self._event(job.run, table.table, "loaded", f"rows={job.rows_read}")
+            self._loaded(job.run, table.table)
+
+    def _loaded(self, run: str, table: str) -> None:
+        """The load's end, once no read of its changed keys is still queued."""
+        if any(
+            j.run == run and j.table == table and j.send_as == "load"
+            for j in self.queue
+        ):
+            return
+        self.conn.execute(
+            "UPDATE guardian_runs SET state = 'loaded', finished_at = ?"
+            " WHERE run = ? AND table_name = ?",
+            (time.time(), run, table),
+        )
+        store.meta_put(self.conn, LOADED + table, str(time.time()))
+        read = self.conn.execute(
+            "SELECT rows_read FROM guardian_runs WHERE run = ? AND table_name = ?",
+            (run, table),
+        ).fetchone()
+        self._event(run, table, "loaded", f"rows={read[0] if read else 0}")
 
     def _hand_off_repair(self, job: Job, table: TableReader, changed: set[str]) -> None:
         """Send what did not change; read the keys that did again, a little later.
@@ -587,18 +611,26 @@ class ControlLeg:
         """
         rows = [(pk, row) for pk, row in job.found.items() if pk not in changed]
         again = sorted(pk for pk in job.found if pk in changed)
+        if job.send_as == "load":
+            # A load sends what exists; a key now absent (an insert rolled
+            # back) has nothing to load, and deletions are the journal's.
+            rows = [(pk, row) for pk, row in rows if row is not None]
         deleted = sum(1 for _, row in rows if row is None)
         self._insert_r(job, table, rows)
         info = parts.run_info(self.conn, job.run, table.table)
         if info is not None and job.request is not None:
             self._answer_narrow(info, job.request, job.narrow)
+        # A load's keys read again count as loaded (absent now: deleted).
+        sent = "loaded" if job.send_as == "load" else "repaired"
         self.conn.execute(
-            "UPDATE guardian_runs SET repaired = repaired + ?, deleted = deleted + ?,"
+            f"UPDATE guardian_runs SET {sent} = {sent} + ?, deleted = deleted + ?,"
             " dropped = dropped + ? WHERE run = ? AND table_name = ?",
             (len(rows) - deleted, deleted, len(again), job.run, table.table),
         )
         if again and job.tries + 1 < REPAIR_TRIES:
-            follow = Job("repair", job.table, job.run, job.mode, job.reason, "repair")
+            follow = Job(
+                "repair", job.table, job.run, job.mode, job.reason, job.send_as
+            )
             follow.request, follow.keys, follow.tries = (
                 job.request,
                 again,
@@ -612,6 +644,8 @@ class ControlLeg:
             self._event(job.run, table.table, "repair_gave_up", detail)
         if job.request is not None:
             self._mark_request(job.request)
+        if job.send_as == "load":
+            self._loaded(job.run, table.table)
 
     def _insert_r(
         self,
