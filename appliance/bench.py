@@ -1,19 +1,31 @@
-"""``appliance bench``: the relay's rates beside the raw limits of this machine.
+"""``appliance bench``: the relay's figures beside this machine's raw limits.
 
 Not a timed test: it prints figures, so the ratio between what the relay
-does and what its parts could do at best can be read on the machine at hand.
+does and what its parts could do at best can be read on the machine at hand
+(docs/benchmarks.md). ``appliance bench`` (scenario ``relay``,
+:mod:`appliance.benchrelay`) runs issue 9's scenarios (catch-up, sustained,
+latency with the polling and the waiting read, memory, outbox bytes, cost on
+the IBM i) and prints one table: figure, target, raw limit, ratios.
+``appliance bench guardian`` (:mod:`appliance.benchguard`) times the
+guardian on one large table instead.
 
-1. catch-up: N changes are written to the emulator with the legs stopped,
-   then the legs start; changes/s = N / seconds until the relay has drained.
-2. latency: the legs run while the store writes at a paced rate; for every
-   applied message, latency = hub commit time - journal entry time (UTC).
-3. raw limits, same machine, same services: batched SQLite inserts with
-   fsync per batch (the outbox's durability), raw produce to the same broker
-   (acks=all, idempotent), raw upsert into the same PostgreSQL.
+This module holds what both share: the raw limits of the same machine,
+measured against the same services in the same run:
 
-``appliance bench guardian`` (scenario ``guardian``, :mod:`appliance.benchguard`)
-times the guardian on one large table instead: verifying it with no drift,
-then finding and repairing scattered differences, beside the same raw limits.
+- SQLite: batched inserts, one fsync per batch (``synchronous=FULL``, WAL:
+  the outbox's durability);
+- Kafka: raw produce (``acks=all``, idempotent, lz4) to a topic of its own,
+  then raw consume of those messages (one consumer, every partition);
+- PostgreSQL: raw batched upsert (one commit per batch);
+- one message through all three, one at a time (SQLite commit, produce
+  with delivery, consume, PostgreSQL commit): the latency floor;
+- the decoder alone on the record images a run's miner stored (records/s,
+  this process, no JT400);
+- the journal windows the miner would read, through the same ODBC driver
+  and query, nothing stored (the source read's limit).
+
+Invariants: every raw measure uses its own table, topic or file (nothing of
+the relay's data is touched) and removes its topic afterwards.
 """
 
 from __future__ import annotations
@@ -25,16 +37,25 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from appliance import benchguard
-from appliance.devstack import Services, Stack
+from appliance.devstack import Services
+
+if TYPE_CHECKING:
+    from appliance.emulator import Head
 
 RAW_ROWS = 50_000
 BATCH = 500
+CHAIN_MESSAGES = 300
+CHAIN_WARM_UP = 10
+DECODE_MAX = 200_000
 PAYLOAD = json.dumps(
     {
         "op": "u",
@@ -44,6 +65,11 @@ PAYLOAD = json.dumps(
         "before": {"ARTNUM": "000123", "PRIX": "12.40", "LIBELLE": "Crème fraîche"},
         "source": {"receiver": "QSQJRN0001", "sequence": 123456},
     }
+)
+_UPSERT = (
+    "INSERT INTO raw_upsert VALUES (%s, %s, %s) ON CONFLICT (pk)"
+    " DO UPDATE SET data = excluded.data, version = excluded.version"
+    " WHERE raw_upsert.version < excluded.version"
 )
 
 
@@ -63,104 +89,91 @@ def main(args: argparse.Namespace) -> int:
         else:
             benchguard.show(found)
         return 0
-    stack = Stack(services, workdir, name="bench", store_id="RE01")
-    stack.prepare()
-    results: dict[str, Any] = {}
-    results["catch_up"] = _catch_up(stack, args.changes)
-    results["latency"] = _latency(stack, args.paced_rate, args.paced_seconds)
-    stack.close()
-    results["raw"] = raw_limits(services, workdir, stack.odh_db)
+    from appliance import benchrelay
+
+    results = benchrelay.run(
+        services,
+        workdir,
+        benchrelay.Sizes(
+            changes=args.changes,
+            sustained_s=args.sustained_s,
+            paced_rate=args.paced_rate,
+            paced_seconds=args.paced_seconds,
+            writers=args.writers,
+            miner_entries=args.miner_entries,
+            raw_rows=args.raw_rows,
+        ),
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        _print(results)
+        benchrelay.show(results)
     return 0
 
 
-def _catch_up(stack: Stack, changes: int) -> dict[str, float]:
-    from appliance.emulator import workload
+def raw_limits(
+    services: Services,
+    workdir: Path,
+    odh_db: str,
+    *,
+    rows: int = RAW_ROWS,
+    chain: int = 0,
+) -> dict[str, float]:
+    """SQLite, Kafka and PostgreSQL at their best on this machine, same services.
 
-    emulator = stack.emulator()
-    workload.seed_store(emulator, articles=500, seed=21)
-    workload.run(emulator, rate_per_s=1e9, changes=changes, seed=22)
-    started = time.monotonic()
-    stack.start_legs()
-    stack.wait_drained(timeout_s=1800, settle_s=0.25)
-    seconds = time.monotonic() - started
-    counts = stack.counts()
-    return {
-        "changes": counts["transformer.changes"],
-        "messages": counts["hub.applied"],
-        "seconds": round(seconds, 1),
-        "changes_per_s": round(counts["transformer.changes"] / seconds, 1),
+    ``chain`` > 0 also sends that many messages one at a time through all
+    three (the latency floor, p50/p99 in ms).
+    """
+    produced, consumed = _raw_kafka(services.kafka_bootstrap, rows)
+    found: dict[str, float] = {
+        "sqlite_rows_per_s": _raw_sqlite(workdir / "raw.db", rows),
+        "kafka_msgs_per_s": produced,
+        "kafka_consumed_per_s": consumed,
+        "pg_upserts_per_s": _raw_pg(services, odh_db, rows),
     }
+    if chain:
+        found.update(_raw_chain(services, workdir / "chain.db", odh_db, chain))
+    return found
 
 
-def _latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]:
-    from appliance.emulator import workload
-
-    with stack.pipeline() as conn:
-        first = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
-    workload.run(stack.emulator(), rate_per_s=rate, duration_s=seconds, seed=23)
-    stack.wait_drained(timeout_s=600, settle_s=0.25)
-    with stack.pipeline() as conn:
-        entry_ms = {
-            row[0]: json.loads(row[1])["ts_ms"]
-            for row in conn.execute(
-                "SELECT id, payload FROM outbox WHERE id > ?", (first,)
-            )
-        }
-    with psycopg.connect(stack.services.conninfo(stack.odh_db)) as pg:
-        applied = pg.execute(
-            "SELECT outbox_id, extract(epoch FROM applied_at) * 1000"
-            " FROM odh.applied WHERE outbox_id > %s",
-            (first,),
-        ).fetchall()
-    lat = sorted(float(at) - entry_ms[oid] for oid, at in applied if oid in entry_ms)
-    if not lat:
-        return {"messages": 0}
-    return {
-        "rate_per_s": rate,
-        "messages": len(lat),
-        "p50_ms": round(statistics.median(lat), 1),
-        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
-        "max_ms": round(lat[-1], 1),
-    }
-
-
-def raw_limits(services: Services, workdir: Path, odh_db: str) -> dict[str, float]:
-    """SQLite, Kafka and PostgreSQL at their best on this machine, same services."""
-    return {
-        "sqlite_rows_per_s": _raw_sqlite(workdir / "raw.db"),
-        "kafka_msgs_per_s": _raw_kafka(services.kafka_bootstrap),
-        "pg_upserts_per_s": _raw_pg(services, odh_db),
-    }
-
-
-def _raw_sqlite(path: Path) -> float:
+def _sqlite(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload TEXT)")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload TEXT)")
+    return conn
+
+
+def _raw_sqlite(path: Path, rows: int) -> float:
+    conn = _sqlite(path)
     started = time.perf_counter()
-    for _ in range(0, RAW_ROWS, BATCH):
+    for _ in range(0, rows, BATCH):
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO t (payload) VALUES (?)", [(PAYLOAD,)] * BATCH)
         conn.execute("COMMIT")
-    rate = RAW_ROWS / (time.perf_counter() - started)
+    rate = rows / (time.perf_counter() - started)
     conn.close()
     return round(rate)
 
 
-def _raw_kafka(bootstrap: str) -> float:
-    from confluent_kafka import Producer
+@contextmanager
+def _topic(bootstrap: str, partitions: int) -> Iterator[str]:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
-    producer = Producer(
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    try:
+        yield topic
+    finally:
+        admin.delete_topics([topic])
+
+
+def _producer(bootstrap: str) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer(
         {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
@@ -169,23 +182,53 @@ def _raw_kafka(bootstrap: str) -> float:
             "compression.type": "lz4",
         }
     )
-    value = PAYLOAD.encode()
-    started = time.perf_counter()
-    for _ in range(RAW_ROWS):
-        while True:
-            try:
-                producer.produce(topic, value, key=b"RE01")
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    producer.flush(60)
-    rate = RAW_ROWS / (time.perf_counter() - started)
-    admin.delete_topics([topic])
-    return round(rate)
 
 
-def _raw_pg(services: Services, dbname: str) -> float:
+def _consumer(bootstrap: str, topic: str, partitions: int) -> Any:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+    )
+    return consumer
+
+
+def _raw_kafka(bootstrap: str, rows: int) -> tuple[float, float]:
+    """Produce ``rows`` messages, then consume them all: both rates."""
+    with _topic(bootstrap, 3) as topic:
+        producer = _producer(bootstrap)
+        value = PAYLOAD.encode()
+        started = time.perf_counter()
+        for _ in range(rows):
+            while True:
+                try:
+                    producer.produce(topic, value, key=b"RE01")
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        producer.flush(60)
+        produced = rows / (time.perf_counter() - started)
+        consumer = _consumer(bootstrap, topic, 3)
+        got = 0
+        started = time.perf_counter()
+        deadline = started + 120
+        while got < rows and time.perf_counter() < deadline:
+            got += sum(1 for m in consumer.consume(1000, 1.0) if not m.error())
+        consumed = got / (time.perf_counter() - started)
+        consumer.close()
+    return round(produced), round(consumed)
+
+
+def _raw_pg(services: Services, dbname: str, rows: int) -> float:
     with psycopg.connect(services.conninfo(dbname)) as pg:
         pg.execute(
             "CREATE TEMP TABLE raw_upsert (pk text PRIMARY KEY, data jsonb,"
@@ -193,38 +236,132 @@ def _raw_pg(services: Services, dbname: str) -> float:
         )
         started = time.perf_counter()
         with pg.cursor() as cur:
-            for start in range(0, RAW_ROWS, BATCH):
-                rows = [
+            for start in range(0, rows, BATCH):
+                batch = [
                     (str(i % 20_000), PAYLOAD, i) for i in range(start, start + BATCH)
                 ]
-                cur.executemany(
-                    "INSERT INTO raw_upsert VALUES (%s, %s, %s) ON CONFLICT (pk)"
-                    " DO UPDATE SET data = excluded.data, version = excluded.version"
-                    " WHERE raw_upsert.version < excluded.version",
-                    rows,
-                )
+                cur.executemany(_UPSERT, batch)
                 pg.commit()
-        return round(RAW_ROWS / (time.perf_counter() - started))
+        return round(rows / (time.perf_counter() - started))
 
 
-def _print(results: dict[str, Any]) -> None:
-    catch, lat, raw = results["catch_up"], results["latency"], results["raw"]
-    print("relay, end to end (emulator -> ODBC -> legs -> Kafka -> PostgreSQL)")
-    print(
-        f"  catch-up     {catch['changes_per_s']:>10,.0f} changes/s"
-        f"  ({catch['changes']} changes in {catch['seconds']} s)"
-    )
-    if lat.get("messages"):
-        print(
-            f"  latency      p50 {lat['p50_ms']:,.0f} ms  p99 {lat['p99_ms']:,.0f} ms"
-            f"  max {lat['max_ms']:,.0f} ms  ({lat['messages']} messages"
-            f" at {lat['rate_per_s']:.0f}/s)"
+def _raw_chain(
+    services: Services, path: Path, odh_db: str, messages: int
+) -> dict[str, float]:
+    """One message at a time: SQLite commit, produce, consume, PG commit."""
+    lite = _sqlite(path)
+    bootstrap = services.kafka_bootstrap
+    lat: list[float] = []
+    with (
+        _topic(bootstrap, 1) as topic,
+        psycopg.connect(services.conninfo(odh_db)) as pg,
+    ):
+        pg.execute(
+            "CREATE TEMP TABLE raw_upsert (pk text PRIMARY KEY, data jsonb,"
+            " version bigint)"
         )
-    print("raw limits of this machine (same services)")
-    print(f"  SQLite insert, fsync per {BATCH}  {raw['sqlite_rows_per_s']:>10,} rows/s")
-    print(f"  Kafka produce, acks=all        {raw['kafka_msgs_per_s']:>10,} msgs/s")
-    print(f"  PostgreSQL upsert, {BATCH}/commit  {raw['pg_upserts_per_s']:>10,} rows/s")
-    slowest = min(raw.values())
-    print(
-        f"  relay catch-up / slowest raw part = {catch['changes_per_s'] / slowest:.2%}"
-    )
+        pg.commit()
+        producer = _producer(bootstrap)
+        consumer = _consumer(bootstrap, topic, 1)
+        value = PAYLOAD.encode()
+        for n in range(-CHAIN_WARM_UP, messages):
+            started = time.perf_counter()
+            lite.execute("BEGIN IMMEDIATE")
+            lite.execute("INSERT INTO t (payload) VALUES (?)", (PAYLOAD,))
+            lite.execute("COMMIT")
+            producer.produce(topic, value, key=b"RE01")
+            producer.flush(30)
+            message = None
+            while message is None or message.error():
+                message = consumer.poll(10.0)
+            pg.execute(
+                _UPSERT, (str(n % 100), message.value().decode(), n + CHAIN_WARM_UP)
+            )
+            pg.commit()
+            if n >= 0:  # the first ones wait for the consumer's fetch set-up
+                lat.append((time.perf_counter() - started) * 1000)
+        consumer.close()
+    lite.close()
+    lat.sort()
+    return {
+        "chain_messages": messages,
+        "chain_p50_ms": round(statistics.median(lat), 2),
+        "chain_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
+    }
+
+
+def raw_odbc(box_config: Path, head: Head) -> dict[str, float]:
+    """The same windows read through ODBC, nothing stored: the read's limit."""
+    from appliance import config, journal, source
+
+    ibmi = config.load_box(box_config).ibmi
+    query = journal.window_sql(ibmi.dialect)
+    conn = source.connect(ibmi)
+    rows = calls = 0
+    start = 1
+    started = time.perf_counter()
+    try:
+        while head.sequence is not None and start <= head.sequence:
+            end = start + ibmi.window - 1
+            params = (
+                ibmi.journal_library,
+                ibmi.journal_name,
+                head.receiver_library,
+                head.receiver_name,
+                Decimal(start),
+                head.receiver_library,
+                head.receiver_name,
+                Decimal(end),
+            )
+            rows += len(source.fetch_all(conn, query, params, "raw read"))
+            calls += 1
+            start = end + 1
+    finally:
+        conn.close()
+    seconds = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "round_trips": calls,
+        "entries_per_s": round(rows / seconds, 1) if seconds else 0.0,
+        "round_trips_per_s": round(calls / seconds, 2) if seconds else 0.0,
+    }
+
+
+def raw_decode(db: Path, limit: int = DECODE_MAX) -> dict[str, float]:
+    """The decoder alone on the bench's own record images (one process)."""
+    from appliance import decoder, layouts
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        history = layouts.LayoutHistory(conn)
+        decoders: dict[str, Any] = {}
+        images = []
+        for obj, data, null_map in conn.execute(
+            "SELECT object, data, null_map FROM raw_entries WHERE code = 'R'"
+            " AND length(data) > 0 LIMIT ?",
+            (limit,),
+        ):
+            table = f"{obj[10:20].strip()}/{obj[:10].strip()}"
+            if table not in decoders:
+                versions = [v for v in history.versions(table) if v.layout]
+                if not versions:
+                    continue
+                layout = versions[-1].layout
+                assert layout is not None
+                decoders[table] = decoder.compile_layout(layout)
+            images.append((decoders[table], bytes(data), null_map))
+        changes = conn.execute("SELECT count(*) FROM changes").fetchone()[0] or 1
+        records = conn.execute(
+            "SELECT count(*) FROM raw_entries WHERE code = 'R'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    started = time.perf_counter()
+    for record_decoder, image, null_map in images:
+        record_decoder.decode_record(image, null_map)
+    seconds = time.perf_counter() - started
+    return {
+        "records": len(images),
+        "records_per_s": round(len(images) / seconds) if seconds else 0,
+        "records_per_change": round(records / changes, 3),
+    }

@@ -1,0 +1,768 @@
+"""``appliance bench`` (scenario ``relay``): issue 9's figures in one table.
+
+Not a timed test: it prints figures (docs/benchmarks.md). Each scenario's
+figure is printed beside its target and the raw limit of the same machine
+measured in the same run, as ratios:
+
+1. catch-up: a backlog of ``changes`` written with the legs stopped
+   (:mod:`appliance.emulator.backlog`), then every leg started; changes/s
+   from the start (start-up included) and from the first to the last
+   confirmation; ODH is then compared with the source, value for value;
+2. sustained: ``writers`` store writer processes
+   (:mod:`appliance.faults.writer`) write as fast as they can for
+   ``sustained_s``; the relay's confirmed rate beside the writers' rate;
+3. latency, polling read: ``paced_rate`` changes/s for ``paced_seconds``;
+   hub commit time minus journal entry time, p50/p99/max;
+4. latency, waiting read: the same with ``[ibmi] wait_s = 1`` (only when
+   the settings know ``ibmi.wait_s``; else the row says "not available");
+5. memory: the peak sum of VmRSS of every leg process (the enricher's JVM
+   lives in its process) sampled every 0.2 s during the catch-up; outbox
+   bytes on disk per pending message, shipper stopped, on a stack of its own;
+6. cost on the IBM i: the miner alone on a journal of ``miner_entries``
+   entries with 50 ms per call, on a stack of its own;
+7. raw limits: SQLite, Kafka produce and consume, PostgreSQL
+   (:func:`appliance.bench.raw_limits`), the decoder on the bench's own
+   images, and the same journal windows read through ODBC without a miner.
+
+Invariants: each stack has its own databases and topics (``name``,
+``name_ob``, ``name_ibmi``) and is closed, legs stopped, before the next one
+starts; the pipeline database is only read (read-only, retried), so the
+bench is never one more writer; every raw limit is measured with every leg
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from appliance import bench
+from appliance.devstack import Services, Stack
+
+logger = logging.getLogger(__name__)
+
+SEED_ARTICLES = 500
+OUTBOX_CHANGES_MAX = 100_000
+IBMI_LATENCY_MS = 50
+SAMPLE_S = 0.2
+TARGETS = {
+    "sustained": 50_000.0,
+    "catch_up": 1_000_000 / 60,
+    "p99_polling_ms": 1500.0,
+    "p99_waiting_ms": 300.0,
+    "rss_mb": 400.0,
+    "outbox_bytes": 600.0,
+    "ibmi_entries_per_s": 15_000.0,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each scenario does (the CLI's flags)."""
+
+    changes: int = 100_000
+    sustained_s: float = 30.0
+    paced_rate: float = 1000.0
+    paced_seconds: float = 30.0
+    writers: int = 2
+    miner_entries: int = 50_000
+    raw_rows: int = bench.RAW_ROWS
+
+
+def run(
+    services: Services, workdir: Path, sizes: Sizes, *, name: str = "benchrelay"
+) -> dict[str, Any]:
+    """Every scenario, then the raw limits; the figures and the table rows."""
+    load_start = os.getloadavg()
+    found: dict[str, Any] = {"sizes": asdict(sizes)}
+    stack = Stack(services, workdir / "relay", name=name, store_id="RE01")
+    try:
+        stack.prepare()
+        _seed(stack)
+        _step(found, "backlog", _backlog, stack, changes=sizes.changes)
+        _step(found, "catch_up", _catch_up, stack)
+        _step(found, "sustained", _sustained, stack, sizes)
+        _step(found, "polling", _paced, stack, sizes)
+        _step(found, "waiting", _waiting, stack, sizes)
+        stack.stop_legs()
+        _step(found, "decode", bench.raw_decode, stack.pipeline_db)
+    finally:
+        stack.close()
+    _step(found, "outbox", _outbox, services, workdir, sizes, name)
+    _step(found, "ibmi", _ibmi, services, workdir, sizes, name)
+    _step(
+        found,
+        "raw",
+        bench.raw_limits,
+        services,
+        workdir,
+        stack.odh_db,
+        rows=sizes.raw_rows,
+        chain=bench.CHAIN_MESSAGES,
+    )
+    found["load"] = {"start": load_start, "end": os.getloadavg()}
+    found["rows"] = table(found)
+    return found
+
+
+def _step(found: dict[str, Any], key: str, fn: Any, *args: Any, **kw: Any) -> None:
+    """Run one scenario into ``found[key]``; its figures go to stderr too.
+
+    A long run (a million changes) shows each scenario as it ends.
+    """
+    started = time.monotonic()
+    found[key] = fn(*args, **kw)
+    took = time.monotonic() - started
+    print(
+        f"{key} ({took:.1f} s): {json.dumps(found[key])}", file=sys.stderr, flush=True
+    )
+
+
+# -- the stack's store ------------------------------------------------------
+
+
+def _seed(stack: Stack) -> None:
+    from appliance.emulator import workload
+
+    workload.seed_store(stack.emulator(), articles=SEED_ARTICLES, seed=21)
+
+
+def _backlog(
+    stack: Stack, *, changes: int | None = None, entries: int | None = None
+) -> dict[str, float]:
+    from appliance.emulator import backlog
+
+    return backlog.write(stack.emulator(), changes=changes, entries=entries, seed=22)
+
+
+def _read(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """A read-only query of a pipeline database, retried past long writers."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+            try:
+                return conn.execute(query, params).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # locked, or not created yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _one(db: Path, query: str, params: tuple[Any, ...] = ()) -> Any:
+    return _read(db, query, params)[0][0]
+
+
+# -- 1. catch-up and 5. memory (RSS) ------------------------------------------
+
+
+class RssSampler:
+    """Peak sum of VmRSS over processes and their descendants, every 0.2 s."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_kb = 0
+        self.peak_by_leg: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            by_leg = {leg: _tree_rss_kb(pid) for leg, pid in self.pids.items()}
+            self.samples += 1
+            self.peak_kb = max(self.peak_kb, sum(by_leg.values()))
+            for leg, kb in by_leg.items():
+                self.peak_by_leg[leg] = max(self.peak_by_leg.get(leg, 0), kb)
+            self._stop.wait(SAMPLE_S)
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return total
+
+
+def _catch_up(stack: Stack) -> dict[str, Any]:
+    started = time.monotonic()
+    wall = time.time()
+    stack.start_legs()
+    pids = {leg.name: leg.process.pid for leg in stack.legs}
+    with RssSampler(pids) as rss:
+        _wait_relayed(stack)
+    seconds = time.monotonic() - started
+    counts = stack.counts()
+    first, last, confirmed = _read(
+        stack.pipeline_db,
+        "SELECT min(confirmed_at), max(confirmed_at), count(*) FROM outbox"
+        " WHERE state = 'confirmed'",
+    )[0]
+    report = stack.compare()
+    changes = counts["transformer.changes"]
+    span = (last - first) if confirmed > 1 else 0.0
+    return {
+        "changes": changes,
+        "journal_entries": counts["miner.entries"],
+        "messages": counts["hub.applied"],
+        "applied_distinct": counts["hub.applied_distinct"],
+        "seconds": round(seconds, 1),
+        "changes_per_s": round(changes / seconds, 1),
+        "start_to_first_confirmation_s": round(first - wall, 1) if confirmed else 0,
+        "first_to_last_s": round(span, 1),
+        "confirmed_per_s": round((confirmed - 1) / span, 1) if span else 0.0,
+        "rss_peak_mb": round(rss.peak_kb / 1024, 1),
+        "rss_peak_by_leg_mb": {
+            k: round(v / 1024, 1) for k, v in rss.peak_by_leg.items()
+        },
+        "rss_samples": rss.samples,
+        "odh_equals_source": all(t["equal"] for t in report.values()),
+        "compare": {
+            k: {"source": v["source"], "odh": v["odh"]} for k, v in report.items()
+        },
+    }
+
+
+# -- 2. sustained, 3./4. latency ----------------------------------------------
+
+
+def _writers(
+    stack: Stack, *, rate: float, seconds: float, count: int, seed: int
+) -> dict[str, float]:
+    """``count`` writer processes, ``rate`` changes/s in all (0: flat out)."""
+    stop_file = stack.workdir / "writers.stop"
+    stop_file.touch()
+    orders = {
+        "conninfo": stack.services.conninfo(stack.ibmi_db),
+        "rate": rate / count if rate > 0 else 0,
+        "seconds": seconds,
+        "changes": 0,
+        "max_s": seconds + 30,
+        "stop_file": str(stop_file),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        return _collect(stack, orders, procs, count=count, seed=seed, seconds=seconds)
+    finally:
+        for proc in procs:  # only after a failure: stop the others too
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+
+
+def _collect(
+    stack: Stack,
+    orders: dict[str, Any],
+    procs: list[subprocess.Popen[bytes]],
+    *,
+    count: int,
+    seed: int,
+    seconds: float,
+) -> dict[str, float]:
+    for k in range(count):
+        log = (stack.workdir / "logs" / f"writer-{seed}-{k}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.faults.writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        log.close()
+        assert proc.stdin is not None
+        order = {**orders, "seed": seed + k, "shard": [k, count]}
+        proc.stdin.write(json.dumps(order).encode())
+        proc.stdin.close()  # the password went through the pipe, not argv
+        procs.append(proc)
+    changes = rolled_back = 0
+    elapsed = 0.0
+    for proc in procs:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+        if proc.wait(timeout=seconds + 120) != 0:
+            raise RuntimeError(f"store writer failed, see {stack.workdir / 'logs'}")
+        counts = json.loads(out)
+        changes += int(counts.get("changes", 0))
+        rolled_back += int(counts.get("rolled_back", 0))
+        elapsed = max(elapsed, float(counts.get("elapsed_s", 0)))
+    return {
+        "writers": count,
+        "changes": changes,
+        "committed": changes - rolled_back,
+        "seconds": elapsed,
+        "rate": round(changes / elapsed, 1) if elapsed else 0.0,
+    }
+
+
+def _sustained(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    db = stack.pipeline_db
+    first = _one(db, "SELECT coalesce(max(id), 0) FROM outbox")
+    started = time.time()
+    writers = _writers(
+        stack, rate=0, seconds=sizes.sustained_s, count=sizes.writers, seed=31
+    )
+    ended = time.time()
+    left = stack.backlog()
+    mark = _read(db, "SELECT sequence FROM bookmark")
+    head = stack.emulator().head().sequence or 0
+    left["journal_unread"] = head - (int(mark[0][0]) if mark else 0)
+    _wait_relayed(stack)
+    drained = time.time()
+    messages, first_ms = _read(
+        db,
+        "SELECT count(*), min(json_extract(payload, '$.ts_ms')) FROM outbox"
+        " WHERE id > ?",
+        (first,),
+    )[0]
+    # From the first journal entry the writers made (process start-up left
+    # out) to the last confirmation.
+    started = max(started, float(first_ms or 0) / 1000)
+    during = _one(
+        db,
+        "SELECT count(*) FROM outbox WHERE id > ? AND confirmed_at <= ?",
+        (first, ended),
+    )
+    relay_rate = messages / (drained - started)
+    behind = sum(max(0, v) for v in left.values())
+    # The relay kept up when what was left at the writers' end is under
+    # one second of their rate.
+    limited = "source (writers)" if behind <= writers["rate"] else "relay"
+    return {
+        "writers": writers,
+        "messages": messages,
+        "relay_per_s": round(relay_rate, 1),
+        "confirmed_during_writes": during,
+        "confirmed_during_writes_per_s": round(during / (ended - started), 1),
+        "left_at_writers_end": left,
+        "drain_after_writers_s": round(drained - ended, 1),
+        "limited_by": limited,
+    }
+
+
+def _wait_relayed(stack: Stack, timeout_s: float = 7200) -> None:
+    """Until the miner has read the emulator's head and every leg is idle.
+
+    ``Stack.wait_drained`` alone compares with the head the miner last
+    saw, which lags while the miner is starting or waiting in a call.
+    """
+    head = stack.emulator().head()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stack.check_legs_alive()
+        mark = _read(stack.pipeline_db, "SELECT receiver_name, sequence FROM bookmark")
+        if mark and (mark[0][0], int(mark[0][1])) >= (
+            head.receiver_name,
+            head.sequence or 0,
+        ):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"journal not read in {timeout_s} s: {mark}")
+        time.sleep(0.1)
+    stack.wait_drained(timeout_s=timeout_s, settle_s=0.25)
+
+
+def _paced(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    # Warm-up: committed changes through every leg, start-up left out.
+    _backlog(stack, changes=5)
+    _wait_relayed(stack, 600)
+    first = _one(stack.pipeline_db, "SELECT coalesce(max(id), 0) FROM outbox")
+    count = 1 if sizes.paced_rate <= 300 else max(1, sizes.writers)
+    writers = _writers(
+        stack, rate=sizes.paced_rate, seconds=sizes.paced_seconds, count=count, seed=41
+    )
+    _wait_relayed(stack, 1800)
+    entry_ms = {
+        oid: json.loads(payload)["ts_ms"]
+        for oid, payload in _read(
+            stack.pipeline_db, "SELECT id, payload FROM outbox WHERE id > ?", (first,)
+        )
+    }
+    with psycopg.connect(stack.hub.conninfo(stack.odh_db)) as pg:
+        applied = pg.execute(
+            "SELECT outbox_id, extract(epoch FROM applied_at) * 1000"
+            " FROM odh.applied WHERE outbox_id > %s",
+            (first,),
+        ).fetchall()
+    lat = sorted(float(at) - entry_ms[oid] for oid, at in applied if oid in entry_ms)
+    result: dict[str, Any] = {"asked_rate": sizes.paced_rate, "writers": writers}
+    if lat:
+        result |= {
+            "messages": len(lat),
+            "p50_ms": round(statistics.median(lat), 1),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+            "max_ms": round(lat[-1], 1),
+        }
+    return result
+
+
+def waiting_read_available() -> bool:
+    """Whether the settings know ``ibmi.wait_s`` (the waiting read)."""
+    from appliance.config import IbmiSection
+
+    return "wait_s" in IbmiSection.model_fields
+
+
+def _waiting(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    if not waiting_read_available():
+        return {"available": False, "why": "ibmi.wait_s is not in the settings"}
+    stack.stop_legs()
+    text = stack.box_config.read_text()
+    stack.box_config.write_text(text.replace("[ibmi]\n", "[ibmi]\nwait_s = 1\n", 1))
+    stack.start_legs()
+    return {"available": True, **_paced(stack, sizes)}
+
+
+# -- 5. outbox bytes per pending message ------------------------------------
+
+
+def _outbox(
+    services: Services, workdir: Path, sizes: Sizes, name: str
+) -> dict[str, Any]:
+    """A backlog enriched into the outbox, shipper stopped: bytes per message."""
+    stack = Stack(services, workdir / "outbox", name=f"{name}_ob", store_id="RE01")
+    try:
+        stack.prepare()
+        _seed(stack)
+        _backlog(stack, changes=min(sizes.changes, OUTBOX_CHANGES_MAX))
+        for leg in ("miner", "transformer", "enricher"):
+            stack.legs.append(stack.spawn_leg(leg))
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            stack.check_legs_alive()
+            left = stack.backlog()
+            if left["journal_unread"] == left["raw_new"] == left["changes_new"] == 0:
+                break
+            time.sleep(0.5)
+        db = stack.pipeline_db
+        page = _read(db, "PRAGMA page_size")[0][0]
+        used = _one(db, "PRAGMA page_count") - _one(db, "PRAGMA freelist_count")
+        wal = db.with_name(db.name + "-wal")
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        pending, payload = _read(
+            db,
+            "SELECT count(*), coalesce(avg(length(CAST(payload AS BLOB))), 0)"
+            " FROM outbox WHERE state = 'pending'",
+        )[0]
+        outbox_only = _outbox_pages(db) * page
+        stack.stop_legs()
+        bare = _bare_bytes(db, workdir / "bare.db")
+    finally:
+        stack.close()
+    bytes_db = used * page
+    return {
+        "pending": pending,
+        "avg_payload_bytes": round(payload, 1),
+        "db_bytes": bytes_db,
+        "wal_bytes": wal_bytes,
+        "bytes_per_pending": round((bytes_db + wal_bytes) / pending, 1)
+        if pending
+        else 0,
+        "outbox_table_bytes_per_pending": (
+            round(outbox_only / pending, 1) if pending and outbox_only else None
+        ),
+        "bare_bytes_per_row": bare,
+    }
+
+
+def _outbox_pages(db: Path) -> int:
+    """Pages of the outbox table and its indexes (0 without dbstat)."""
+    try:
+        return int(
+            _one(
+                db,
+                "SELECT count(*) FROM dbstat WHERE name IN"
+                " (SELECT name FROM sqlite_master WHERE tbl_name = 'outbox')",
+            )
+        )
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _bare_bytes(db: Path, bare: Path) -> float:
+    """The same payloads in a bare (id, payload) table: bytes per row."""
+    payloads = _read(db, "SELECT payload FROM outbox WHERE state = 'pending'")
+    if not payloads:
+        return 0.0
+    conn = sqlite3.connect(bare, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t (payload) VALUES (?)", payloads)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.close()
+    return round(float(pages) * size / len(payloads), 1)
+
+
+# -- 6. cost on the IBM i ---------------------------------------------------
+
+
+def _ibmi(services: Services, workdir: Path, sizes: Sizes, name: str) -> dict[str, Any]:
+    """The miner alone on a written journal, 50 ms per DISPLAY_JOURNAL call."""
+    stack = Stack(services, workdir / "ibmi", name=f"{name}_ibmi", store_id="RE01")
+    try:
+        stack.prepare()
+        _seed(stack)
+        emu = stack.emulator()
+        head = emu.head().sequence or 0
+        _backlog(stack, entries=max(1, sizes.miner_entries - head))
+        emu.set_latency(IBMI_LATENCY_MS)
+        # The miner pauses 50 windows ahead of the transformer: past that
+        # the transformer runs too, else the miner would wait for it.
+        legs = ["miner"] + (["transformer"] if sizes.miner_entries > 50_000 else [])
+        for leg in legs:
+            stack.legs.append(stack.spawn_leg(leg))
+        deadline = time.monotonic() + 1800
+        while stack.backlog()["journal_unread"] != 0:
+            stack.check_legs_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError("miner did not read the journal in 1800 s")
+            time.sleep(0.1)
+        stack.stop_legs()
+        found = _miner_figures(stack.pipeline_db)
+        found["legs"] = legs
+        found["journal_sequences"] = emu.head().sequence
+        found["raw"] = bench.raw_odbc(stack.box_config, emu.head())
+    finally:
+        stack.close()
+    return found
+
+
+def _miner_figures(db: Path) -> dict[str, Any]:
+    """Rates from the first stored window to the last: start-up excluded.
+
+    Round trips are ``miner.calls`` (every ODBC call: journal windows and
+    receiver lists) and rows ``miner.rows`` (as fetched, before filtering)
+    when the miner counts them; else its windows and stored entries.
+    """
+    counters = dict(_read(db, "SELECT name, value FROM counters"))
+    first, last = _read(db, "SELECT min(mined_at), max(mined_at) FROM raw_entries")[0]
+    at_first = _one(db, "SELECT count(*) FROM raw_entries WHERE mined_at = ?", (first,))
+    entries = int(counters.get("miner.entries", 0))
+    windows = int(counters.get("miner.windows", 0))
+    calls = int(counters.get("miner.calls", windows))
+    fetched = int(counters.get("miner.rows", entries))
+    span = (last - first) if entries else 0.0
+    return {
+        "latency_ms": IBMI_LATENCY_MS,
+        "entries": entries,
+        "windows": windows,
+        "round_trips": calls,
+        "rows_fetched": fetched,
+        "seconds": round(span, 2),
+        "entries_per_s": round((entries - at_first) / span, 1) if span else 0.0,
+        "round_trips_per_s": round(calls / span, 2) if span else 0.0,
+        "rows_per_round_trip": round(fetched / calls, 1) if calls else 0.0,
+        "rows_per_window": round(fetched / windows, 1) if windows else 0.0,
+    }
+
+
+# -- the table --------------------------------------------------------------
+
+
+def table(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per figure: scenario, figure, unit, target, raw limit."""
+    raw, decode = found["raw"], found["decode"]
+    parts = {
+        "SQLite insert": raw["sqlite_rows_per_s"],
+        "Kafka produce": raw["kafka_msgs_per_s"],
+        "Kafka consume": raw["kafka_consumed_per_s"],
+        "PostgreSQL upsert": raw["pg_upserts_per_s"],
+        # records/s over the record images of one change: changes/s
+        "decode": round(decode["records_per_s"] / decode["records_per_change"]),
+    }
+    slowest = min(parts, key=lambda k: parts[k])
+    flow = (parts[slowest], f"slowest part: {slowest}")
+    chain = (raw["chain_p99_ms"], "one message through SQLite, Kafka, PostgreSQL")
+    catch, sus, out = found["catch_up"], found["sustained"], found["outbox"]
+    ibmi = found["ibmi"]
+    odbc = (ibmi["raw"]["entries_per_s"], "same windows read through ODBC")
+    bare = (out["bare_bytes_per_row"], "same payloads, bare SQLite table")
+    at_least, at_most = ">=", "<="
+    rows = [
+        _row("catch-up, start-up included", catch["changes_per_s"], "changes/s",
+             (at_least, TARGETS["catch_up"]), flow),
+        _row("catch-up, first to last confirmation", catch["confirmed_per_s"],
+             "changes/s", (at_least, TARGETS["catch_up"]), flow),
+        _row("sustained, relay confirmed", sus["relay_per_s"], "changes/s",
+             (at_least, TARGETS["sustained"]), flow),
+        _row("sustained, store writers", sus["writers"]["rate"], "changes/s"),
+        _latency_row("latency p99, polling read", found["polling"],
+                     TARGETS["p99_polling_ms"], chain),
+        _latency_row("latency p99, waiting read", found["waiting"],
+                     TARGETS["p99_waiting_ms"], chain),
+        _row("memory, all legs peak RSS", catch["rss_peak_mb"], "MB",
+             (at_most, TARGETS["rss_mb"])),
+        _row("outbox bytes per pending message", out["bytes_per_pending"], "B",
+             (at_most, TARGETS["outbox_bytes"]), bare),
+        _row("IBM i: miner entries/s at 50 ms/call", ibmi["entries_per_s"],
+             "entries/s", (at_least, TARGETS["ibmi_entries_per_s"]), odbc),
+        _row("IBM i: round trips/s", ibmi["round_trips_per_s"], "calls/s"),
+        _row("IBM i: rows per round trip", ibmi["rows_per_round_trip"], "rows"),
+    ]  # fmt: skip
+    for label, value, unit in (
+        ("SQLite insert, fsync per 500", raw["sqlite_rows_per_s"], "rows/s"),
+        ("Kafka produce, acks=all", raw["kafka_msgs_per_s"], "msgs/s"),
+        ("Kafka consume", raw["kafka_consumed_per_s"], "msgs/s"),
+        ("PostgreSQL upsert, 500/commit", raw["pg_upserts_per_s"], "rows/s"),
+        ("decode, one process", decode["records_per_s"], "records/s"),
+        ("one message through all, p99", raw["chain_p99_ms"], "ms"),
+    ):
+        rows.append(_row(f"raw: {label}", value, unit))
+    return rows
+
+
+def _row(
+    scenario: str,
+    figure: float | None,
+    unit: str,
+    target: tuple[str, float] | None = None,
+    raw: tuple[float, str] | None = None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"scenario": scenario, "figure": figure, "unit": unit}
+    if target:
+        row["target"] = {"op": target[0], "value": round(target[1], 1)}
+        if figure:
+            row["met"] = (
+                figure >= target[1] if target[0] == ">=" else figure <= target[1]
+            )
+            row["figure_to_target"] = round(figure / target[1], 4)
+    if raw:
+        row["raw"] = {"value": raw[0], "what": raw[1]}
+        if figure and raw[0]:
+            row["figure_to_raw"] = round(figure / raw[0], 4)
+    return row
+
+
+def _latency_row(
+    scenario: str, found: dict[str, Any], target: float, raw: tuple[float, str]
+) -> dict[str, Any]:
+    if found.get("available") is False:
+        row = _row(scenario, None, "ms", ("<=", target), None)
+        row["note"] = "not available: " + found["why"]
+        return row
+    achieved = found["writers"]["rate"]
+    row = _row(scenario, found.get("p99_ms"), "ms", ("<=", target), raw)
+    row["note"] = (
+        f"p50 {found.get('p50_ms', 0):,.0f} ms, max {found.get('max_ms', 0):,.0f} ms"
+        f" over {found.get('messages', 0):,} messages, {achieved:,.0f} changes/s"
+        f" written (asked {found['asked_rate']:,.0f})"
+    )
+    return row
+
+
+def show(found: dict[str, Any]) -> None:
+    """Print the table, then the details each figure needs to be read."""
+    header = ("scenario", "figure", "target", "raw limit", "fig/target", "fig/raw")
+    lines = [header]
+    for row in found["rows"]:
+        unit = row["unit"]
+        figure = (
+            "not available"
+            if row["figure"] is None
+            else f"{_num(row['figure'])} {unit}"
+        )
+        target = (
+            f"{row['target']['op']} {_num(row['target']['value'])}"
+            if "target" in row
+            else "-"
+        )
+        raw = f"{_num(row['raw']['value'])}" if "raw" in row else "-"
+        lines.append(
+            (
+                row["scenario"],
+                figure,
+                target,
+                raw,
+                _ratio(row.get("figure_to_target")),
+                _ratio(row.get("figure_to_raw")),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for n, line in enumerate(lines):
+        cells = [
+            line[i].ljust(widths[i]) if i == 0 else line[i].rjust(widths[i])
+            for i in range(len(header))
+        ]
+        print(" | ".join(cells).rstrip())
+        if n == 0:
+            print("-+-".join("-" * w for w in widths))
+    print()
+    for row in found["rows"]:
+        notes = [row["raw"]["what"]] if "raw" in row else []
+        notes += [row["note"]] if "note" in row else []
+        if notes:
+            print(f"  {row['scenario']}: raw = {'; '.join(notes)}")
+    catch, sus = found["catch_up"], found["sustained"]
+    print(
+        f"  catch-up: {catch['changes']:,} changes"
+        f" ({catch['journal_entries']:,} entries)"
+        f" in {catch['seconds']} s, first confirmation after"
+        f" {catch['start_to_first_confirmation_s']} s; ODH equals source:"
+        f" {catch['odh_equals_source']}; applied {catch['messages']:,},"
+        f" distinct {catch['applied_distinct']:,}"
+    )
+    print(
+        f"  sustained: {sus['writers']['writers']} writers wrote"
+        f" {sus['writers']['changes']:,} changes in {sus['writers']['seconds']} s;"
+        f" relay left {sus['left_at_writers_end']} at their end, drained"
+        f" {sus['drain_after_writers_s']} s later; limited by {sus['limited_by']}"
+    )
+    print(f"  memory peak by leg (MB): {catch['rss_peak_by_leg_mb']}")
+    out = found["outbox"]
+    print(
+        f"  outbox: {out['pending']:,} pending, average payload"
+        f" {out['avg_payload_bytes']} B, db {out['db_bytes']:,} B + WAL"
+        f" {out['wal_bytes']:,} B; outbox table alone"
+        f" {out['outbox_table_bytes_per_pending']} B/message"
+    )
+    start, end = found["load"]["start"], found["load"]["end"]
+    print(f"  load average {start[0]:.2f} -> {end[0]:.2f}")
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if value < 10 else f"{value:,.1f}x"
