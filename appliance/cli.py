@@ -188,10 +188,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         config.config_path(args.config, config.DEFAULT_BOX_CONFIG)
     )
     conn = store.connect_existing(settings.pipeline.db_path)
-    if args.command == "status":
-        stalled_after = settings.webui.stalled_after_s
-        return _status(conn, as_json=args.json, stalled_after_s=stalled_after)
-    return _dead_letters(conn, as_json=args.json, limit=args.limit)
+    try:
+        if args.command == "status":
+            stalled_after = settings.webui.stalled_after_s
+            return _status(conn, as_json=args.json, stalled_after_s=stalled_after)
+        return _dead_letters(conn, as_json=args.json, limit=args.limit)
+    except sqlite3.DatabaseError as exc:
+        # Not a pipeline database (another file, or one no leg has set up).
+        raise ConfigError(
+            f"pipeline.db_path: {settings.pipeline.db_path} is not a pipeline"
+            f" database the legs made ({exc})"
+        ) from exc
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def check_box(settings: BoxSettings) -> list[Finding]:
     found += _kafka(settings.kafka)
     found += _database_dir(settings.pipeline.db_path)
     for n, script in enumerate(settings.enricher.scripts):
-        found += _code(f"enricher.scripts[{n}].path", script.path)
+        found += _code(f"enricher.scripts[{n}].path", script.path, script.language)
     if any(s.language != "python" for s in settings.enricher.scripts):
         for n, jar in enumerate(settings.enricher.classpath):
             found += _readable(f"enricher.classpath[{n}]", jar, "a jar of the JVM")
@@ -78,6 +78,8 @@ def _kafka(kafka: KafkaSection) -> list[Finding]:
             path = getattr(kafka, key, None)
             if path is not None:
                 found += _secret(f"kafka.{key}", "", Path(path))
+        if kafka.oauth_credentials_file is not None and not found:
+            found += _service_account(kafka)
         return found
     if not kafka.sasl_username:
         found.append(
@@ -97,6 +99,21 @@ CREDSTORES = tuple(
     for root in ("/etc", "/run", "/usr/lib")
     for store in ("credstore.encrypted", "credstore")
 )
+
+
+def _service_account(kafka: KafkaSection) -> list[Finding]:
+    """The key as the shipper loads it: JSON, RSA key, https token_uri, account."""
+    from appliance import gcp_token
+    from appliance.errors import ConfigError
+
+    assert kafka.oauth_credentials_file is not None
+    try:
+        gcp_token.GoogleTokenSource.from_credentials(
+            kafka.oauth_credentials_file, kafka.oauth_service_account
+        )
+    except ConfigError as exc:  # names the file and field, never the key
+        return [Finding(ERROR, "kafka.oauth_credentials_file", str(exc))]
+    return []
 
 
 def _secret(key: str, credential: str, path: Path | None) -> list[Finding]:
@@ -143,10 +160,16 @@ def _readable(key: str, path: Path, what: str) -> list[Finding]:
     return []
 
 
-def _code(key: str, path: Path) -> list[Finding]:
+def _code(key: str, path: Path, language: str = "") -> list[Finding]:
     found = _readable(key, path, "the script file")
     if found:
         return found
+    if language == "python":
+        try:
+            compile(path.read_bytes(), str(path), "exec")
+        except (SyntaxError, ValueError) as exc:
+            where = f"line {exc.lineno}" if isinstance(exc, SyntaxError) else ""
+            return [Finding(ERROR, key, f"{path} does not compile {where}: {exc}")]
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o022:
         found.append(
@@ -178,5 +201,11 @@ def _database_dir(db_path: Path) -> list[Finding]:
             )
         ]
     if probe != directory:
-        return [Finding(WARNING, key, f"{directory} does not exist yet; created")]
+        return [
+            Finding(
+                WARNING,
+                key,
+                f"{directory} does not exist yet; the first leg creates it",
+            )
+        ]
     return []

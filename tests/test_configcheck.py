@@ -154,3 +154,47 @@ def test_a_directory_as_settings_file_is_a_config_error(
     code, text = run(tmp_path, capsys)
     assert code == 78
     assert "unreadable: Is a directory (expected a readable TOML file)" in text
+
+
+def test_a_python_script_that_does_not_compile_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("def enrich(change):\n    return (\n")
+    broken.chmod(0o644)
+    code, text = run(box(tmp_path, script=str(broken)), capsys)
+    assert code == 78
+    assert "ERROR enricher.scripts[0].path" in text
+    assert "does not compile" in text
+
+
+def test_status_on_a_file_that_is_no_pipeline_database_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    path = box(tmp_path, db_path=str(junk))
+    for command in (["status"], ["dead-letters", "list"]):
+        code = cli.main(["--config", str(path), *command])
+        err = capsys.readouterr().err
+        assert code == 78
+        assert f"pipeline.db_path: {junk} is not a pipeline database" in err
+        assert "Traceback" not in err
+
+
+def test_a_service_account_key_the_shipper_would_refuse_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "sa.json"
+    key.write_text("not json, and no key either")
+    key.chmod(0o600)
+    path = box(tmp_path)
+    path.write_text(
+        path.read_text()
+        + '[kafka]\nbootstrap = "127.0.0.1:9093"\nsecurity_protocol = "SASL_SSL"\n'
+        + f'sasl_mechanism = "OAUTHBEARER"\noauth_credentials_file = "{key}"\n'
+    )
+    code, text = run(path, capsys)
+    assert code == 78
+    assert "ERROR kafka.oauth_credentials_file" in text
+    assert str(key) in text
