@@ -421,10 +421,10 @@ class Stack:
             ).fetchone()
             # The journal's real end, not the miner's last view of it (a miner
             # slow to look again would make a busy relay look drained).
-            receiver, last = self._journal_end()
+            end = self.emulator().head()
             unread = -1
-            if mark is not None and mark[0] == receiver:
-                unread = last - int(mark[1])
+            if mark is not None and mark[0] == end.receiver_name:
+                unread = (end.sequence or 0) - int(mark[1])
             return {
                 "journal_unread": unread,
                 "raw_new": one("SELECT count(*) FROM raw_entries WHERE state = 0"),
@@ -434,21 +434,6 @@ class Stack:
                     "SELECT count(*) FROM outbox WHERE state != 'confirmed'"
                 ),
             }
-
-    def _journal_end(self) -> tuple[str, int]:
-        """The attached receiver and the last sequence written to it (emulator)."""
-        emulator = self.emulator()
-        with emulator.transaction() as cur:
-            cur.execute(
-                "SELECT r.receiver_name, coalesce(max(e.sequence_number), 0)"
-                " FROM qsys2.emu_journal j JOIN qsys2.emu_receiver r"
-                " ON r.receiver_id = j.attached_receiver_id"
-                " LEFT JOIN qsys2.emu_entry e ON e.receiver_id = r.receiver_id"
-                " WHERE j.journal_id = %s GROUP BY r.receiver_name",
-                [emulator.journal_id],
-            )
-            found = cur.fetchone()
-        return ("", 0) if found is None else (str(found[0]), int(found[1]))
 
     def wait_drained(self, timeout_s: float = 300.0, settle_s: float = 1.0) -> float:
         """Wait until every leg is idle twice in a row; return seconds waited."""

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
+from appliance.errors import SourceError
+
 Dialect = Literal["ibmi", "emulator"]
 Key = tuple[str, str]
 
@@ -188,7 +190,9 @@ def _columns(dialect: Dialect) -> tuple[str, ...]:
     )
 
 
-def window_sql(dialect: Dialect, *, include_internal: bool = False) -> str:
+def window_sql(
+    dialect: Dialect, *, include_internal: bool = False, eof_delay: int = 0
+) -> str:
     """The bounded one-receiver DISPLAY_JOURNAL query, with 8 ``?`` markers.
 
     Markers, in order: journal library, journal name, receiver library and
@@ -198,8 +202,17 @@ def window_sql(dialect: Dialect, *, include_internal: bool = False) -> str:
     ``include_internal`` adds ``INCLUDE_INTERNAL => 'YES'`` (7.5 TR5 / 7.4
     TR26 only: older releases reject the parameter, so the miner leaves it
     out and sees hidden entries only as sequence gaps).
+
+    ``eof_delay`` > 0 (a waiting read, ``ibmi.wait_s``) adds ``EOF_DELAY``
+    and drops the ORDER BY: a sort cannot hand out a row before its input
+    ends, and with EOF_DELAY the IBM i's input need not end; entries come in
+    journal order anyway, and :func:`check_window` refuses any other.
     """
+    if isinstance(eof_delay, bool) or not isinstance(eof_delay, int) or eof_delay < 0:
+        raise ValueError(f"EOF_DELAY must be a whole number >= 0, got {eof_delay!r}")
     internal = ", INCLUDE_INTERNAL => 'YES'" if include_internal else ""
+    if eof_delay:
+        internal += f", EOF_DELAY => {eof_delay}"
     call = (
         "QSYS2.DISPLAY_JOURNAL("
         "JOURNAL_LIBRARY => ?, JOURNAL_NAME => ?, "
@@ -211,7 +224,8 @@ def window_sql(dialect: Dialect, *, include_internal: bool = False) -> str:
     )
     source = f"TABLE({call}) AS J" if dialect == "ibmi" else f"{call} AS J"
     columns = ", ".join(_columns(dialect))
-    return f"SELECT {columns} FROM {source} ORDER BY J.SEQUENCE_NUMBER"
+    order = "" if eof_delay else " ORDER BY J.SEQUENCE_NUMBER"
+    return f"SELECT {columns} FROM {source}{order}"
 
 
 def window_params(
@@ -573,3 +587,21 @@ def utc_seconds(local: str, zone: dt.tzinfo) -> float | None:
     if not local:
         return None
     return dt.datetime.fromisoformat(local).replace(tzinfo=zone).timestamp()
+
+
+def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
+    """Refuse a window the source got wrong: wrong receiver, order or range."""
+    previous = read.start - 1
+    for entry in entries:
+        seq = entry["sequence"]
+        if entry["receiver_name"] != read.receiver.name:
+            raise SourceError(
+                f"entry from receiver {entry['receiver_name']!r},"
+                f" expected {read.receiver.name!r} at sequence {seq}"
+            )
+        if not previous < seq <= read.end:
+            raise SourceError(
+                f"entry sequence {seq} outside window {read.start}..{read.end}"
+                f" or out of order (after {previous})"
+            )
+        previous = seq

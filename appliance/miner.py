@@ -42,7 +42,7 @@ Invariants:
   after ``wait_s + WAIT_GRACE_S``, or ``WAIT_SETTLE_S`` after its latest
   row (:func:`appliance.source.fetch_bounded`), so a real IBM i cursor
   that never ends cannot hold the leg; rows fetched before a cancel are
-  kept (check_window still checks them), and after a cancel that brought
+  kept (journal.check_window still checks them), and after a cancel that brought
   nothing the next head read is a plain one. A waiting call that came back
   empty counts as the pause (``step`` returns True); one that came back
   empty too early (the source ignored EOF_DELAY) does not, so the IBM i is
@@ -93,8 +93,6 @@ WAIT_SETTLE_S = 0.1
 # see ~90 calls/s at 200 changes/s. 0.1 s caps it at 10/s for <= 0.1 s more
 # latency.
 WAIT_MIN_GAP_S = 0.1
-_EOF_AFTER = "ENDING_SEQUENCE => CAST(? AS DECIMAL(21,0))"
-_ORDER = " ORDER BY J.SEQUENCE_NUMBER"
 
 _ENTRY_COLUMNS = (
     "journal, receiver_library, receiver_name, sequence, code, entry_type,"
@@ -149,6 +147,9 @@ class MinerLeg:
         self._own_store = own_store
         self._source: Any = None
         self._sql = journal.window_sql(self.ibmi.dialect)
+        self._wait_sql = journal.window_sql(
+            self.ibmi.dialect, eof_delay=self.ibmi.wait_s
+        )
         self._receivers: list[Receiver] = []
         self._refreshed_at = float("-inf")
         self._stale = True
@@ -349,7 +350,7 @@ class MinerLeg:
     def _fetch_waiting(self, src: Any, params: Sequence[Any]) -> list[Any]:
         """Rows of one head read with EOF_DELAY (plain after a cancel)."""
         plain = self._plain_next
-        sql = self._sql if plain else waiting_sql(self._sql, self.ibmi.wait_s)
+        sql = self._sql if plain else self._wait_sql
         self._tally["miner.calls"] += 1
         self._tally["miner.waits"] += 0 if plain else 1
         rows, cancelled = source.fetch_bounded(
@@ -494,7 +495,7 @@ class MinerLeg:
             rows = self._query(src, self._sql, params, "reading journal")
         self._tally["miner.rows"] += len(rows)
         entries = [journal.entry_from_row(row, self.journal) for row in rows]
-        check_window(entries, read)
+        journal.check_window(entries, read)
         hidden = sum(1 for e in entries if journal.internal(e))
         keep = [
             e
@@ -584,13 +585,10 @@ class MinerLeg:
         self._denied = True
         with store.transaction(self.conn):
             store.bump(self.conn, "miner.source_denied")
-            self.conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET value = excluded.value",
-                (
-                    DENIED_KEY,
-                    json.dumps({"error": str(exc)[:500], "attempt": self._attempt}),
-                ),
+            _put_meta(
+                self.conn,
+                DENIED_KEY,
+                {"error": str(exc)[:500], "attempt": self._attempt},
             )
         if first:
             logger.error(
@@ -716,44 +714,6 @@ class MinerLeg:
     ) -> list[Any]:
         self._tally["miner.calls"] += 1
         return source.fetch_all(src, sql, params, doing)
-
-
-def waiting_sql(window_sql: str, wait_s: int) -> str:
-    """``window_sql`` (:func:`appliance.journal.window_sql`) with EOF_DELAY.
-
-    ``wait_s`` is a validated int (1..60), so it goes in as a literal. The
-    ORDER BY goes: a sort cannot hand out a row before its input ends, and
-    with EOF_DELAY IBM i's input need not end; entries come in journal
-    order anyway, and :func:`check_window` refuses a window out of order.
-    """
-    if isinstance(wait_s, bool) or not isinstance(wait_s, int) or wait_s < 1:
-        raise ValueError(f"EOF_DELAY must be a positive int, got {wait_s!r}")
-    if window_sql.count(_EOF_AFTER) != 1:
-        raise ValueError(
-            f"window query has no single {_EOF_AFTER!r} to put EOF_DELAY after"
-        )
-    if not window_sql.endswith(_ORDER):
-        raise ValueError(f"window query does not end with {_ORDER!r}")
-    sql = window_sql.removesuffix(_ORDER)
-    return sql.replace(_EOF_AFTER, f"{_EOF_AFTER}, EOF_DELAY => {wait_s}")
-
-
-def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
-    """Refuse a window the source got wrong: wrong receiver, order or range."""
-    previous = read.start - 1
-    for entry in entries:
-        seq = entry["sequence"]
-        if entry["receiver_name"] != read.receiver.name:
-            raise SourceError(
-                f"entry from receiver {entry['receiver_name']!r},"
-                f" expected {read.receiver.name!r} at sequence {seq}"
-            )
-        if not previous < seq <= read.end:
-            raise SourceError(
-                f"entry sequence {seq} outside window {read.start}..{read.end}"
-                f" or out of order (after {previous})"
-            )
-        previous = seq
 
 
 def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:

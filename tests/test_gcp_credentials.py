@@ -8,7 +8,6 @@ one-hour lifetime) and answers with an access token or an error.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import json
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_gcp_token import Clock, _decode
 
 from appliance.config import KafkaSection, load_box
 from appliance.errors import ConfigError, TransportError
@@ -46,20 +46,6 @@ ACCESS2 = "ya29.c.second-access-secret_part-BBB"
 LIFETIME = 3599
 MARGIN = 300.0
 REFRESH = 900.0
-
-
-class Clock:
-    """A settable stand-in for time.time."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 # --- a throwaway CA and a 127.0.0.1 server certificate ---------------------

@@ -120,7 +120,7 @@ def box(tmp_path: Path) -> Iterator[Box]:
 def _waiting_call(box: Box, params: tuple[Any, ...]) -> tuple[list[Any], float]:
     conn = source.connect(box.ibmi)
     try:
-        sql = miner.waiting_sql(journal.window_sql("emulator"), WAIT_S)
+        sql = journal.window_sql("emulator", eof_delay=WAIT_S)
         started = time.monotonic()
         rows, cancelled = source.fetch_bounded(
             conn, sql, params, "test", max_rows=100, deadline_s=WAIT_S + 5
@@ -306,8 +306,8 @@ def test_endless_stream_stops_at_one_window() -> None:
 def test_waiting_sql_adds_eof_delay_and_drops_the_sort() -> None:
     for dialect in ("ibmi", "emulator"):
         plain = journal.window_sql(dialect)
-        sql = miner.waiting_sql(plain, 7)
+        sql = journal.window_sql(dialect, eof_delay=7)
         assert "ENDING_SEQUENCE => CAST(? AS DECIMAL(21,0)), EOF_DELAY => 7" in sql
         assert "ORDER BY" not in sql and sql.count("?") == plain.count("?")
-    with pytest.raises(ValueError, match="EOF_DELAY must be a positive int"):
-        miner.waiting_sql(journal.window_sql("ibmi"), 0)
+    with pytest.raises(ValueError, match="EOF_DELAY must be a whole number"):
+        journal.window_sql("ibmi", eof_delay=-1)

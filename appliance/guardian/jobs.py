@@ -1,11 +1,16 @@
-"""A guardian job (check, load, repair) and the control leg's constants."""
+"""A guardian job (check, load, repair), its ``r`` rows, the leg's constants."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance import store
+from appliance.guardian import digest
 from appliance.guardian.bracket import Marks
 from appliance.guardian.reader import Head, TableReader
 
@@ -61,3 +66,46 @@ class Job:
         self.rows, self.found = [], {}
         if self.kind == "check":
             self.after, self.rows_read = None, 0
+
+
+def insert_r(
+    conn: sqlite3.Connection,
+    job: Job,
+    table: TableReader,
+    rows: Sequence[tuple[str, dict[str, Any] | None]],
+) -> None:
+    """``r`` changes (docs/guardian.md §3): version ``v_low`` via raw_id r_low."""
+    assert job.marks is not None
+    layout = table.layout
+    source: dict[str, Any] = {
+        "library": layout.library,
+        "table": layout.table,
+        "guardian": {"run": job.run, "kind": job.send_as, "request": job.request},
+        "read_at": job.read_at,
+    }
+    read_ms = int(job.read_at * 1000)
+    now = time.time()
+
+    def source_of(pk: str) -> str:
+        if job.send_as == "repair":  # the pk text the hub asked (guardian.md §3)
+            source["guardian"]["pk"] = pk
+        return json.dumps(source, ensure_ascii=False, separators=(",", ":"))
+
+    conn.executemany(
+        "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
+        " entry_ts_ms, mined_at) VALUES (?, ?, 'r', ?, NULL, ?, ?, ?, ?)",
+        [
+            (
+                job.marks.r_low,
+                table.table,
+                pk,
+                None if row is None else digest.compact(row),
+                source_of(pk),
+                read_ms,
+                now,
+            )
+            for pk, row in rows
+        ],
+    )
+    if rows:
+        store.bump(conn, "control.r_rows", len(rows))

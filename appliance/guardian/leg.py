@@ -38,7 +38,6 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 import pyodbc
@@ -61,6 +60,7 @@ from appliance.guardian.jobs import (
     RUN_SEQ,
     STAGE,
     Job,
+    insert_r,
 )
 from appliance.guardian.reader import TableReader
 
@@ -568,7 +568,7 @@ class ControlLeg:
         for row in job.rows:
             pk = digest.canonical_pk(table.key_of(row))
             (again if pk in changed else rows).append((pk, row))
-        self._insert_r(job, table, rows)
+        insert_r(self.conn, job, table, rows)
         # Loaded, not repaired: no check found these rows different (records).
         self.conn.execute(
             "UPDATE guardian_runs SET rows_read = ?, loaded = loaded + ?"
@@ -616,7 +616,7 @@ class ControlLeg:
             # back) has nothing to load, and deletions are the journal's.
             rows = [(pk, row) for pk, row in rows if row is not None]
         deleted = sum(1 for _, row in rows if row is None)
-        self._insert_r(job, table, rows)
+        insert_r(self.conn, job, table, rows)
         info = parts.run_info(self.conn, job.run, table.table)
         if info is not None and job.request is not None:
             self._answer_narrow(info, job.request, job.narrow)
@@ -646,48 +646,6 @@ class ControlLeg:
             self._mark_request(job.request)
         if job.send_as == "load":
             self._loaded(job.run, table.table)
-
-    def _insert_r(
-        self,
-        job: Job,
-        table: TableReader,
-        rows: Sequence[tuple[str, dict[str, Any] | None]],
-    ) -> None:
-        """``r`` changes (docs/guardian.md §3): version ``v_low`` via raw_id r_low."""
-        assert job.marks is not None
-        layout = table.layout
-        source: dict[str, Any] = {
-            "library": layout.library,
-            "table": layout.table,
-            "guardian": {"run": job.run, "kind": job.send_as, "request": job.request},
-            "read_at": job.read_at,
-        }
-        read_ms = int(job.read_at * 1000)
-        now = time.time()
-
-        def source_of(pk: str) -> str:
-            if job.send_as == "repair":  # the pk text the hub asked (guardian.md §3)
-                source["guardian"]["pk"] = pk
-            return json.dumps(source, ensure_ascii=False, separators=(",", ":"))
-
-        self.conn.executemany(
-            "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
-            " entry_ts_ms, mined_at) VALUES (?, ?, 'r', ?, NULL, ?, ?, ?, ?)",
-            [
-                (
-                    job.marks.r_low,
-                    table.table,
-                    pk,
-                    None if row is None else digest.compact(row),
-                    source_of(pk),
-                    read_ms,
-                    now,
-                )
-                for pk, row in rows
-            ],
-        )
-        if rows:
-            store.bump(self.conn, "control.r_rows", len(rows))
 
     # -- runs and failures -----------------------------------------------------------
 
