@@ -50,6 +50,7 @@ from typing import Any
 import psycopg
 
 from appliance import bench
+from appliance.benchcpu import CpuSampler
 from appliance.devstack import Services, Stack
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def _catch_up(stack: Stack) -> dict[str, Any]:
     wall = time.time()
     stack.start_legs()
     pids = {leg.name: leg.process.pid for leg in stack.legs}
-    with RssSampler(pids) as rss:
+    with RssSampler(pids) as rss, CpuSampler(pids) as cpu:
         _wait_relayed(stack)
     seconds = time.monotonic() - started
     counts = stack.counts()
@@ -252,6 +253,7 @@ def _catch_up(stack: Stack) -> dict[str, Any]:
             k: round(v / 1024, 1) for k, v in rss.peak_by_leg.items()
         },
         "rss_samples": rss.samples,
+        "cpu": cpu.report(changes),
         "odh_equals_source": all(t["equal"] for t in report.values()),
         "compare": {
             k: {"source": v["source"], "odh": v["odh"]} for k, v in report.items()
@@ -622,6 +624,7 @@ def table(found: dict[str, Any]) -> list[dict[str, Any]]:
              (at_least, TARGETS["catch_up"]), flow),
         _row("catch-up, first to last confirmation", catch["confirmed_per_s"],
              "changes/s", (at_least, TARGETS["catch_up"]), flow),
+        *_cpu_rows(catch),
         _row("sustained, relay confirmed", sus["relay_per_s"], "changes/s",
              (at_least, TARGETS["sustained"]), flow),
         _row("sustained, store writers", sus["writers"]["rate"], "changes/s"),
@@ -632,6 +635,9 @@ def table(found: dict[str, Any]) -> list[dict[str, Any]]:
         _row("memory, all legs peak RSS", catch["rss_peak_mb"], "MB",
              (at_most, TARGETS["rss_mb"])),
         _row("outbox bytes per pending message", out["bytes_per_pending"], "B",
+             (at_most, TARGETS["outbox_bytes"]), bare),
+        _row("outbox table alone, per message",
+             out["outbox_table_bytes_per_pending"] or 0.0, "B",
              (at_most, TARGETS["outbox_bytes"]), bare),
         _row("IBM i: miner entries/s at 50 ms/call", ibmi["entries_per_s"],
              "entries/s", (at_least, TARGETS["ibmi_entries_per_s"]), odbc),
@@ -648,6 +654,22 @@ def table(found: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         rows.append(_row(f"raw: {label}", value, unit))
     return rows
+
+
+def _cpu_rows(catch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The catch-up's CPU per change, every process, against the cores' budget.
+
+    The budget is what the catch-up target leaves on this machine: its
+    cores' microseconds per second divided by 16,667 changes per second.
+    """
+    cpu = catch.get("cpu")
+    if not cpu or not catch.get("changes"):
+        return []
+    cores = os.cpu_count() or 1
+    budget = cores * 1e6 / TARGETS["catch_up"]
+    spent = cpu["machine_busy_s"] * 1e6 / catch["changes"]
+    name = "catch-up, CPU per change (machine)"
+    return [_row(name, round(spent, 1), "us", ("<=", budget))]
 
 
 def _row(
@@ -747,6 +769,14 @@ def show(found: dict[str, Any]) -> None:
         f" {sus['drain_after_writers_s']} s later; limited by {sus['limited_by']}"
     )
     print(f"  memory peak by leg (MB): {catch['rss_peak_by_leg_mb']}")
+    cpu = catch.get("cpu")
+    if cpu:
+        print(
+            f"  catch-up CPU: {cpu['machine_busy_s']} of"
+            f" {cpu['machine_capacity_s']} core-seconds busy"
+            f" ({cpu['machine_busy_share']:.0%}); microseconds per change:"
+            f" {cpu['cpu_us_per_change']}"
+        )
     out = found["outbox"]
     print(
         f"  outbox: {out['pending']:,} pending, average payload"

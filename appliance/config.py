@@ -140,6 +140,15 @@ class PipelineSection(Section):
     replay_window_h: float = Field(
         72, ge=0, description="Hours a confirmed message is kept for replay."
     )
+    processed_keep_h: float = Field(
+        6,
+        ge=0,
+        description="Hours raw journal entries and changes are kept once relayed"
+        " on; then the shipper's sweep prunes them (every minute, at most"
+        " 50,000 rows of each). Rows not done yet, the newest of each table,"
+        " those of open commit cycles and those a parked dead letter names"
+        " are kept.",
+    )
     batch: int = Field(500, ge=1, le=50_000, description="Rows a leg moves per step.")
     outbox_budget_rows: int = Field(
         200_000,

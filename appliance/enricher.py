@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance import scripting, store
+from appliance import jsontext, scripting, store
 from appliance.config import BoxSettings
 from appliance.errors import ScriptError
 
@@ -83,7 +83,7 @@ class Change:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsontext.compact(value)
 
 
 def _body(texts: dict[str, str]) -> str:
@@ -239,7 +239,7 @@ class EnricherLeg:
                 # Parsed to check it (a row that is not JSON is parked) and
                 # for dead letters; the scripts' input and the message reuse
                 # the text itself (see _message).
-                change.event[name] = None if text is None else json.loads(text)
+                change.event[name] = None if text is None else jsontext.loads(text)
                 texts[name] = "null" if text is None else text
             change.event["source"]["store"] = self.store_id
             # Field-level decode errors travel in the row's source (the changes

@@ -32,7 +32,21 @@ def ensure_started(extra: tuple[Path, ...] | list[Path] = ()) -> None:
         # -Xrs: the JVM must not take SIGTERM/SIGINT from Python, or a leg
         # dies with 143 instead of stopping between two steps.
         # Strings stay Java strings until asked for: fewer hidden copies.
+        # Memory (issue 9, docs/benchmarks.md): the default collector sizes
+        # its young generation from the machine's RAM and the enricher's RSS
+        # grew to ~225 MB at full rate; the serial collector with a 16 MB
+        # young generation and the C1 compiler only (the scripts are short:
+        # C2 bought no CPU) keeps it near 115 MB with the same CPU per change.
         jpype.startJVM(
-            "-Xmx256m", "-Xss1m", "-Xrs", classpath=jars, convertStrings=False
+            "-Xms24m",
+            "-Xmx256m",
+            "-Xmn16m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:ReservedCodeCacheSize=32m",
+            "-Xss512k",
+            "-Xrs",
+            classpath=jars,
+            convertStrings=False,
         )
         logger.info("jvm started jars=%d", len(jars))

@@ -15,16 +15,17 @@ made its final image.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
+
+from appliance import jsontext
 
 Event = dict[str, Any]
 
 
 def canonical(value: Any) -> str:
     """Compact JSON with sorted keys: the one spelling of a key or an image."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return jsontext.canonical(value)
 
 
 def net_effect(events: Iterable[Event]) -> list[Event]:

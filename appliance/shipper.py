@@ -328,8 +328,19 @@ class ShipperLeg:
             )
             self._last_prune = now
             store.bump(self.conn, "shipper.pruned", pruned)
-            if pruned:
-                logger.debug("confirmed rows pruned count=%d", pruned)
+            raw, changes = store.prune_processed(
+                self.conn, self.settings.pipeline.processed_keep_h, now
+            )
+            for name, count in (("raw", raw), ("changes", changes)):
+                if count:
+                    store.bump(self.conn, f"shipper.pruned_{name}", count)
+            if pruned or raw or changes:
+                logger.debug(
+                    "pruned confirmed=%d raw_entries=%d changes=%d",
+                    pruned,
+                    raw,
+                    changes,
+                )
         return resent
 
     # -- confirmations -----------------------------------------------------

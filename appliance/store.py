@@ -394,6 +394,54 @@ def park(
     return int(cur.lastrowid or 0)
 
 
+PRUNE_ROWS = 50_000
+"""At most this many rows of each table per prune (one write transaction)."""
+
+
+def prune_processed(
+    conn: sqlite3.Connection,
+    keep_h: float,
+    now: float | None = None,
+    limit: int = PRUNE_ROWS,
+) -> tuple[int, int]:
+    """Delete raw entries and changes done more than ``keep_h`` hours ago.
+
+    Inside the caller's transaction; returns (raw entries, changes) deleted.
+    Without it the two tables grow with every journal entry for the life of
+    the box. Kept whatever their age:
+
+    - rows not done yet (``state = 0``: the transformer's and the enricher's
+      backlog);
+    - the newest row of each table: the guardian takes ``max(id)`` as its
+      bracket (``guardian.bracket.low_marks``);
+    - raw entries from the oldest one an open commit cycle holds
+      (``held_changes``) on: the cycle's end and the guardian's walk back to
+      its ``C SC`` need them;
+    - raw entries a parked dead letter names (a technician's retry decodes
+      them again).
+
+    ``mined_at`` grows with ``id``, so the oldest done rows go first, in id
+    order, at most ``limit`` per table per call.
+    """
+    cutoff = (time.time() if now is None else now) - keep_h * 3600
+    raw = conn.execute(
+        "DELETE FROM raw_entries WHERE id IN (SELECT id FROM raw_entries"
+        " WHERE state = 1 AND id < (SELECT min(m) FROM (SELECT max(id) AS m"
+        " FROM raw_entries UNION ALL SELECT min(raw_id) FROM held_changes))"
+        " ORDER BY id LIMIT ?) AND mined_at < ?"
+        " AND id NOT IN (SELECT raw_id FROM dead_letters"
+        " WHERE state = 'parked' AND raw_id IS NOT NULL)",
+        (limit, cutoff),
+    ).rowcount
+    changes = conn.execute(
+        "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE state = 1"
+        " AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)"
+        " AND mined_at < ?",
+        (limit, cutoff),
+    ).rowcount
+    return raw, changes
+
+
 def heartbeat(
     conn: sqlite3.Connection, leg: str, pid: int, state: str, status: str = ""
 ) -> None:

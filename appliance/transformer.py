@@ -7,7 +7,8 @@ produce (``changes``, ``held_changes``, dead letters, counters) and marks them
 of it is done. Nothing the leg needs between steps lives only in memory:
 layout versions are in ``meta`` (compiled decoders are rebuilt from them), and
 only the warnings given once per table per run (blank numerics, field
-errors) are forgotten.
+errors) are forgotten. Within a batch, held rows are kept in memory and
+written back to ``held_changes`` before the COMMIT (:class:`HeldRows`).
 
 What an entry does:
 
@@ -138,6 +139,7 @@ class TransformerLeg:
         self._failures = 0
         self._denied = ""
         self._tally: Counter[str] = Counter()
+        self._held = HeldRows(conn)
         checks.ensure_schema(conn)
         self._checks = checks.Flusher(conn, STAGE)
 
@@ -164,6 +166,7 @@ class TransformerLeg:
             is None
         ):
             return False
+        self._held = HeldRows(self.conn)  # held_changes as this batch sees it
         try:
             with store.transaction(self.conn):
                 rows = self.conn.execute(
@@ -171,8 +174,10 @@ class TransformerLeg:
                     (self.settings.pipeline.batch,),
                 ).fetchall()
                 done, failure = self._process(rows)
+                self._held.write_back()  # before COMMIT, in the same transaction
         except BaseException:
-            # What the rolled-back transaction wrote to meta is gone: re-read it.
+            # What the rolled-back transaction wrote (meta, held rows) is gone.
+            self._held = HeldRows(self.conn)
             self._versions.forget()
             raise
         if failure is not None:
@@ -460,24 +465,17 @@ class TransformerLeg:
     def _keep_before(
         self, slot: str, raw_id: int, image: Image, errors: list[dict[str, Any]]
     ) -> None:
-        replaced = self.conn.execute(
-            "DELETE FROM held_changes WHERE cycle_key = ?", (slot,)
-        ).rowcount
+        replaced = len(self._held.take(slot))
         if replaced:
             self._count("transformer.unpaired_before", replaced)
-        self.conn.execute(
-            "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, ?)",
-            (slot, raw_id, canonical([image, tagged(errors, "before")])),
-        )
+        self._held.put(slot, raw_id, [image, tagged(errors, "before")])
 
     def _take_before(self, slot: str) -> tuple[Image | None, list[dict[str, Any]]]:
         """The held before image of ``slot`` and its field errors (or None, [])."""
-        found = self.conn.execute(
-            "DELETE FROM held_changes WHERE cycle_key = ? RETURNING change", (slot,)
-        ).fetchall()
+        found = self._held.take(slot)
         if not found:
             return None, []
-        held = json.loads(found[-1][0])
+        held = found[-1][1]
         if isinstance(held, dict):  # written before field errors were kept
             return held, []
         image: Image = held[0]
@@ -517,21 +515,15 @@ class TransformerLeg:
         return f"open:{row['journal']}:{cycle}"
 
     def _cycle_of(self, row: sqlite3.Row) -> str | None:
-        found = self.conn.execute(
-            "SELECT raw_id FROM held_changes WHERE cycle_key = ?",
-            (self._open_key(row),),
-        ).fetchone()
-        return None if found is None else f"cycle:{found[0]}"
+        found = self._held.first_id(self._open_key(row))
+        return None if found is None else f"cycle:{found}"
 
     def _open_cycle(self, row: sqlite3.Row) -> str:
         """Start a cycle keyed by this entry's raw id (its C SC, normally)."""
         stale = self._cycle_of(row)
         if stale is not None:
             self._abandon(row, stale)
-        self.conn.execute(
-            "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, '{}')",
-            (self._open_key(row), row["id"]),
-        )
+        self._held.put(self._open_key(row), row["id"], {})
         return f"cycle:{row['id']}"
 
     def _hold(self, row: sqlite3.Row, events: list[Event]) -> None:
@@ -540,10 +532,7 @@ class TransformerLeg:
             # No C SC seen (it precedes the relay's first entry): open it here.
             self._count("transformer.cycle_without_start")
             cycle = self._open_cycle(row)
-        self.conn.execute(
-            "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, ?)",
-            (cycle, row["id"], canonical(events)),
-        )
+        self._held.put(cycle, row["id"], events)
 
     def _commit_control(self, row: sqlite3.Row, kind: str) -> None:
         if kind == "SC":
@@ -562,16 +551,11 @@ class TransformerLeg:
 
     def _close_cycle(self, row: sqlite3.Row, cycle: str) -> list[Event]:
         """Delete the cycle's held rows and its open marker; return its events."""
-        held = self.conn.execute(
-            "DELETE FROM held_changes WHERE cycle_key = ? RETURNING raw_id, change",
-            (cycle,),
-        ).fetchall()
-        self.conn.execute(
-            "DELETE FROM held_changes WHERE cycle_key = ?", (self._open_key(row),)
-        )
+        held = self._held.take(cycle)  # in raw id order
+        self._held.take(self._open_key(row))
         events: list[Event] = []
-        for _, change in sorted(held, key=lambda found: int(found[0])):
-            events.extend(json.loads(change))
+        for _, change in held:
+            events.extend(change)
         return events
 
     def _cut_cycles(self, row: sqlite3.Row) -> None:
@@ -579,6 +563,7 @@ class TransformerLeg:
 
         Parked (the repair checks asked with the gap set those rows right).
         """
+        self._held.write_back()  # the pattern deletes below see the table itself
         held = self.conn.execute(
             "DELETE FROM held_changes WHERE cycle_key LIKE 'cycle:%'"
             " RETURNING raw_id, change"
@@ -620,7 +605,8 @@ class TransformerLeg:
 
     def _abandon(self, row: sqlite3.Row, cycle: str) -> None:
         """A cycle number reopened while still open: park what it held."""
-        events = self._close_cycle(row, cycle)
+        # Parked as read back from the table, keys sorted: the same payload text.
+        events = json.loads(canonical(self._close_cycle(row, cycle)))
         self._park_events(
             row,
             events,
@@ -761,6 +747,103 @@ class TransformerLeg:
             "entry_ts_ms": (utc - _EPOCH) // dt.timedelta(milliseconds=1),
             "mined_at": row["mined_at"],
         }
+
+
+class HeldRows:
+    """``held_changes`` as one batch transaction sees it, written back at its end.
+
+    Why it exists: a UB and its UP, or a whole C SC .. C CM cycle, usually lie
+    in one batch, so each held row used to be encoded, inserted, selected,
+    deleted and decoded again inside the same transaction, for nothing. Here
+    a key's rows are read from the table once (at its first lookup), writes
+    and deletes stay in memory as the Python values themselves, and
+    :meth:`write_back` puts the net difference into the table (``canonical``
+    only for what is written) before the transaction commits. The table then
+    holds exactly what the row-by-row statements would have left.
+
+    One instance serves one transaction: after a rollback it is dropped (the
+    leg makes a new one per step). SQL that reads ``held_changes`` other than
+    by key must call :meth:`write_back` first; it also empties the cache.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        # cycle_key -> raw_id -> value: the rows the key has now. Complete for
+        # the keys in _loaded; otherwise only the rows put since (appends
+        # need no read of the table).
+        self._rows: dict[str, dict[int, Any]] = {}
+        # cycle_key -> raw_id -> value: what the table holds, as far as read.
+        # A row unchanged since it was read is the same object in both.
+        self._stored: dict[str, dict[int, Any]] = {}
+        self._loaded: set[str] = set()
+
+    def first_id(self, key: str) -> int | None:
+        """The lowest raw id held under ``key`` (an open cycle's marker)."""
+        rows = self._load(key)
+        return min(rows) if rows else None
+
+    def take(self, key: str) -> list[tuple[int, Any]]:
+        """Delete the rows of ``key``; return them (raw id, value) in raw id order."""
+        rows = self._load(key)
+        self._rows[key] = {}
+        return sorted(rows.items(), key=lambda item: item[0])
+
+    def put(self, key: str, raw_id: int, value: Any) -> None:
+        """Insert a row; (key, raw id) must be new, as for the table's INSERT."""
+        rows = self._rows.setdefault(key, {})
+        if raw_id in rows:
+            raise sqlite3.IntegrityError(
+                "UNIQUE constraint failed: held_changes.cycle_key, held_changes.raw_id"
+            )
+        rows[raw_id] = value
+
+    def write_back(self) -> None:
+        """Write what changed into the table (same transaction); then forget all."""
+        gone: list[tuple[str, int]] = []
+        new: list[tuple[str, int, str]] = []
+        for key, rows in self._rows.items():
+            stored = self._stored.get(key, {})
+            gone.extend(
+                (key, raw_id)
+                for raw_id, value in stored.items()
+                if rows.get(raw_id, _ABSENT) is not value
+            )
+            new.extend(
+                (key, raw_id, canonical(value))
+                for raw_id, value in rows.items()
+                if stored.get(raw_id, _ABSENT) is not value
+            )
+        self._conn.executemany(
+            "DELETE FROM held_changes WHERE cycle_key = ? AND raw_id = ?", gone
+        )
+        self._conn.executemany(
+            "INSERT INTO held_changes (cycle_key, raw_id, change) VALUES (?, ?, ?)",
+            new,
+        )
+        self._rows.clear()
+        self._stored.clear()
+        self._loaded.clear()
+
+    def _load(self, key: str) -> dict[int, Any]:
+        """All rows of ``key``: the table's (read once) merged with those put."""
+        rows = self._rows.setdefault(key, {})
+        if key in self._loaded:
+            return rows
+        stored = self._stored.setdefault(key, {})
+        for raw_id, change in self._conn.execute(
+            "SELECT raw_id, change FROM held_changes WHERE cycle_key = ?", (key,)
+        ):
+            if raw_id in rows:  # put before this read: the INSERT would fail
+                raise sqlite3.IntegrityError(
+                    "UNIQUE constraint failed:"
+                    " held_changes.cycle_key, held_changes.raw_id"
+                )
+            rows[raw_id] = stored[raw_id] = json.loads(change)
+        self._loaded.add(key)
+        return rows
+
+
+_ABSENT = object()
 
 
 def _key(

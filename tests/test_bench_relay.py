@@ -24,12 +24,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = (
     "catch-up, start-up included",
     "catch-up, first to last confirmation",
+    "catch-up, CPU per change (machine)",
     "sustained, relay confirmed",
     "sustained, store writers",
     "latency p99, polling read",
     "latency p99, waiting read",
     "memory, all legs peak RSS",
     "outbox bytes per pending message",
+    "outbox table alone, per message",
     "IBM i: miner entries/s at 50 ms/call",
     "IBM i: round trips/s",
     "IBM i: rows per round trip",
@@ -80,6 +82,10 @@ def test_relay_bench_runs_every_scenario(
             continue
         assert row["figure"] > 0, name
     assert found["outbox"]["pending"] > 0
+    # CPU went to the legs and the services, and the machine saw it.
+    cpu = catch["cpu"]
+    assert {"miner", "transformer", "enricher", "shipper", "sink"} <= set(cpu["cpu_s"])
+    assert 0 < sum(cpu["cpu_s"].values()) <= cpu["machine_busy_s"] * 1.2 + 1
     assert found["ibmi"]["entries"] >= 4000
     benchrelay.show(found)
     printed = capsys.readouterr().out

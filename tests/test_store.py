@@ -108,3 +108,87 @@ def test_transaction_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
     assert not waiter.in_transaction
     assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 50
     holder.execute("ROLLBACK")
+
+
+def _raw(conn: sqlite3.Connection, mined_at: float, state: int, cycle: int = 0) -> int:
+    cur = conn.execute(
+        "INSERT INTO raw_entries (journal, receiver_library, receiver_name,"
+        " sequence, code, entry_type, entry_ts, commit_cycle, mined_at, state)"
+        " VALUES ('J', 'L', 'R', 1, 'R', 'UP', '', ?, ?, ?)",
+        (cycle, mined_at, state),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _change(conn: sqlite3.Connection, raw_id: int, mined_at: float, state: int) -> int:
+    cur = conn.execute(
+        "INSERT INTO changes (raw_id, table_name, op, key, source, entry_ts_ms,"
+        " mined_at, state) VALUES (?, 'T', 'u', '{}', '{}', 0, ?, ?)",
+        (raw_id, mined_at, state),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _ids(conn: sqlite3.Connection, table: str) -> list[int]:
+    return [r[0] for r in conn.execute(f"SELECT id FROM {table} ORDER BY id")]
+
+
+def test_prune_processed_keeps_what_is_still_needed(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "p.db")
+    now = 1_000_000.0
+    old, young = now - 7 * 3600, now - 3600
+    with store.transaction(conn):
+        done_old = [_raw(conn, old, 1) for _ in range(3)]
+        parked = _raw(conn, old, 1)
+        store.park(conn, stage="transformer", reason="bad", raw_id=parked)
+        new_old = _raw(conn, old, 0)  # not transformed yet, however old
+        done_young = _raw(conn, young, 1)
+        newest = _raw(conn, old - 1, 1)  # the newest row stays (guardian's max)
+        ch_old = [_change(conn, r, old, 1) for r in done_old]
+        ch_waiting = _change(conn, parked, old, 0)
+        ch_young = _change(conn, done_young, young, 1)
+        ch_newest = _change(conn, newest, old, 1)
+    with store.transaction(conn):
+        raw, changes = store.prune_processed(conn, 6, now)
+    assert (raw, changes) == (3, 3)
+    assert _ids(conn, "raw_entries") == [parked, new_old, done_young, newest]
+    assert _ids(conn, "changes") == [ch_waiting, ch_young, ch_newest]
+    assert ch_old[0] < ch_waiting
+    # Nothing is older than 6 h any more: a second pass deletes nothing.
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now) == (0, 0)
+
+
+def test_prune_processed_stops_at_an_open_commit_cycle(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "p.db")
+    now = 1_000_000.0
+    old = now - 7 * 3600
+    with store.transaction(conn):
+        before = _raw(conn, old, 1)
+        start = _raw(conn, old, 1, cycle=9)  # its C SC, the cycle still open
+        conn.execute(
+            "INSERT INTO held_changes (cycle_key, raw_id, change)"
+            " VALUES ('open:J:9', ?, '{}')",
+            (start,),
+        )
+        inside = _raw(conn, old, 1, cycle=9)
+        _raw(conn, old, 1)
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=10) == (1, 0)
+    assert before not in _ids(conn, "raw_entries")
+    assert {start, inside} <= set(_ids(conn, "raw_entries"))
+
+
+def test_prune_processed_takes_at_most_limit_rows_per_table(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "p.db")
+    now = 1_000_000.0
+    with store.transaction(conn):
+        for _ in range(10):
+            _change(conn, _raw(conn, now - 7 * 3600, 1), now - 7 * 3600, 1)
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=4) == (4, 4)
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=4) == (4, 4)
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=4) == (1, 1)
+    assert len(_ids(conn, "raw_entries")) == len(_ids(conn, "changes")) == 1

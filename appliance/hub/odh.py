@@ -41,6 +41,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from appliance import jsontext
 from appliance.errors import SinkError
 from appliance.guardian import digest
 
@@ -222,41 +223,79 @@ def upsert(
 
     An upsert carries the after image; a delete carries the before image (or
     keeps the stored one) and sets the tombstone. Either only replaces a row
-    whose version is lower, so ``len(msgs) - result`` images were stale. The
-    messages are written in order (one pipelined ``executemany``), so two
-    versions of one key in a batch end with the higher.
+    whose version is lower, so ``len(msgs) - result`` images were stale.
+
+    Set-based: the messages go as arrays (the jsonb columns as their JSON
+    text, cast in SQL) into one ``INSERT .. SELECT FROM unnest(..)`` per
+    round. PostgreSQL refuses one such statement touching a row twice, so a
+    key's n-th message of the group goes into round n: each key's writes
+    still happen in order, one after the other, and keys do not interact, so
+    rows and the count end exactly as with one statement per message.
     """
     if not msgs:
         return 0
-    query = sql.SQL(
-        "INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
-        " deleted, source, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
-        " data = coalesce(excluded.data, t.data), enrichment = excluded.enrichment,"
-        " version = excluded.version, deleted = excluded.deleted,"
-        " source = excluded.source, errors = excluded.errors, applied_at = now()"
-        " WHERE t.version < excluded.version"
-    ).format(t=table_ident(schema, msgs[0]["table"]))
+    query = sql.SQL(_UPSERT_SET).format(t=table_ident(schema, msgs[0]["table"]))
+    changed = 0
     with conn.cursor() as cur:
-        cur.executemany(query, [_row_params(m, deleted) for m in msgs])
-        return max(cur.rowcount, 0)
+        for columns in _upsert_rounds(msgs, deleted):
+            cur.execute(query, (deleted, *columns))
+            changed += max(cur.rowcount, 0)
+    return changed
 
 
-def _row_params(msg: dict[str, Any], deleted: bool) -> tuple[Any, ...]:
-    image = msg.get("before") if deleted else msg.get("after")
-    return (
-        msg["store"],
-        canonical_pk(msg["key"]),
-        Jsonb(msg["key"]),
-        _jsonb_or_none(image),
-        _jsonb_or_none(msg.get("enrichment")),
-        msg["version"],
-        deleted,
-        _jsonb_or_none(msg.get("source")),
+# The arrays travel in binary (%b): psycopg's text format escapes each element
+# of a text array with a regular expression, which cost more than the rows.
+_UPSERT_SET = (
+    "INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
+    " deleted, source, errors)"
+    " SELECT u.store_id, u.pk, u.key::jsonb, u.data::jsonb, u.enrichment::jsonb,"
+    " u.version, %b::boolean, u.source::jsonb, u.errors::jsonb"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::text[], %b::text[])"
+    " AS u(store_id, pk, key, data, enrichment, version, source, errors)"
+    " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
+    " data = coalesce(excluded.data, t.data), enrichment = excluded.enrichment,"
+    " version = excluded.version, deleted = excluded.deleted,"
+    " source = excluded.source, errors = excluded.errors, applied_at = now()"
+    " WHERE t.version < excluded.version"
+)
+
+
+def _upsert_rounds(
+    msgs: Sequence[dict[str, Any]], deleted: bool
+) -> list[tuple[list[Any], ...]]:
+    """The columns of each round: a key's n-th message goes into round n.
+
+    Columns in the order of ``_UPSERT_SET``'s arrays (after ``deleted``); a
+    JSON value as its compact text, None as None (SQL NULL, never jsonb
+    ``null``).
+    """
+    rounds: list[tuple[list[Any], ...]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for msg in msgs:
+        pk = canonical_pk(msg["key"])
+        ident = (msg["store"], pk)
+        n = seen.get(ident, 0)
+        seen[ident] = n + 1
+        if n == len(rounds):
+            rounds.append(([], [], [], [], [], [], [], []))
+        store, pks, keys, data, enrichment, version, source, errors = rounds[n]
+        image = msg.get("before") if deleted else msg.get("after")
+        store.append(msg["store"])
+        pks.append(pk)
+        keys.append(jsontext.compact(msg["key"]))
+        data.append(_json_or_none(image))
+        enrichment.append(_json_or_none(msg.get("enrichment")))
+        version.append(msg["version"])
+        source.append(_json_or_none(msg.get("source")))
         # Field-level decode errors stay with the row they concern, so data
         # quality can be queried at the hub (NULL when the image was clean).
-        _jsonb_or_none(msg.get("errors")),
-    )
+        errors.append(_json_or_none(msg.get("errors")))
+    return rounds
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else jsontext.compact(value)
 
 
 _READ_UPSERT = (
@@ -450,17 +489,25 @@ def truncate(conn: psycopg.Connection[Any], schema: str, msg: dict[str, Any]) ->
 def record_applied(
     conn: psycopg.Connection[Any], schema: str, msgs: Sequence[dict[str, Any]]
 ) -> None:
-    """One ``applied`` row each; a second apply of a lane_seq fails here."""
+    """One ``applied`` row each, in one statement; a second apply of a
+    lane_seq fails here (a UniqueViolation, within the batch as across)."""
+    if not msgs:
+        return
     query = sql.SQL(
         "INSERT INTO {}.applied (store_id, epoch, lane, lane_seq, outbox_id,"
-        " version) VALUES (%s, %s, %s, %s, %s, %s)"
+        " version) SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[],"
+        " %b::bigint[], %b::bigint[], %b::bigint[])"
     ).format(schema_ident(schema))
-    params = [
-        (m["store"], m["epoch"], m["lane"], m["lane_seq"], _outbox_id(m), m["version"])
-        for m in msgs
-    ]
+    params = (
+        [m["store"] for m in msgs],
+        [m["epoch"] for m in msgs],
+        [m["lane"] for m in msgs],
+        [m["lane_seq"] for m in msgs],
+        [_outbox_id(m) for m in msgs],
+        [m["version"] for m in msgs],
+    )
     with conn.cursor() as cur:
-        cur.executemany(query, params)
+        cur.execute(query, params)
 
 
 def _outbox_id(msg: dict[str, Any]) -> int | None:
@@ -493,7 +540,7 @@ def park(
 
 
 def _jsonb_or_none(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value)
+    return None if value is None else Jsonb(value, dumps=jsontext.compact)
 
 
 # -- reads (tests, the demo comparison, the control leg) -------------------

@@ -62,6 +62,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from appliance import jsontext
 from appliance.config import HubSettings, read_secret
 from appliance.errors import SinkError, TransportError
 from appliance.hub import guardian, odh
@@ -268,7 +269,7 @@ class SinkLeg:
         raw = msg.value() or b""
         item = _Incoming(msg.topic(), msg.partition(), msg.offset(), raw, None)
         try:
-            value = json.loads(raw)
+            value = jsontext.loads(raw, allow_nan=False)
         except ValueError as exc:
             item.reason = f"bad json: {exc}"
             return item
@@ -344,7 +345,8 @@ class SinkLeg:
     def _write_all(self, todo: list[_Incoming], counts: Counter[str]) -> set[str]:
         """Write the rows, batched; on a refused value, one by one to find it.
 
-        The fast path pipelines the whole batch in one savepoint. When
+        The fast path writes the whole batch in one savepoint (one set-based
+        statement per group of :func:`_statements`). When
         PostgreSQL refuses a value (a DataError), that savepoint is rolled
         back and each message gets its own savepoint, so only the culprit is
         parked. Returns the ODH tables created.
@@ -578,18 +580,20 @@ def _content_problem(value: dict[str, Any]) -> str:
 def _statements(
     msgs: list[dict[str, Any]],
 ) -> list[tuple[tuple[str, str], list[dict[str, Any]]]]:
-    """The batch as statements: like rows together, one ``executemany`` each.
+    """The batch as statements: like rows together, one statement each.
 
-    Each ``executemany`` is one round trip to PostgreSQL, and a lane mixes
-    tables and ops (PRIX u, STOCK u, ARTICLE c, PRIX d...), so writing runs
-    of consecutive like rows cost a round trip every two or three rows: 80%
-    of the sink's time was waiting for those. Upserts (c/u) and deletes (d)
-    of a table are therefore gathered across the batch, each group keeping
-    its messages in order, up to the next message that must stay in place
-    (t, r, g) or the next message of a key already waiting in ANOTHER group
-    (a delete after an update of one key stays after it: the tombstone keeps
-    the last image when the delete carries none). So the writes of every key
-    happen in lane order, and the version guard sees what it saw before.
+    Each statement is one round trip to PostgreSQL (``odh.upsert`` writes a
+    group in one set-based statement, more only when a key repeats in it),
+    and a lane mixes tables and ops (PRIX u, STOCK u, ARTICLE c, PRIX d...),
+    so writing runs of consecutive like rows cost a round trip every two or
+    three rows: 80% of the sink's time was waiting for those. Upserts (c/u)
+    and deletes (d) of a table are therefore gathered across the batch, each
+    group keeping its messages in order, up to the next message that must
+    stay in place (t, r, g) or the next message of a key already waiting in
+    ANOTHER group (a delete after an update of one key stays after it: the
+    tombstone keeps the last image when the delete carries none). So the
+    writes of every key happen in lane order, and the version guard sees what
+    it saw before.
     """
     out: list[tuple[tuple[str, str], list[dict[str, Any]]]] = []
     pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -609,7 +613,7 @@ def _statements(
             else:
                 out.append((group, [msg]))
             continue
-        ident = (group[0], json.dumps(msg.get("key"), sort_keys=True, default=str))
+        ident = (group[0], jsontext.canonical(msg.get("key")))
         if owner.get(ident, group) != group:
             flush()
         owner[ident] = group

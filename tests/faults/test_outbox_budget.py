@@ -147,3 +147,29 @@ def test_shipper_sweep_prunes_confirmed_rows_after_the_replay_window(
     left = conn.execute("SELECT state, created_at FROM outbox ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in left] == [("confirmed", 8000.0), ("sent", 1000.0)]
     assert store.counters(conn)["shipper.pruned"] == 2
+
+
+def test_shipper_sweep_prunes_relayed_raw_entries_and_changes(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    """The same sweep deletes raw entries and changes done before the window."""
+    for mined_at in (1000.0, 1000.0, 1000.0 + 7000):
+        raw_id = conn.execute(
+            "INSERT INTO raw_entries (journal, receiver_library, receiver_name,"
+            " sequence, code, entry_type, entry_ts, mined_at, state)"
+            " VALUES ('J', 'L', 'R', 1, 'R', 'UP', '', ?, 1)",
+            (mined_at,),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO changes (raw_id, table_name, op, key, source,"
+            " entry_ts_ms, mined_at, state) VALUES (?, 'T', 'u', '{}', '{}', 0, ?, 1)",
+            (raw_id, mined_at),
+        )
+    leg = shipper.ShipperLeg(settings(tmp_path, processed_keep_h=1), conn)
+    with store.transaction(conn):
+        leg._sweep(now=1000.0 + 7200)
+    for table in ("raw_entries", "changes"):
+        left = conn.execute(f"SELECT mined_at FROM {table}").fetchall()
+        assert [r[0] for r in left] == [8000.0]
+    counters = store.counters(conn)
+    assert counters["shipper.pruned_raw"] == counters["shipper.pruned_changes"] == 2

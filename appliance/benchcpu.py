@@ -1,0 +1,167 @@
+"""Where a bench scenario's CPU went: seconds per leg and per service.
+
+The relay shares the machine's cores with Kafka, PostgreSQL (the hub's
+database and the emulator's) and the emulator; a rate alone does not say
+which of them spent the cores. :class:`CpuSampler` reads ``/proc`` every
+half second and keeps, per process, the last ``utime + stime`` it saw, so a
+process that exits between two samples loses at most half a second. Each
+process is put in one group:
+
+- a leg: the leg's process and its descendants (the enricher's JVM lives in
+  its process);
+- ``postgres <db>``: a PostgreSQL backend serving database ``<db>`` (the
+  title PostgreSQL gives it: ``postgres: user db host(port) state``);
+- ``postgres shared``: the postmaster and its helpers (WAL writer,
+  checkpointer...), which work for every database;
+- ``kafka``: the broker's JVM (``kafka.Kafka`` on its command line);
+- ``other``: everything else that ran (the bench itself included).
+
+The machine's own busy time comes from ``/proc/stat``, so the groups can be
+read against what the cores could give in the same span.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+SAMPLE_S = 0.5
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces.
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _ppid(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of every core since boot."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in first]
+    idle = values[3] + values[4]  # idle, iowait
+    total = sum(values[:8])  # up to steal; guest time is inside user
+    return total - idle, total
+
+
+class CpuSampler:
+    """CPU seconds per group (legs, services) over a ``with`` block."""
+
+    def __init__(self, legs: dict[str, int]) -> None:
+        self.legs = legs
+        self._seen: dict[int, tuple[str, int, int]] = {}  # pid: group, first, last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._machine: tuple[int, int] = (0, 0)
+        self.machine_busy_s = 0.0
+        self.machine_total_s = 0.0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> CpuSampler:
+        self._machine = _machine_ticks()
+        self._started = time.monotonic()
+        self._sample(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(first=False)
+        busy, total = _machine_ticks()
+        self.machine_busy_s = (busy - self._machine[0]) / TICKS
+        self.machine_total_s = (total - self._machine[1]) / TICKS
+        self.seconds = time.monotonic() - self._started
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._sample(first=False)
+
+    def _group(self, pid: int, cmd: str) -> str:
+        ancestor = pid
+        for _ in range(16):
+            for leg, leg_pid in self.legs.items():
+                if ancestor == leg_pid:
+                    return leg
+            ancestor = _ppid(ancestor)
+            if ancestor <= 1:
+                break
+        if cmd.startswith("postgres: "):
+            words = cmd.split()
+            # "postgres: user db host(port) state" for a backend;
+            # "postgres: walwriter" and the like for the helpers.
+            if len(words) >= 4 and "(" in words[3]:
+                return f"postgres {words[2]}"
+            return "postgres shared"
+        if "postgres" in cmd.split(" ", maxsplit=1)[0]:
+            return "postgres shared"
+        if "kafka.Kafka" in cmd:
+            return "kafka"
+        return "other"
+
+    def _sample(self, *, first: bool) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            ticks = _cpu_ticks(pid)
+            if ticks is None:
+                continue
+            known = self._seen.get(pid)
+            if known is None:
+                group = self._group(pid, _cmdline(pid))
+                # A process born during the block spent all its time in it.
+                self._seen[pid] = (group, ticks if first else 0, ticks)
+            else:
+                self._seen[pid] = (known[0], known[1], ticks)
+
+    def by_group(self) -> dict[str, float]:
+        """CPU seconds per group, largest first."""
+        sums: dict[str, int] = defaultdict(int)
+        for group, first, last in self._seen.values():
+            sums[group] += max(0, last - first)
+        return {
+            k: round(v / TICKS, 2)
+            for k, v in sorted(sums.items(), key=lambda kv: -kv[1])
+            if v
+        }
+
+    def report(self, changes: int) -> dict[str, object]:
+        """The groups' seconds, their CPU microseconds per change, the cores."""
+        groups = self.by_group()
+        per_change = {
+            k: round(v * 1e6 / changes, 1) for k, v in groups.items() if changes
+        }
+        return {
+            "cpu_s": groups,
+            "cpu_us_per_change": per_change,
+            "machine_busy_s": round(self.machine_busy_s, 1),
+            "machine_capacity_s": round(self.machine_total_s, 1),
+            "machine_busy_share": round(self.machine_busy_s / self.machine_total_s, 3)
+            if self.machine_total_s
+            else 0.0,
+        }
