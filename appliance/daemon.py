@@ -42,6 +42,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
+from appliance.doorbell import Doorbell
+
 if TYPE_CHECKING:
     from appliance.commands import Runner
 
@@ -100,6 +102,11 @@ class Stopper:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Also call ``callback`` when a stop is requested (wakes a waiter)."""
+        self._on_stop.append(callback)
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
@@ -109,6 +116,8 @@ class Stopper:
         del frame
         logger.info("stop requested signal=%s", signal.Signals(signum).name)
         self.event.set()
+        for callback in self._on_stop:
+            callback()
 
     @property
     def stopping(self) -> bool:
@@ -156,6 +165,10 @@ def run(
     first_idle = getattr(leg, "idle_first_s", None)
     idle_s = min(idle_s, float(getattr(leg, "idle_max_s", idle_s)))
     idle_now = idle_s
+    bell: Doorbell | None = getattr(leg, "doorbell", None)
+    if bell is not None:
+        bell.open()
+        stopper.on_stop(bell.interrupt)
     last_ping = last_beat = 0.0
     steps = 0
     settled = False
@@ -190,14 +203,23 @@ def run(
             if max_steps is not None and steps >= max_steps:
                 break
             if worked:
+                if bell is not None:
+                    bell.ring()
                 if first_idle is not None:
                     idle_now = min(float(first_idle), idle_s)
+            elif bell is not None and not stopper.stopping:
+                if bell.wait(_idle_wait(idle_now, ping_every)):
+                    idle_now = min(float(first_idle or idle_now), idle_s)
+                else:
+                    idle_now = min(idle_now * 2, idle_s)
             else:
                 stopper.event.wait(_idle_wait(idle_now, ping_every))
                 idle_now = min(idle_now * 2, idle_s)
     finally:
         notify("STOPPING=1")
         started = time.monotonic()
+        if bell is not None:
+            bell.close()
         leg.close()
         if heartbeat is not None:
             heartbeat("stopped", leg.status())

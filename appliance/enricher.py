@@ -53,6 +53,7 @@ from typing import Any
 
 from appliance import jsontext, scripting, store
 from appliance.config import BoxSettings
+from appliance.doorbell import Doorbell
 from appliance.errors import ScriptError
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,11 @@ class EnricherLeg:
 
     def __init__(self, settings: BoxSettings, conn: sqlite3.Connection) -> None:
         self.settings = settings
+        # Rings the next leg after a step that wrote work for it (a hint:
+        # the database stays the hand-over).
+        self.doorbell = Doorbell(
+            settings.pipeline.db_path.parent, self.name, ("shipper",)
+        )
         self.conn = conn
         self.store_id = settings.store.id
         self.runtimes: list[scripting.ScriptRuntime] = []

@@ -70,6 +70,7 @@ import pyodbc
 
 from appliance import catalog, checks, journal, outbox, preflight, source, store
 from appliance.config import BoxSettings, IbmiSection
+from appliance.doorbell import Doorbell
 from appliance.errors import DataGapError, SourceError
 from appliance.journal import Bookmark, Gap, Move, Read, Receiver, Wait
 
@@ -140,6 +141,11 @@ class MinerLeg:
         own_store: bool = False,
     ) -> None:
         self.settings = settings
+        # Rings the next leg after a step that wrote work for it (a hint:
+        # the database stays the hand-over).
+        self.doorbell = Doorbell(
+            settings.pipeline.db_path.parent, self.name, ("transformer",)
+        )
         self.ibmi = settings.ibmi
         self.conn = conn
         self.journal = f"{self.ibmi.journal_library}/{self.ibmi.journal_name}"

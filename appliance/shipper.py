@@ -59,6 +59,7 @@ from confluent_kafka import (
 
 from appliance import outbox, store
 from appliance.config import BoxSettings
+from appliance.doorbell import Doorbell
 from appliance.errors import TransportError
 from appliance.kafka import (
     consumer_config,
@@ -132,6 +133,8 @@ class ShipperLeg:
 
     def __init__(self, settings: BoxSettings, conn: sqlite3.Connection) -> None:
         self.settings = settings
+        # Woken by the enricher's ring (a hint: the database is the hand-over).
+        self.doorbell = Doorbell(settings.pipeline.db_path.parent, self.name)
         self.conn = conn
         self.key = settings.store.id.encode()
         self._reports: list[outbox.Delivery] = []

@@ -74,6 +74,7 @@ from appliance.catalog import OdbcCatalog, denied
 from appliance.config import BoxSettings
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
+from appliance.doorbell import Doorbell
 from appliance.errors import DecodeError, SourceError
 from appliance.journal import GAP_MARK
 from appliance.netting import (
@@ -126,6 +127,11 @@ class TransformerLeg:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        # Rings the next leg after a step that wrote work for it (a hint:
+        # the database stays the hand-over).
+        self.doorbell = Doorbell(
+            settings.pipeline.db_path.parent, self.name, ("enricher",)
+        )
         self.conn = conn
         self.catalog = catalog
         self._clock = clock

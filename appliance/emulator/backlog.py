@@ -125,6 +125,10 @@ class _State:
         self.counts[name] = self.counts.get(name, 0) + n
 
 
+PACE_TICK_S = 0.02
+"""A paced backlog writes a batch every 20 ms (50 per second)."""
+
+
 def write(
     emu: Emulator,
     *,
@@ -133,6 +137,7 @@ def write(
     seed: int = 0,
     batch: int = BATCH,
     shard: tuple[int, int] = (0, 1),
+    rate_per_s: float = 0.0,
 ) -> dict[str, float]:
     """Write row changes until ``changes`` were made or ``entries`` journaled.
 
@@ -144,6 +149,10 @@ def write(
     entries at most.
     Returns counts (changes, inserts, updates, deletes, entries, commits,
     autocommit), ``elapsed_s`` and ``rate`` (changes/s).
+
+    ``rate_per_s`` > 0 paces it: a batch every ``PACE_TICK_S`` of the
+    changes that tick is owed (a steady rate, as a busy store makes it, in
+    transactions of 1-5 changes), each batch starting on its tick.
     """
     if changes is None and entries is None:
         raise ValueError("give changes or entries, else the backlog never ends")
@@ -165,6 +174,14 @@ def write(
             left = min(left, (entries - st.counts.get("entries", 0)) // 4)
         if left <= 0:
             break
+        if rate_per_s > 0:
+            # Owed by the end of this tick, less what is written already.
+            ticks = int((time.monotonic() - started) / PACE_TICK_S) + 1
+            owed = int(ticks * PACE_TICK_S * rate_per_s) - done
+            if owed <= 0:
+                time.sleep(max(0.0, started + ticks * PACE_TICK_S - time.monotonic()))
+                continue
+            left = min(left, owed)
         _batch(emu, tables, st, min(batch, left))
     elapsed = time.monotonic() - started
     result: dict[str, float] = dict(st.counts)
