@@ -27,6 +27,8 @@ SCENARIOS = (
     "catch-up, CPU per change (machine)",
     "sustained, relay confirmed",
     "sustained, store writers",
+    "sustained, fast source, relay",
+    "sustained, fast source, written",
     "latency p99, polling read",
     "latency p99, waiting read",
     "memory, all legs peak RSS",

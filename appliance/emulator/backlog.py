@@ -138,6 +138,7 @@ def write(
     batch: int = BATCH,
     shard: tuple[int, int] = (0, 1),
     rate_per_s: float = 0.0,
+    max_s: float | None = None,
 ) -> dict[str, float]:
     """Write row changes until ``changes`` were made or ``entries`` journaled.
 
@@ -153,6 +154,7 @@ def write(
     ``rate_per_s`` > 0 paces it: a batch every ``PACE_TICK_S`` of the
     changes that tick is owed (a steady rate, as a busy store makes it, in
     transactions of 1-5 changes), each batch starting on its tick.
+    ``max_s`` stops it after that many seconds (at a batch's end).
     """
     if changes is None and entries is None:
         raise ValueError("give changes or entries, else the backlog never ends")
@@ -173,6 +175,8 @@ def write(
         if entries is not None:
             left = min(left, (entries - st.counts.get("entries", 0)) // 4)
         if left <= 0:
+            break
+        if max_s is not None and time.monotonic() - started >= max_s:
             break
         if rate_per_s > 0:
             # Owed by the end of this tick, less what is written already.
