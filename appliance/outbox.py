@@ -299,6 +299,23 @@ def replay(conn: sqlite3.Connection, lane: int, from_seq: int) -> int:
     return cur.rowcount
 
 
+def unconfirmed_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Rows per unconfirmed state (pending, in_flight, sent), zero when empty.
+
+    Searched in the ``(state, ...)`` index: the cost is the unconfirmed rows,
+    not the confirmed ones kept for the replay window (a ``GROUP BY state``
+    over the whole table took 32 ms at 300,000 kept rows, growing with the
+    window, in every status line of the shipper).
+    """
+    counts = {state: 0 for state in STATES if state != "confirmed"}
+    for state, count in conn.execute(
+        f"SELECT state, count(*) FROM outbox WHERE state IN {_UNCONFIRMED}"
+        " GROUP BY state"
+    ):
+        counts[state] = count
+    return counts
+
+
 def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Rows per state, every state present (zero when empty)."""
     counts = dict.fromkeys(STATES, 0)

@@ -205,8 +205,14 @@ class ShipperLeg:
             self._consumer = None
 
     def status(self) -> str:
-        counts = outbox.state_counts(self.conn)
-        return " ".join(f"{name}={value}" for name, value in counts.items())
+        """Unconfirmed rows by state, and messages confirmed since the start.
+
+        Every heartbeat: only the index's unconfirmed part is read.
+        """
+        counts = outbox.unconfirmed_counts(self.conn)
+        text = " ".join(f"{name}={value}" for name, value in counts.items())
+        total = store.counters(self.conn).get("shipper.confirmed", 0)
+        return f"{text} confirmed_total={total}"
 
     # -- the step ----------------------------------------------------------
 

@@ -262,3 +262,19 @@ def test_after_a_restart_nothing_is_resent_before_one_timeout(
     pacer = outbox.ResendPacer(timeout_s=30, now=1000.0)
     assert _sweep(pacer, conn, 1029.0) == 0
     assert _sweep(pacer, conn, 1030.0) == 5
+
+
+def test_unconfirmed_counts_read_only_the_unconfirmed_part_of_the_index(
+    conn: sqlite3.Connection,
+) -> None:
+    """The shipper's status line: unconfirmed states, never a scan of kept rows."""
+    ids = [add(conn, 0, s) for s in (1, 2, 3, 4)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids[:3], now=0.0)
+        outbox.confirm(conn, 0, 2, now=1.0)
+    assert outbox.unconfirmed_counts(conn) == {"pending": 1, "in_flight": 1, "sent": 0}
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT state, count(*) FROM outbox"
+        f" WHERE state IN {outbox._UNCONFIRMED} GROUP BY state"
+    ).fetchall()
+    assert any("SEARCH outbox USING COVERING INDEX outbox_state" in r[3] for r in plan)
