@@ -22,7 +22,7 @@ def test_minimal_file_gives_documented_defaults(tmp_path: Path) -> None:
     """Only the store id is required; the rest has a default."""
     settings = config.load_box(_write(tmp_path, '[store]\nid = "MQ01"\n'))
     assert settings.store.id == "MQ01"
-    assert settings.ibmi.window == 1000
+    assert settings.ibmi.window == 2000
     assert settings.kafka.changes_topic == "odh.changes"
 
 
