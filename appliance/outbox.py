@@ -276,13 +276,41 @@ def requeue_in_flight(conn: sqlite3.Connection) -> int:
 
 
 def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -> int:
-    """Delete confirmed rows confirmed more than ``window_h`` hours ago."""
+    """Delete confirmed rows confirmed more than ``window_h`` hours ago.
+
+    Lane by lane, from the lane's oldest confirmed row up to its first one
+    still inside the window: the hub confirms a lane in order, so its
+    ``confirmed_at`` grows with ``lane_seq``, and the rows visited are the
+    rows deleted plus one. A plain ``state = 'confirmed' AND confirmed_at <
+    ?`` visited every confirmed row kept for the window, inside the
+    shipper's write transaction (223 ms at 300,000 kept rows, every minute,
+    holding every leg's commits). A row confirmed out of that order (a
+    replay confirmed again) is kept until the rows before it go.
+    """
     now = time.time() if now is None else now
-    cur = conn.execute(
-        "DELETE FROM outbox WHERE state = 'confirmed' AND confirmed_at < ?",
-        (now - window_h * 3600,),
-    )
-    return cur.rowcount
+    cutoff = now - window_h * 3600
+    pruned = 0
+    lane = -1
+    while True:
+        # The next lane holding confirmed rows: one seek in the index each.
+        found = conn.execute(
+            "SELECT min(lane) FROM outbox WHERE state = 'confirmed' AND lane > ?",
+            (lane,),
+        ).fetchone()
+        if found is None or found[0] is None:
+            return pruned
+        lane = int(found[0])
+        young = conn.execute(
+            "SELECT lane_seq FROM outbox WHERE state = 'confirmed' AND lane = ?"
+            " AND (confirmed_at IS NULL OR confirmed_at >= ?)"
+            " ORDER BY lane_seq LIMIT 1",
+            (lane, cutoff),
+        ).fetchone()
+        pruned += conn.execute(
+            "DELETE FROM outbox WHERE state = 'confirmed' AND lane = ?"
+            " AND lane_seq < ? AND confirmed_at < ?",
+            (lane, young[0] if young else 2**62, cutoff),
+        ).rowcount
 
 
 def replay(conn: sqlite3.Connection, lane: int, from_seq: int) -> int:

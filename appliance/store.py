@@ -424,7 +424,30 @@ def prune_processed(
     order, at most ``limit`` per table per call.
     """
     cutoff = (time.time() if now is None else now) - keep_h * 3600
-    raw = conn.execute(
+    raw = changes = 0
+    # The oldest done row first (one index seek): most sweeps end here.
+    if _oldest_done(conn, "raw_entries") < cutoff:
+        raw = _prune_raw(conn, cutoff, limit)
+    if _oldest_done(conn, "changes") < cutoff:
+        changes = conn.execute(
+            "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE state = 1"
+            " AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)"
+            " AND mined_at < ?",
+            (limit, cutoff),
+        ).rowcount
+    return raw, changes
+
+
+def _oldest_done(conn: sqlite3.Connection, table: str) -> float:
+    """``mined_at`` of the table's oldest done row (infinity when none)."""
+    row = conn.execute(
+        f"SELECT mined_at FROM {table} WHERE state = 1 ORDER BY id LIMIT 1"
+    ).fetchone()
+    return float("inf") if row is None else float(row[0])
+
+
+def _prune_raw(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    return conn.execute(
         "DELETE FROM raw_entries WHERE id IN (SELECT id FROM raw_entries"
         " WHERE state = 1 AND id < (SELECT min(m) FROM (SELECT max(id) AS m"
         " FROM raw_entries UNION ALL SELECT min(raw_id) FROM held_changes))"
@@ -433,13 +456,6 @@ def prune_processed(
         " WHERE state = 'parked' AND raw_id IS NOT NULL)",
         (limit, cutoff),
     ).rowcount
-    changes = conn.execute(
-        "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE state = 1"
-        " AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)"
-        " AND mined_at < ?",
-        (limit, cutoff),
-    ).rowcount
-    return raw, changes
 
 
 def heartbeat(
