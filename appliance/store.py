@@ -394,7 +394,7 @@ def park(
     return int(cur.lastrowid or 0)
 
 
-PRUNE_ROWS = 50_000
+PRUNE_ROWS = 10_000
 """At most this many rows of each table per prune (one write transaction)."""
 
 
