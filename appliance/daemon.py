@@ -207,7 +207,7 @@ def run(
                     bell.ring()
                 if first_idle is not None:
                     idle_now = min(float(first_idle), idle_s)
-            elif bell is not None and not stopper.stopping:
+            elif bell is not None and bell.bound and not stopper.stopping:
                 if bell.wait(_idle_wait(idle_now, ping_every)):
                     idle_now = min(float(first_idle or idle_now), idle_s)
                 else:

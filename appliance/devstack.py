@@ -108,7 +108,7 @@ class Stack:
     workdir: Path
     name: str = "demo"
     store_id: str = "MQ01"
-    window: int = 1000
+    window: int | None = None  # None: the product's default (ibmi.window)
     legs: list[LegProcess] = field(default_factory=list)
     # The fault harness (appliance/faults/) runs the ODH on its own PostgreSQL,
     # the box's Kafka traffic through a proxy, and the pipeline database on a
@@ -240,7 +240,8 @@ class Stack:
             f'host = "{self.services.pg_host}"\nport = {self.services.pg_port}\n'
             f'database = "{self.ibmi_db}"\nuser = "{reader}"\n'
             f'password_file = "{self.secrets / "ibmi-password"}"\n'
-            f"window = {self.window}\npoll_interval_s = 0.2\n\n"
+            + ("" if self.window is None else f"window = {self.window}\n")
+            + "poll_interval_s = 0.2\n\n"
             f'[pipeline]\ndb_path = "{self.pipeline_db}"\n{self.pipeline_extra}\n'
             f"[enricher]\ntimeout_ms = 2000\n{scripts}\n"
             f"{box_kafka}\n[shipper]\nconfirm_timeout_s = {self.confirm_timeout_s}\n\n"

@@ -77,6 +77,11 @@ class Doorbell:
         send.setblocking(False)
         self._send = send
 
+    @property
+    def bound(self) -> bool:
+        """Whether rings can reach this leg (else it only polls)."""
+        return self._listen is not None
+
     def ring(self) -> None:
         """Wake the legs after this one (never blocks, never fails)."""
         if self._send is None:

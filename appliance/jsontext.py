@@ -31,6 +31,7 @@ standard-library spelling and do not use this module.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -46,11 +47,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is beyond a double (infinite)")
+    return value
+
+
 def loads(text: str | bytes | bytearray | memoryview, *, allow_nan: bool = True) -> Any:
     """Parse JSON text; raises ``ValueError`` on bad text, as ``json.loads``.
 
     ``allow_nan=False`` refuses ``NaN`` and ``Infinity`` (not JSON; the hub's
-    jsonb refuses them too).
+    jsonb refuses them too) and numbers too large for a double (``1e400``,
+    which would read as infinity and be written as ``null``).
     """
     if isinstance(text, str):
         try:
@@ -67,7 +76,7 @@ def loads(text: str | bytes | bytearray | memoryview, *, allow_nan: bool = True)
     source = text if isinstance(text, str) else data
     if allow_nan:
         return json.loads(source)
-    return json.loads(source, parse_constant=_refuse_constant)
+    return json.loads(source, parse_constant=_refuse_constant, parse_float=_finite)
 
 
 def compact(value: Any) -> str:

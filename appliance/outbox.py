@@ -275,6 +275,11 @@ def requeue_in_flight(conn: sqlite3.Connection) -> int:
     return cur.rowcount
 
 
+PRUNE_ROWS = 10_000
+"""At most this many confirmed rows of a lane per prune (the shipper's
+transaction); a prune that took them all is run again a second later."""
+
+
 def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -> int:
     """Delete confirmed rows confirmed more than ``window_h`` hours ago.
 
@@ -306,10 +311,15 @@ def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -
             " ORDER BY lane_seq LIMIT 1",
             (lane, cutoff),
         ).fetchone()
+        oldest = conn.execute(
+            "SELECT min(lane_seq) FROM outbox WHERE state = 'confirmed' AND lane = ?",
+            (lane,),
+        ).fetchone()[0]
+        bound = min(young[0] if young else 2**62, int(oldest) + PRUNE_ROWS)
         pruned += conn.execute(
             "DELETE FROM outbox WHERE state = 'confirmed' AND lane = ?"
             " AND lane_seq < ? AND confirmed_at < ?",
-            (lane, young[0] if young else 2**62, cutoff),
+            (lane, bound, cutoff),
         ).rowcount
 
 

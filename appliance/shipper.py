@@ -340,6 +340,10 @@ class ShipperLeg:
             raw, changes = store.prune_processed(
                 self.conn, self.settings.pipeline.processed_keep_h, now
             )
+            if max(raw, changes) >= store.PRUNE_ROWS or pruned >= outbox.PRUNE_ROWS:
+                # More to go (after an outage's backlog aged out): again in
+                # a second, each time a short transaction.
+                self._last_prune = now - _PRUNE_EVERY_S + 1.0
             for name, count in (("raw", raw), ("changes", changes)):
                 if count:
                     store.bump(self.conn, f"shipper.pruned_{name}", count)

@@ -415,8 +415,9 @@ def prune_processed(
     - the newest row of each table: the guardian takes ``max(id)`` as its
       bracket (``guardian.bracket.low_marks``);
     - raw entries from the oldest one an open commit cycle holds
-      (``held_changes``) on: the cycle's end and the guardian's walk back to
-      its ``C SC`` need them;
+      (``held_changes``, before images waiting for their after image left
+      out) on: the cycle's end and the guardian's walk back to its ``C SC``
+      need them;
     - raw entries a parked dead letter names (a technician's retry decodes
       them again).
 
@@ -429,11 +430,15 @@ def prune_processed(
     if _oldest_done(conn, "raw_entries") < cutoff:
         raw = _prune_raw(conn, cutoff, limit)
     if _oldest_done(conn, "changes") < cutoff:
+        young = conn.execute(
+            "SELECT id FROM changes WHERE state = 1 AND mined_at >= ?"
+            " ORDER BY id LIMIT 1",
+            (cutoff,),
+        ).fetchone()
         changes = conn.execute(
             "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE state = 1"
-            " AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)"
-            " AND mined_at < ?",
-            (limit, cutoff),
+            " AND id < ? AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)",
+            (young[0] if young else 2**62, limit),
         ).rowcount
     return raw, changes
 
@@ -447,14 +452,25 @@ def _oldest_done(conn: sqlite3.Connection, table: str) -> float:
 
 
 def _prune_raw(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    # The first done row still young bounds the range (ids grow with
+    # mined_at), so the LIMIT counts only rows that may go: parked ones are
+    # left out before it, never after (else they would stop the prune).
+    young = conn.execute(
+        "SELECT id FROM raw_entries WHERE state = 1 AND mined_at >= ?"
+        " ORDER BY id LIMIT 1",
+        (cutoff,),
+    ).fetchone()
+    # Open cycles pin their entries; a held before image (``before:``) does
+    # not: it carries its own image and may wait long for its after image.
     return conn.execute(
         "DELETE FROM raw_entries WHERE id IN (SELECT id FROM raw_entries"
-        " WHERE state = 1 AND id < (SELECT min(m) FROM (SELECT max(id) AS m"
-        " FROM raw_entries UNION ALL SELECT min(raw_id) FROM held_changes))"
-        " ORDER BY id LIMIT ?) AND mined_at < ?"
+        " WHERE state = 1 AND id < ? AND id < (SELECT min(m) FROM"
+        " (SELECT max(id) AS m FROM raw_entries UNION ALL SELECT min(raw_id)"
+        " FROM held_changes WHERE cycle_key NOT LIKE 'before:%'))"
         " AND id NOT IN (SELECT raw_id FROM dead_letters"
-        " WHERE state = 'parked' AND raw_id IS NOT NULL)",
-        (limit, cutoff),
+        " WHERE state = 'parked' AND raw_id IS NOT NULL)"
+        " ORDER BY id LIMIT ?)",
+        (young[0] if young else 2**62, limit),
     ).rowcount
 
 

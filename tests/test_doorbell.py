@@ -141,3 +141,25 @@ def test_the_runner_looks_again_when_rung_and_stops_promptly(
             stopper.event.set()
             leg.doorbell.interrupt()
             runner.join(5)
+
+
+def test_a_leg_whose_doorbell_cannot_bind_still_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling only: the runner's own pause, never a spin (a busy IBM i)."""
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    (tmp_path / "wake" / "enricher").mkdir(parents=True)  # bind fails
+    leg = _IdleLeg(tmp_path)
+    stopper = daemon.Stopper()
+    runner = threading.Thread(
+        target=daemon.run, args=(leg,), kwargs={"idle_s": 0.2, "stopper": stopper}
+    )
+    runner.start()
+    time.sleep(1.0)
+    stopper.event.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    assert leg.doorbell.bound is False
+    # 5, 10, 20, 40, 80, 160, 200 ms... : about ten steps in a second.
+    assert 3 <= leg.steps <= 20

@@ -57,3 +57,10 @@ def test_lone_surrogates_are_escaped_and_nan_can_be_refused() -> None:
     assert jsontext.loads('{"x":"\ud800"}') == {"x": "\ud800"}
     with pytest.raises(ValueError, match="NaN is not JSON"):
         jsontext.loads(b'{"x":NaN}', allow_nan=False)
+
+
+def test_a_number_beyond_a_double_is_refused_when_nan_is() -> None:
+    """1e400 would read as infinity and be written as null: refused instead."""
+    with pytest.raises(ValueError, match="beyond a double"):
+        jsontext.loads(b'{"PRIX":1e400}', allow_nan=False)
+    assert math.isinf(jsontext.loads(b"[1e400]")[0])  # the default reads it

@@ -278,3 +278,18 @@ def test_unconfirmed_counts_read_only_the_unconfirmed_part_of_the_index(
         f" WHERE state IN {outbox._UNCONFIRMED} GROUP BY state"
     ).fetchall()
     assert any("SEARCH outbox USING COVERING INDEX outbox_state" in r[3] for r in plan)
+
+
+def test_prune_takes_at_most_prune_rows_of_a_lane_per_call(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane's old rows go from its oldest on, a bounded slice per call."""
+    monkeypatch.setattr(outbox, "PRUNE_ROWS", 4)
+    ids = [add(conn, 0, s) for s in range(1, 11)]
+    with store.transaction(conn):
+        outbox.mark_in_flight(conn, ids, now=0.0)
+        outbox.confirm(conn, 0, 9, now=1000.0)
+        outbox.confirm(conn, 0, 10, now=9000.0)  # still inside the window
+        taken = [outbox.prune(conn, window_h=1, now=1000.0 + 3601) for _ in range(4)]
+    assert taken == [4, 4, 1, 0]
+    assert states(conn) == {(0, 10): "confirmed"}

@@ -192,3 +192,27 @@ def test_prune_processed_takes_at_most_limit_rows_per_table(tmp_path: Path) -> N
     with store.transaction(conn):
         assert store.prune_processed(conn, 6, now, limit=4) == (1, 1)
     assert len(_ids(conn, "raw_entries")) == len(_ids(conn, "changes")) == 1
+
+
+def test_parked_entries_and_held_before_images_do_not_stop_the_prune(
+    tmp_path: Path,
+) -> None:
+    """The LIMIT counts only rows that may go; a before image pins nothing."""
+    conn = store.connect(tmp_path / "p.db")
+    now = 1_000_000.0
+    old = now - 7 * 3600
+    with store.transaction(conn):
+        ids = [_raw(conn, old, 1) for _ in range(12)]
+        for raw_id in ids[:5]:  # the five oldest named by parked dead letters
+            store.park(conn, stage="transformer", reason="bad", raw_id=raw_id)
+        conn.execute(
+            "INSERT INTO held_changes (cycle_key, raw_id, change)"
+            " VALUES ('before:J:PRIX:7', ?, '[]')",
+            (ids[5],),
+        )
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=5) == (5, 0)
+    with store.transaction(conn):
+        assert store.prune_processed(conn, 6, now, limit=5) == (1, 0)
+    # Left: the parked five and the newest row.
+    assert _ids(conn, "raw_entries") == [*ids[:5], ids[-1]]
