@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -76,6 +78,17 @@ _UPSERT = (
 def main(args: argparse.Namespace) -> int:
     services = Services.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="appliance-bench-"))
+    try:
+        return _main(args, services, workdir)
+    finally:
+        # Its pipeline databases hold hundreds of MB per run.
+        if getattr(args, "keep_workdir", False):
+            print(f"bench directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _main(args: argparse.Namespace, services: Services, workdir: Path) -> int:
     if getattr(args, "scenario", "relay") == "guardian":
         found = benchguard.run(
             services,

@@ -84,10 +84,17 @@ def _parser() -> argparse.ArgumentParser:
         "--changes", type=_positive, default=100_000, help="catch-up backlog"
     )
     bench.add_argument(
-        "--sustained-s", type=float, default=30.0, help="writers flat out"
+        "--sustained-s", type=_positive_s, default=30.0, help="writers flat out"
     )
-    bench.add_argument("--paced-rate", type=float, default=1000.0)
-    bench.add_argument("--paced-seconds", type=float, default=30.0)
+    bench.add_argument(
+        "--paced-rate", type=_positive_s, default=1000.0, help="changes/s, latency"
+    )
+    bench.add_argument("--paced-seconds", type=_positive_s, default=30.0)
+    bench.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the bench's directory (logs, pipeline databases) for a look",
+    )
     bench.add_argument(
         "--writers", type=_positive, default=2, help="store writer processes"
     )
@@ -145,6 +152,18 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--workdir", help="where the run keeps its files")
     faults.add_argument("--no-reflash", action="store_true")
     return parser
+
+
+def _positive_s(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0 (got {text})"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text})")
+    return value
 
 
 def _positive(text: str) -> int:
