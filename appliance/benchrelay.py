@@ -350,15 +350,9 @@ def _sustained(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     left["journal_unread"] = head - (int(mark[0][0]) if mark else 0)
     _wait_relayed(stack)
     drained = time.time()
-    messages, first_ms = _read(
-        db,
-        "SELECT count(*), min(json_extract(payload, '$.ts_ms')) FROM outbox"
-        " WHERE id > ?",
-        (first,),
-    )[0]
     # From the first journal entry the writers made (process start-up left
     # out) to the last confirmation.
-    started = max(started, float(first_ms or 0) / 1000)
+    messages, started = _since(db, first, started)
     during = _one(
         db,
         "SELECT count(*) FROM outbox WHERE id > ? AND confirmed_at <= ?",
@@ -379,6 +373,18 @@ def _sustained(stack: Stack, sizes: Sizes) -> dict[str, Any]:
         "drain_after_writers_s": round(drained - ended, 1),
         "limited_by": limited,
     }
+
+
+def _since(db: Path, first: int, started: float) -> tuple[int, float]:
+    """Messages after outbox id ``first``; the window's start: its first
+    journal entry's time, or ``started`` when that is later."""
+    messages, first_ms = _read(
+        db,
+        "SELECT count(*), min(json_extract(payload, '$.ts_ms')) FROM outbox"
+        " WHERE id > ?",
+        (first,),
+    )[0]
+    return int(messages), max(started, float(first_ms or 0) / 1000)
 
 
 def _sustained_fast(stack: Stack, sizes: Sizes) -> dict[str, Any]:
@@ -403,13 +409,7 @@ def _sustained_fast(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     left = stack.backlog()
     _wait_relayed(stack)
     drained = time.time()
-    messages, first_ms = _read(
-        db,
-        "SELECT count(*), min(json_extract(payload, '$.ts_ms')) FROM outbox"
-        " WHERE id > ?",
-        (first,),
-    )[0]
-    started = max(started, float(first_ms or 0) / 1000)
+    messages, started = _since(db, first, started)
     return {
         "source_rate": wrote["rate"],
         "source_changes": int(wrote["changes"]),
