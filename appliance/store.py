@@ -425,52 +425,45 @@ def prune_processed(
     order, at most ``limit`` per table per call.
     """
     cutoff = (time.time() if now is None else now) - keep_h * 3600
-    raw = changes = 0
-    # The oldest done row first (one index seek): most sweeps end here.
-    if _oldest_done(conn, "raw_entries") < cutoff:
-        raw = _prune_raw(conn, cutoff, limit)
-    if _oldest_done(conn, "changes") < cutoff:
-        young = conn.execute(
-            "SELECT id FROM changes WHERE state = 1 AND mined_at >= ?"
-            " ORDER BY id LIMIT 1",
-            (cutoff,),
-        ).fetchone()
-        changes = conn.execute(
-            "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE state = 1"
-            " AND id < ? AND id < (SELECT max(id) FROM changes) ORDER BY id LIMIT ?)",
-            (young[0] if young else 2**62, limit),
-        ).rowcount
-    return raw, changes
-
-
-def _oldest_done(conn: sqlite3.Connection, table: str) -> float:
-    """``mined_at`` of the table's oldest done row (infinity when none)."""
-    row = conn.execute(
-        f"SELECT mined_at FROM {table} WHERE state = 1 ORDER BY id LIMIT 1"
-    ).fetchone()
-    return float("inf") if row is None else float(row[0])
-
-
-def _prune_raw(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
-    # The first done row still young bounds the range (ids grow with
-    # mined_at), so the LIMIT counts only rows that may go: parked ones are
-    # left out before it, never after (else they would stop the prune).
-    young = conn.execute(
-        "SELECT id FROM raw_entries WHERE state = 1 AND mined_at >= ?"
-        " ORDER BY id LIMIT 1",
-        (cutoff,),
-    ).fetchone()
     # Open cycles pin their entries; a held before image (``before:``) does
     # not: it carries its own image and may wait long for its after image.
-    return conn.execute(
-        "DELETE FROM raw_entries WHERE id IN (SELECT id FROM raw_entries"
-        " WHERE state = 1 AND id < ? AND id < (SELECT min(m) FROM"
-        " (SELECT max(id) AS m FROM raw_entries UNION ALL SELECT min(raw_id)"
-        " FROM held_changes WHERE cycle_key NOT LIKE 'before:%'))"
+    raw = _prune_done(
+        conn,
+        "raw_entries",
+        cutoff,
+        limit,
+        " AND id < coalesce((SELECT min(raw_id) FROM held_changes"
+        " WHERE cycle_key NOT LIKE 'before:%'), id + 1)"
         " AND id NOT IN (SELECT raw_id FROM dead_letters"
-        " WHERE state = 'parked' AND raw_id IS NOT NULL)"
-        " ORDER BY id LIMIT ?)",
-        (young[0] if young else 2**62, limit),
+        " WHERE state = 'parked' AND raw_id IS NOT NULL)",
+    )
+    return raw, _prune_done(conn, "changes", cutoff, limit)
+
+
+def _prune_done(
+    conn: sqlite3.Connection, table: str, cutoff: float, limit: int, kept: str = ""
+) -> int:
+    """Delete done rows of ``table`` older than ``cutoff``, the ``limit`` oldest.
+
+    ``kept`` (more conditions on ``id``) applies before the LIMIT: rows that
+    must stay never use up the limit, else enough of them would stop the
+    prune for good. The oldest candidate is looked at first (one index
+    seek), so a sweep with nothing old costs that; else at most ``limit``
+    rows are visited (not every old row: after an outage's backlog ages out
+    there can be millions).
+    """
+    candidates = (
+        f"SELECT id FROM {table} WHERE state = 1"
+        f" AND id < (SELECT max(id) FROM {table}){kept} ORDER BY id LIMIT ?"
+    )
+    oldest = conn.execute(
+        f"SELECT mined_at FROM {table} WHERE id IN ({candidates})", (1,)
+    ).fetchone()
+    if oldest is None or oldest[0] >= cutoff:
+        return 0
+    return conn.execute(
+        f"DELETE FROM {table} WHERE id IN ({candidates}) AND mined_at < ?",
+        (limit, cutoff),
     ).rowcount
 
 
