@@ -31,7 +31,8 @@ from test_transformer import (
 )
 
 from appliance import store
-from appliance.transformer import HeldRows, TransformerLeg
+from appliance.heldrows import HeldRows
+from appliance.transformer import TransformerLeg
 
 Snapshot = dict[str, Any]
 
