@@ -39,12 +39,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from typing import Any
 import psycopg
 
 from appliance import bench
-from appliance.benchcpu import CpuSampler
+from appliance.benchprocs import CpuSampler, RssSampler
 from appliance.devstack import Services, Stack
 
 logger = logging.getLogger(__name__)
@@ -61,7 +59,6 @@ logger = logging.getLogger(__name__)
 SEED_ARTICLES = 500
 OUTBOX_CHANGES_MAX = 100_000
 IBMI_LATENCY_MS = 50
-SAMPLE_S = 0.2
 TARGETS = {
     "sustained": 50_000.0,
     "catch_up": 1_000_000 / 60,
@@ -174,55 +171,6 @@ def _one(db: Path, query: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 # -- 1. catch-up and 5. memory (RSS) ------------------------------------------
-
-
-class RssSampler:
-    """Peak sum of VmRSS over processes and their descendants, every 0.2 s."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peak_kb = 0
-        self.peak_by_leg: dict[str, int] = {}
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            by_leg = {leg: _tree_rss_kb(pid) for leg, pid in self.pids.items()}
-            self.samples += 1
-            self.peak_kb = max(self.peak_kb, sum(by_leg.values()))
-            for leg, kb in by_leg.items():
-                self.peak_by_leg[leg] = max(self.peak_by_leg.get(leg, 0), kb)
-            self._stop.wait(SAMPLE_S)
-
-
-def _tree_rss_kb(pid: int) -> int:
-    total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            tasks = list(Path(f"/proc/{current}/task").iterdir())
-        except OSError:
-            continue
-        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        total += int(found.group(1)) if found else 0
-        for task in tasks:
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return total
 
 
 def _catch_up(stack: Stack) -> dict[str, Any]:

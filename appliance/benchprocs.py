@@ -1,4 +1,7 @@
-"""Where a bench scenario's CPU went: seconds per leg and per service.
+"""What the bench's processes used: CPU per leg and service, peak memory.
+
+:class:`RssSampler` sums ``VmRSS`` of the legs and their children every
+0.2 s (the memory row). For CPU:
 
 The relay shares the machine's cores with Kafka, PostgreSQL (the hub's
 database and the emulator's) and the emulator; a rate alone does not say
@@ -23,12 +26,14 @@ read against what the cores could give in the same span.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-SAMPLE_S = 0.5
+CPU_SAMPLE_S = 0.5
+RSS_SAMPLE_S = 0.2
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,7 +103,7 @@ class CpuSampler:
         self.seconds = time.monotonic() - self._started
 
     def _loop(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
+        while not self._stop.wait(CPU_SAMPLE_S):
             self._sample(first=False)
 
     def _group(self, pid: int, cmd: str) -> str:
@@ -165,3 +170,52 @@ class CpuSampler:
             if self.machine_total_s
             else 0.0,
         }
+
+
+class RssSampler:
+    """Peak sum of VmRSS over processes and their descendants, every 0.2 s."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_kb = 0
+        self.peak_by_leg: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            by_leg = {leg: _tree_rss_kb(pid) for leg, pid in self.pids.items()}
+            self.samples += 1
+            self.peak_kb = max(self.peak_kb, sum(by_leg.values()))
+            for leg, kb in by_leg.items():
+                self.peak_by_leg[leg] = max(self.peak_by_leg.get(leg, 0), kb)
+            self._stop.wait(RSS_SAMPLE_S)
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return total
