@@ -166,6 +166,9 @@ def main() -> int:
     ap.add_argument("--tag", default="before")
     ap.add_argument("--legs", default="miner,enricher,shipper")
     ap.add_argument("--reuse", default="", help="workdir of an earlier run")
+    ap.add_argument(
+        "--name", default="prof", help="stack name (databases ibmi_<name>, odh_<name>)"
+    )
     ap.add_argument("--summarize", nargs="*", default=[])
     ap.add_argument(
         "--profile-all",
@@ -187,7 +190,7 @@ def main() -> int:
     from appliance.emulator import workload
 
     workdir = Path(args.reuse or tempfile.mkdtemp(prefix="prof-"))
-    stack = Stack(Services.from_env(), workdir, name="prof", store_id="RE01")
+    stack = Stack(Services.from_env(), workdir, name=args.name, store_id="RE01")
     print("workdir", workdir, flush=True)
     if args.reuse and args.fresh_relay:
         # A new pipeline database starts at the oldest receiver: the same
