@@ -40,7 +40,7 @@ def main() -> int:
         return run(stack, args)
     finally:
         stopped = stack.stop_legs()
-        print("legs stopped (exit code, seconds): " + json.dumps(stopped))
+        print("demo: legs stopped (exit code, seconds): " + json.dumps(stopped))
         stack.close()
 
 
