@@ -1,10 +1,19 @@
 """Decode journal record images into JSON values, one field at a time.
 
 A :class:`RecordDecoder` is compiled once per layout: for every column it
-keeps ``(name, start, end, function)``, so decoding a record is one loop of
-slices and calls with no branching on the type. The field functions live in
+keeps ``(name, start, end, function, memo)``, so decoding a record is one loop
+of slices and calls with no branching on the type. The field functions live in
 :mod:`appliance.decoding`; what each type becomes in JSON is in
 docs/fidelity-decoding.md (contracts §2 is the short form).
+
+``memo`` remembers, per column, the values of the last bytes it decoded
+(at most ``MEMO_MAX``, then it starts again): a field function is a pure
+function of its bytes and its values are immutable, and the same bytes come
+back often (an update's before and after images, dates, codes, prices), so a
+dictionary look-up replaces a regular expression or a codec call. Only values
+are remembered, never a refusal: bad bytes are read again and described
+again. Plain binary integers are cheaper to read than to look up and have no
+memo.
 
 Invariants (domain brief §4.6-§4.8):
 
@@ -56,6 +65,11 @@ from appliance.errors import DecodeError
 from appliance.layouts import Column, Layout
 
 logger = logging.getLogger(__name__)
+
+# Distinct byte strings remembered per column before its memo is emptied.
+MEMO_MAX = 512
+# Types whose reading costs less than a look-up: no memo.
+_UNMEMOIZED = frozenset({"SMALLINT", "INTEGER", "BIGINT", "BINARY"})
 
 __all__ = [
     "HEX_CCSID",
@@ -141,7 +155,7 @@ class RecordDecoder:
         self.layout = layout
         self.table = layout.sql_name
         self.hidden = tuple(c.name for c in layout.columns if c.hidden)
-        plan: list[tuple[str, int, int, FieldFn]] = []
+        plan: list[tuple[str, int, int, FieldFn, dict[bytes, JsonValue] | None]] = []
         for column in layout.columns:
             ccsid = override_ccsid(layout, column, overrides or {})
             try:
@@ -154,9 +168,11 @@ class RecordDecoder:
                     offset=column.offset,
                     expected="a supported type, format and CCSID",
                 ) from exc
-            plan.append(
-                (column.name, column.offset, column.offset + column.size, function)
-            )
+            memo: dict[bytes, JsonValue] | None = None
+            if column.data_type not in _UNMEMOIZED or column.scale:
+                memo = {}
+            end = column.offset + column.size
+            plan.append((column.name, column.offset, end, function, memo))
         self._plan = tuple(plan)
 
     def decode(
@@ -194,25 +210,25 @@ class RecordDecoder:
         flags = self._null_flags(null_map, position)
         decoded = Decoded({})
         out = decoded.values
-        if flags is None:
-            for name, start, end, function in self._plan:
-                try:
-                    out[name] = function(image[start:end])
-                except ValueError as exc:
-                    out[name] = None
-                    self._field_problem(decoded, exc, name, start, image)
-        else:
-            for (name, start, end, function), null in zip(
-                self._plan, flags, strict=True
-            ):
-                if null:
-                    out[name] = None
-                    continue
-                try:
-                    out[name] = function(image[start:end])
-                except ValueError as exc:
-                    out[name] = None
-                    self._field_problem(decoded, exc, name, start, image)
+        for index, (name, start, end, function, memo) in enumerate(self._plan):
+            if flags is not None and flags[index]:
+                out[name] = None
+                continue
+            raw = image[start:end]
+            if memo is not None and raw in memo:
+                out[name] = memo[raw]
+                continue
+            try:
+                value = function(raw)
+            except ValueError as exc:
+                out[name] = None
+                self._field_problem(decoded, exc, name, start, image)
+                continue
+            out[name] = value
+            if memo is not None:
+                if len(memo) >= MEMO_MAX:
+                    memo.clear()
+                memo[raw] = value
         return decoded
 
     def _field_problem(

@@ -4,6 +4,12 @@ Why it exists: a UB and its UP, or a whole C SC .. C CM cycle, usually lie
 in one batch, so each held row used to be encoded, inserted, selected,
 deleted and decoded again inside the same transaction, for nothing
 (docs/profiles.md, "Session 2026-12-05": 164 -> 128 us per change).
+
+Most keys looked up are new (the before slot of each UB, each cycle's open
+marker): the keys the table holds are read once per batch, a few index
+seeks for the few keys of open cycles and waiting before images, so a new
+key costs no SELECT. Past ``KEYS_READ_MAX`` keys that list is not kept and
+every key is read on its own, as before.
 """
 
 from __future__ import annotations
@@ -13,6 +19,19 @@ import sqlite3
 from typing import Any
 
 from appliance.netting import canonical
+
+# Most distinct keys read into the list of the table's keys (one seek each).
+KEYS_READ_MAX = 1000
+# The table's distinct keys, by skipping along the primary key's index.
+_DISTINCT_KEYS = """
+WITH RECURSIVE keys (cycle_key) AS (
+    SELECT (SELECT min(cycle_key) FROM held_changes)
+    UNION ALL
+    SELECT (SELECT min(cycle_key) FROM held_changes WHERE cycle_key > keys.cycle_key)
+    FROM keys WHERE keys.cycle_key IS NOT NULL
+)
+SELECT cycle_key FROM keys WHERE cycle_key IS NOT NULL LIMIT ?
+"""
 
 
 class HeldRows:
@@ -39,6 +58,9 @@ class HeldRows:
         # A row unchanged since it was read is the same object in both.
         self._stored: dict[str, dict[int, Any]] = {}
         self._loaded: set[str] = set()
+        # The keys the table holds (None: not read yet, or too many to keep).
+        self._keys: set[str] | None = None
+        self._keys_read = False
 
     def first_id(self, key: str) -> int | None:
         """The lowest raw id held under ``key`` (an open cycle's marker)."""
@@ -86,6 +108,7 @@ class HeldRows:
         self._rows.clear()
         self._stored.clear()
         self._loaded.clear()
+        self._keys, self._keys_read = None, False
 
     def _load(self, key: str) -> dict[int, Any]:
         """All rows of ``key``: the table's (read once) merged with those put."""
@@ -93,6 +116,9 @@ class HeldRows:
         if key in self._loaded:
             return rows
         stored = self._stored.setdefault(key, {})
+        if not self._may_hold(key):
+            self._loaded.add(key)
+            return rows
         for raw_id, change in self._conn.execute(
             "SELECT raw_id, change FROM held_changes WHERE cycle_key = ?", (key,)
         ):
@@ -104,6 +130,15 @@ class HeldRows:
             rows[raw_id] = stored[raw_id] = json.loads(change)
         self._loaded.add(key)
         return rows
+
+    def _may_hold(self, key: str) -> bool:
+        """False when the table surely holds no row of ``key``."""
+        if not self._keys_read:
+            self._keys_read = True
+            found = self._conn.execute(_DISTINCT_KEYS, (KEYS_READ_MAX + 1,))
+            keys = {str(row[0]) for row in found}
+            self._keys = keys if len(keys) <= KEYS_READ_MAX else None
+        return self._keys is None or key in self._keys
 
 
 _ABSENT = object()

@@ -9,7 +9,11 @@ Invariants:
 
 - The map lives in the pipeline database (table ``rrn_keys``) and is written
   in the transaction that marks the entry done, so it is exactly as old as the
-  last processed entry, across restarts.
+  last processed entry, across restarts. Within that transaction the slots
+  set or freed wait in memory, only the last state of each (table, RRN), and
+  :meth:`RrnMap.flush` writes them before the COMMIT (and before any read of
+  ``rrn_keys``): the table then holds what one statement per entry would
+  have left, for one ``executemany`` per batch.
 - It follows the journal in entry order, commit cycles or not: RRNs are
   physical, and a rollback's compensations (PX, UR, DR) move them back.
   PT PX UP UR set ``rrn -> key of the after image``; DL DR with an image
@@ -97,33 +101,71 @@ class Window:
     head: Head
 
 
+# The stored spelling of a key (json.dumps with these options), built once.
+_KEY_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":")
+)
+
+
 def _text(key: Key) -> str:
-    return json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _KEY_ENCODER.encode(key)
 
 
 class RrnMap:
-    """The ``rrn_keys`` table; every write joins the caller's transaction."""
+    """The ``rrn_keys`` table; every write joins the caller's transaction.
+
+    :meth:`put` and :meth:`drop` are kept in memory until :meth:`flush`,
+    which the caller runs before its COMMIT; after a rollback it calls
+    :meth:`forget` instead. The other methods flush first, so what they read
+    is what the statements would have left.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         for statement in SCHEMA.split(";"):
             conn.execute(statement)
+        # (table, rrn) -> key, or None for a freed slot: the last write (its
+        # text is made at the flush, once per slot).
+        self._pending: dict[tuple[str, int], Key | None] = {}
+        # Tables with rows in rrn_read (None: not read in this transaction).
+        # Nearly always empty, so a settled slot costs no statement.
+        self._read_tables: set[str] | None = None
 
     def put(self, table: str, rrn: int, key: Key) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO rrn_keys (table_name, rrn, key) VALUES (?, ?, ?)",
-            (table, rrn, _text(key)),
-        )
+        self._pending[(table, rrn)] = key
         self._settled(table, rrn)
 
     def drop(self, table: str, rrn: int) -> None:
-        self.conn.execute(
-            "DELETE FROM rrn_keys WHERE table_name = ? AND rrn = ?", (table, rrn)
-        )
+        self._pending[(table, rrn)] = None
         self._settled(table, rrn)
+
+    def flush(self) -> None:
+        """Write the slots set or freed since the last flush (same transaction)."""
+        if not self._pending:
+            return
+        pending = self._pending.items()
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO rrn_keys (table_name, rrn, key) VALUES (?, ?, ?)",
+            [
+                (table, rrn, _text(key))
+                for (table, rrn), key in pending
+                if key is not None
+            ],
+        )
+        self.conn.executemany(
+            "DELETE FROM rrn_keys WHERE table_name = ? AND rrn = ?",
+            [slot for slot, key in pending if key is None],
+        )
+        self._pending.clear()
+
+    def forget(self) -> None:
+        """At a new transaction, or after a rollback: drop what is unwritten."""
+        self._pending.clear()
+        self._read_tables = None
 
     def take(self, table: str, rrn: int) -> Key | None:
         """The key at ``rrn``, removed from the map; None when unknown."""
+        self.flush()
         found = self.conn.execute(
             "DELETE FROM rrn_keys WHERE table_name = ? AND rrn = ? RETURNING key",
             (table, rrn),
@@ -135,6 +177,7 @@ class RrnMap:
         return key
 
     def clear(self, table: str) -> int:
+        self.flush()
         self._close(table)
         return self.conn.execute(
             "DELETE FROM rrn_keys WHERE table_name = ?", (table,)
@@ -195,6 +238,7 @@ class RrnMap:
         if not self._inside(window, entry):
             self._close(table)
             return False
+        self.flush()
         read = self.conn.execute(
             "SELECT 1 FROM rrn_read WHERE table_name = ? AND rrn = ?", (table, rrn)
         ).fetchone()
@@ -237,16 +281,31 @@ class RrnMap:
             "INSERT OR IGNORE INTO rrn_read (table_name, rrn) VALUES (?, ?)",
             [(table, rrn) for rrn in rrns],
         )
+        if rrns:
+            self._reading().add(table)
 
     def _settled(self, table: str, rrn: int) -> None:
         """An entry set or freed the slot: the journal knows it now."""
-        self.conn.execute(
-            "DELETE FROM rrn_read WHERE table_name = ? AND rrn = ?", (table, rrn)
-        )
+        if table in self._reading():
+            self.conn.execute(
+                "DELETE FROM rrn_read WHERE table_name = ? AND rrn = ?", (table, rrn)
+            )
+
+    def _reading(self) -> set[str]:
+        """The tables with slots known only from a read (``rrn_read``)."""
+        if self._read_tables is None:
+            self._read_tables = {
+                str(found[0])
+                for found in self.conn.execute(
+                    "SELECT DISTINCT table_name FROM rrn_read"
+                )
+            }
+        return self._read_tables
 
     def _close(self, table: str) -> None:
         self.conn.execute("DELETE FROM rrn_read WHERE table_name = ?", (table,))
         self.conn.execute("DELETE FROM rrn_windows WHERE table_name = ?", (table,))
+        self._reading().discard(table)
 
 
 def unknown_rrn(library: str, table: str, rrn: int) -> DecodeError:

@@ -7,8 +7,11 @@ produce (``changes``, ``held_changes``, dead letters, counters) and marks them
 of it is done. Nothing the leg needs between steps lives only in memory:
 layout versions are in ``meta`` (compiled decoders are rebuilt from them), and
 only the warnings given once per table per run (blank numerics, field
-errors) are forgotten. Within a batch, held rows are kept in memory and
-written back to ``held_changes`` before the COMMIT (:class:`HeldRows`).
+errors) are forgotten. Within a batch, held rows (:class:`HeldRows`), RRN
+map slots, changes and counters are kept in memory and written before the
+COMMIT, in the order the entries made them: the tables are left as one
+statement per entry would have left them, ids included, whatever the batch
+size (tests/test_transformer_held_cache.py, tests/emulator/).
 
 What an entry does:
 
@@ -59,18 +62,19 @@ A committed cycle is reduced to its net effect per key (:mod:`appliance.netting`
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from appliance import checks, layouts, rrnmap, store
 from appliance.catalog import OdbcCatalog, denied
+from appliance.changesource import SourceBlock
 from appliance.config import BoxSettings
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
@@ -107,7 +111,6 @@ MEMBER_REPAIRS = {
 }
 DENIED_KEY = "transformer.alarm.source_denied"
 MAX_BACKOFF_S = 60.0
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Image = dict[str, JsonValue]
 
@@ -138,7 +141,7 @@ class TransformerLeg:
         self._clock = clock
         self._library = settings.ibmi.table_library.strip().upper()
         self._tables = {name.strip().upper() for name in settings.ibmi.tables}
-        self._zone = ZoneInfo(settings.store.timezone)
+        self._source = SourceBlock(ZoneInfo(settings.store.timezone))
         self._versions = DecoderVersions(conn, catalog, settings.ibmi.ccsid_overrides)
         self._rrns = rrnmap.RrnMap(conn)
         self._warned: set[tuple[str, str]] = set()
@@ -147,6 +150,8 @@ class TransformerLeg:
         self._denied = ""
         self._tally: Counter[str] = Counter()
         self._held = HeldRows(conn)
+        self._out: list[Event] = []  # the batch's changes, written at its end
+        self._bumps: Counter[str] = Counter()  # the batch's counters, likewise
         checks.ensure_schema(conn)
         self._checks = checks.Flusher(conn, STAGE)
 
@@ -174,6 +179,7 @@ class TransformerLeg:
         ):
             return False
         self._held = HeldRows(self.conn)  # held_changes as this batch sees it
+        self._rrns.forget()  # the map's slots as this batch sees them
         try:
             with store.transaction(self.conn):
                 rows = self.conn.execute(
@@ -181,11 +187,14 @@ class TransformerLeg:
                     (self.settings.pipeline.batch,),
                 ).fetchall()
                 done, failure = self._process(rows)
-                self._held.write_back()  # before COMMIT, in the same transaction
+                # Before COMMIT, in the same transaction.
+                self._held.write_back()
+                self._rrns.flush()
         except BaseException:
             # What the rolled-back transaction wrote to meta is gone (the held
             # rows' cache is made anew at the next step).
             self._versions.forget()
+            self._rrns.forget()
             raise
         if failure is not None:
             self._back_off(failure)
@@ -217,8 +226,14 @@ class TransformerLeg:
     # -- the batch ----------------------------------------------------------
 
     def _process(self, rows: list[sqlite3.Row]) -> tuple[int, SourceError | None]:
-        """Handle rows in order; stop at a source failure (that row stays new)."""
-        done: list[tuple[int]] = []
+        """Handle rows in order; stop at a source failure (that row stays new).
+
+        ``rows`` are the lowest ids with ``state = 0``, the handled ones a
+        prefix: exactly the ``state = 0`` rows up to the last handled id.
+        """
+        self._out = []
+        self._bumps.clear()
+        done = 0
         failure: SourceError | None = None
         for row in rows:
             try:
@@ -226,12 +241,18 @@ class TransformerLeg:
             except SourceError as exc:
                 failure = exc
                 break
-            done.append((row["id"],))
-        self.conn.executemany("UPDATE raw_entries SET state = 1 WHERE id = ?", done)
+            done += 1
+        self._write_changes()
         if done:
-            store.bump(self.conn, "transformer.entries", len(done))
-            self._tally["entries"] += len(done)
-        return len(done), failure
+            self.conn.execute(
+                "UPDATE raw_entries SET state = 1"
+                " WHERE state = 0 AND id BETWEEN ? AND ?",
+                (rows[0]["id"], rows[done - 1]["id"]),
+            )
+            self._count("transformer.entries", done)
+            self._tally["entries"] += done
+        self._write_counts()
+        return done, failure
 
     def _back_off(self, failure: SourceError) -> None:
         self._failures += 1
@@ -258,7 +279,7 @@ class TransformerLeg:
         first = not self._denied
         self._denied = str(failure)[:160]
         with store.transaction(self.conn):
-            self._count("transformer.source_denied")
+            store.bump(self.conn, "transformer.source_denied")
             _put_meta(
                 self.conn,
                 DENIED_KEY,
@@ -308,15 +329,22 @@ class TransformerLeg:
         return library == self._library and table in self._tables
 
     def _count(self, counter: str, by: int = 1) -> None:
-        store.bump(self.conn, counter, by)
+        """Count in the batch; written once per counter at its end."""
+        self._bumps[counter] += by
+
+    def _write_counts(self) -> None:
+        for counter, by in self._bumps.items():
+            store.bump(self.conn, counter, by)
+        self._bumps.clear()
 
     # -- record entries -----------------------------------------------------
 
     def _record(self, row: sqlite3.Row) -> None:
+        position = _position(row)
         try:
-            decoder = self._versions.decoder(row, *_object_names(row), _position(row))
+            decoder = self._versions.decoder(row, *_object_names(row), position)
             decoded = decoder.decode_record(
-                bytes(row["data"] or b""), row["null_map"], position=_position(row)
+                bytes(row["data"] or b""), row["null_map"], position=position
             )
             source_info = self._source(row, decoder)
         except DecodeError as exc:
@@ -339,7 +367,7 @@ class TransformerLeg:
 
     def _track(self, row: sqlite3.Row, layout: layouts.Layout, image: Image) -> None:
         """Follow the entry in the RRN map: after images set, deletes free."""
-        table, kind = "/".join(_object_names(row)), row["entry_type"]
+        table, kind = _qualified(row["object"]), row["entry_type"]
         if kind in INSERT_TYPES or kind in AFTER_TYPES:
             self._rrns.put(table, row["rrn"], _key(layout, image, row))
         elif kind in ("DL", "DR"):
@@ -695,7 +723,14 @@ class TransformerLeg:
         )
 
     def _emit(self, changes: list[Event]) -> None:
-        """Write changes; field errors travel in ``source.errors`` (contracts §2)."""
+        """Queue changes for the batch's INSERT, in order (:meth:`_write_changes`)."""
+        self._out.extend(changes)
+
+    def _write_changes(self) -> None:
+        """Write the batch's changes in emit order; errors in ``source.errors``."""
+        changes, self._out = self._out, []
+        if not changes:
+            return
         self.conn.executemany(
             "INSERT INTO changes (raw_id, table_name, op, key, before, after, source,"
             " entry_ts_ms, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -714,46 +749,8 @@ class TransformerLeg:
                 for change in changes
             ],
         )
-        if changes:
-            self._count("transformer.changes", len(changes))
-            self._tally["changes"] += len(changes)
-
-    def _source(self, row: sqlite3.Row, decoder: RecordDecoder) -> dict[str, Any]:
-        """``source``, ``entry_ts_ms`` and ``mined_at`` of a change made by ``row``."""
-        layout = decoder.layout
-        local_text = row["entry_ts"]
-        try:
-            local = dt.datetime.fromisoformat(local_text)
-        except ValueError:
-            raise DecodeError(
-                "entry timestamp unreadable",
-                table=layout.sql_name,
-                position=_position(row),
-                field="entry_ts",
-                data=str(local_text).encode()[:64],
-                expected="YYYY-MM-DDTHH:MM:SS.ffffff",
-            ) from None
-        # fold=0: in the repeated hour of a DST fall-back, the first occurrence.
-        utc = local.replace(tzinfo=self._zone).astimezone(dt.UTC)
-        source_info = {
-            "journal": row["journal"],
-            "receiver": row["receiver_name"],
-            "receiver_library": row["receiver_library"],
-            "sequence": row["sequence"],
-            "commit_cycle": row["commit_cycle"],
-            "library": layout.library,
-            "table": layout.sql_name,
-            "rrn": row["rrn"],
-            "entry_ts": local_text,
-            "entry_ts_utc": utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        }
-        if decoder.hidden:
-            source_info["hidden_columns"] = list(decoder.hidden)
-        return {
-            "source": source_info,
-            "entry_ts_ms": (utc - _EPOCH) // dt.timedelta(milliseconds=1),
-            "mined_at": row["mined_at"],
-        }
+        self._count("transformer.changes", len(changes))
+        self._tally["changes"] += len(changes)
 
 
 def _key(
@@ -771,8 +768,19 @@ def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None
 
 def _object_names(row: sqlite3.Row) -> tuple[str, str]:
     """(library, file) from the 30-char OBJECT: file 1-10, library 11-20."""
-    text = str(row["object"] or "").ljust(30)
+    return _names(row["object"])
+
+
+@lru_cache(maxsize=4096)  # a journal names few objects: read each once
+def _names(value: object) -> tuple[str, str]:
+    text = str(value or "").ljust(30)
     return text[10:20].strip().upper(), text[0:10].strip().upper()
+
+
+@lru_cache(maxsize=4096)
+def _qualified(value: object) -> str:
+    """``LIBRARY/FILE`` of an OBJECT, the RRN map's table name."""
+    return "/".join(_names(value))
 
 
 def _position(row: sqlite3.Row) -> str:

@@ -5,7 +5,8 @@ end. With ``pipeline.batch = 1`` every held row goes through the table
 between two entries, as it always did; the journal below is run with that
 and with batches that cut UB/UP pairs and SC..CM cycles in every place, and
 the database must be the same after the same number of entries: held rows,
-changes, counters, dead letters.
+changes, counters, dead letters, and the RRN map (whose writes wait in
+memory until the batch's end too).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from test_transformer import (
     settings,
 )
 
-from appliance import store
+from appliance import heldrows, store
 from appliance.heldrows import HeldRows
+from appliance.rrnmap import RrnMap
 from appliance.transformer import TransformerLeg
 
 Snapshot = dict[str, Any]
@@ -119,6 +121,10 @@ def snapshot(conn: sqlite3.Connection) -> Snapshot:
         "new": [
             r[0] for r in conn.execute("SELECT id FROM raw_entries WHERE state = 0")
         ],
+        "rrn_keys": [
+            tuple(row)
+            for row in conn.execute("SELECT * FROM rrn_keys ORDER BY table_name, rrn")
+        ],
     }
 
 
@@ -161,6 +167,12 @@ def test_the_reference_journal_does_what_it_says(
     waiting = "PRIX".ljust(10) + "MAG".ljust(10) + "PRIX".ljust(10)
     assert [held[0] for held in final["held"]] == [f"before:{waiting}|6|{JOB1}"]
     assert final["new"] == []
+    # Every slot an entry set, except 5 (its DL); 1 is the PX's, rolled back
+    # or not (RRNs are physical); 2 holds the key the update moved there.
+    slots = {1: 1, 2: 20, 3: 3, 4: 4, 6: 6, 7: 7, 8: 8, 9: 9}  # RRN: article
+    assert [(rrn, json.loads(key)) for _, rrn, key in final["rrn_keys"]] == [
+        (rrn, {"ARTNUM": f"{art:06d}"}) for rrn, art in slots.items()
+    ]
 
 
 @pytest.mark.parametrize("batch", [2, 3, 4, 5, 7, 500])
@@ -172,6 +184,31 @@ def test_any_batch_size_leaves_what_one_entry_per_batch_leaves(
     assert max(steps) == max(reference)
     for done, found in steps.items():
         assert found == reference[done], f"after {done} entries"
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_too_many_held_keys_to_list_are_read_one_by_one_the_same(
+    tmp_path: Path,
+    reference: dict[int, Snapshot],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    """Past KEYS_READ_MAX the per-key SELECTs come back; the result is the same."""
+    monkeypatch.setattr(heldrows, "KEYS_READ_MAX", 1)
+    statements: list[str] = []
+    original = store.connect
+
+    def traced(path: Path) -> sqlite3.Connection:
+        conn = original(path)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(store, "connect", traced)
+    steps = run(tmp_path, batch)
+    for done, found in steps.items():
+        assert found == reference[done], f"after {done} entries"
+    by_key = [s for s in statements if "FROM held_changes WHERE cycle_key = " in s]
+    assert len(by_key) > 10
 
 
 def test_batches_do_cut_pairs_and_cycles(reference: dict[int, Snapshot]) -> None:
@@ -245,8 +282,12 @@ def test_work_inside_one_batch_never_touches_the_table(box_conn: Any) -> None:
     writes = [
         s
         for s in statements
-        if "held_changes" in s and not s.lstrip().startswith("SELECT")
+        if "held_changes" in s
+        and s.lstrip().startswith(("INSERT", "DELETE", "UPDATE", "REPLACE"))
     ]
+    # The reads: the list of keys the table holds, once; no key read on its own.
+    reads = [s for s in statements if "FROM held_changes WHERE cycle_key = " in s]
+    assert reads == []
     # executemany of nothing: the statement is never run.
     assert writes == []
     assert len(ops(conn)) == 2
@@ -262,7 +303,7 @@ class Boom(Exception):
     pass
 
 
-@pytest.mark.parametrize("where", ["commit", "write_back"])
+@pytest.mark.parametrize("where", ["commit", "write_back", "rrn_flush"])
 def test_a_failed_batch_leaves_the_table_and_is_redone_the_same(
     tmp_path: Path,
     reference: dict[int, Snapshot],
@@ -288,7 +329,7 @@ def test_a_failed_batch_leaves_the_table_and_is_redone_the_same(
                 raise Boom
 
         monkeypatch.setattr(leg, "_commit_control", failing)
-    else:  # after the held rows were written, before COMMIT
+    elif where == "write_back":  # after the held rows were written, before COMMIT
         write_back = HeldRows.write_back
 
         def failing_write(self: HeldRows) -> None:
@@ -296,6 +337,14 @@ def test_a_failed_batch_leaves_the_table_and_is_redone_the_same(
             raise Boom
 
         monkeypatch.setattr(HeldRows, "write_back", failing_write)
+    else:  # after the RRN map's slots were written, before COMMIT
+        flush = RrnMap.flush
+
+        def failing_flush(self: RrnMap) -> None:
+            flush(self)
+            raise Boom
+
+        monkeypatch.setattr(RrnMap, "flush", failing_flush)
 
     with pytest.raises(Boom):
         leg.step()
