@@ -7,9 +7,12 @@ those legs' CPU at full rate (docs/profiles.md). orjson does the same work
 in C, several times faster. Where the two differ, this module keeps the
 standard library's meaning:
 
-- orjson reads an integer beyond 64 bits as a float, silently: a text with
-  19 or more digits in a row is read by :func:`json.loads` instead (a
-  barcode in a string costs the slower read, never a wrong number);
+- orjson reads an integer outside [-2**63, 2**64 - 1] as a float, silently:
+  a text with 20 or more digits in a row, or a minus sign followed by 19, is
+  read by :func:`json.loads` instead (a barcode in a string costs the slower
+  read, never a wrong number). Every run of 19 digits fits below 2**64, and
+  the relay's versions are 19-digit numbers (epoch x 10**10 + sequence), so
+  a bound of 19 sent every message down the slow path;
 - orjson refuses what it cannot write exactly (integers beyond 64 bits,
   keys that are not strings, lone surrogates): those values go to
   :func:`json.dumps`, non-ASCII escaped;
@@ -36,10 +39,15 @@ from typing import Any
 
 import orjson
 
-# Every digit made a "9": a run of 19 digits is then a plain substring search,
+# Every digit made a "9": a run of digits is then a plain substring search,
 # several times cheaper than a regular expression (and than the parse).
+# Worked bounds: 99999999999999999999 (20 digits) > 2**64 - 1 and
+# -9999999999999999999 (19) < -2**63 are read as floats by orjson, while
+# 9999999999999999999 (19) < 2**64 and -999999999999999999 (18) > -2**63
+# are exact; so these two patterns are the whole test.
 _DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9" * 10)
-_LONG_RUN = b"9" * 19
+_LONG_RUN = b"9" * 20
+_LONG_NEGATIVE = b"-" + b"9" * 19
 _SORTED = orjson.OPT_SORT_KEYS
 
 
@@ -68,7 +76,8 @@ def loads(text: str | bytes | bytearray | memoryview, *, allow_nan: bool = True)
             data = b""
     else:
         data = bytes(text)
-    if data and _LONG_RUN not in data.translate(_DIGITS_AS_NINE):
+    nines = data.translate(_DIGITS_AS_NINE)
+    if data and _LONG_RUN not in nines and _LONG_NEGATIVE not in nines:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

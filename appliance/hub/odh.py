@@ -31,12 +31,14 @@ Every function runs inside the caller's transaction; none commits.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -49,6 +51,31 @@ logger = logging.getLogger(__name__)
 
 canonical_pk = digest.canonical_pk
 """The key as canonical JSON: the one definition (docs/guardian.md section 2)."""
+
+_SORTED_KEYS = orjson.OPT_SORT_KEYS
+
+
+def key_text(key: dict[str, Any]) -> str:
+    """:func:`canonical_pk` of ``key``, character for character, cheaper.
+
+    A key whose values are all strings or integers (every key the relay
+    ships) is written by orjson with sorted names: for such values orjson's
+    text is the standard library's (same escapes, names in code-point
+    order; tests/hub/test_key_text.py compares the two on random keys), at a
+    fifth of the cost. Any other key (a float, whose exponent the two spell
+    differently, a boolean, a nested value) goes to :func:`canonical_pk`
+    itself, and so does what orjson refuses (integers beyond 64 bits, a lone
+    surrogate, a name that is not a string).
+    """
+    for value in key.values():
+        kind = type(value)
+        if kind is not str and kind is not int:
+            return canonical_pk(key)
+    try:
+        return orjson.dumps(key, option=_SORTED_KEYS).decode()
+    except TypeError:
+        return canonical_pk(key)
+
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_$#@]{0,62}$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -138,10 +165,20 @@ def schema_ident(schema: str) -> sql.Identifier:
 
 
 def table_ident(schema: str, table: str) -> sql.Composed:
-    """``schema."<table lower>"``; SinkError for a name no IBM i table could have."""
-    if not isinstance(table, str) or not _TABLE_NAME.match(table):
-        shown = repr(table)[:40]
-        raise SinkError(f"table: expected an SQL table name (got {shown})")
+    """``schema."<table lower>"``; SinkError for a name no IBM i table could have.
+
+    The sink checks every message's table with it: the answer for a name is
+    kept (a relay has a handful of tables), a refusal is not.
+    """
+    if not isinstance(table, str):
+        raise SinkError(f"table: expected an SQL table name (got {repr(table)[:40]})")
+    return _table_ident(schema, table)
+
+
+@functools.lru_cache(maxsize=1024)
+def _table_ident(schema: str, table: str) -> sql.Composed:
+    if not _TABLE_NAME.match(table):
+        raise SinkError(f"table: expected an SQL table name (got {repr(table)[:40]})")
     return sql.SQL("{}.{}").format(schema_ident(schema), sql.Identifier(table.lower()))
 
 
@@ -218,40 +255,73 @@ def upsert(
     msgs: Sequence[dict[str, Any]],
     *,
     deleted: bool,
+    pks: Sequence[str] | None = None,
 ) -> int:
     """Write row images of ONE table under the version guard; return rows changed.
+
+    ``pks`` are the messages' :func:`key_text`, when the caller has them
+    already (the sink computes each key's text once per message).
 
     An upsert carries the after image; a delete carries the before image (or
     keeps the stored one) and sets the tombstone. Either only replaces a row
     whose version is lower, so ``len(msgs) - result`` images were stale.
 
-    Set-based: the messages go as arrays (the jsonb columns as their JSON
-    text, cast in SQL) into one ``INSERT .. SELECT FROM unnest(..)`` per
-    round. PostgreSQL refuses one such statement touching a row twice, so a
+    Set-based: the messages go as columns (the jsonb ones as their JSON
+    text, cast in SQL; each text column joined into one text, see
+    ``_JOINED``) into one ``INSERT .. SELECT FROM unnest(..)`` per round.
+    PostgreSQL refuses one such statement touching a row twice, so a
     key's n-th message of the group goes into round n: each key's writes
     still happen in order, one after the other, and keys do not interact, so
     rows and the count end exactly as with one statement per message.
     """
     if not msgs:
         return 0
-    query = sql.SQL(_UPSERT_SET).format(t=table_ident(schema, msgs[0]["table"]))
+    table = msgs[0]["table"].lower()
     changed = 0
     with conn.cursor() as cur:
-        for columns in _upsert_rounds(msgs, deleted):
-            cur.execute(query, (deleted, *columns))
+        for columns in _upsert_rounds(msgs, deleted, pks):
+            texts = [_joined(c) for i, c in enumerate(columns) if i != _VERSION]
+            params: list[Any] = [deleted]
+            if None in texts:
+                query = _upsert_query(schema, table, False)
+                params += columns
+            else:
+                query = _upsert_query(schema, table, True)
+                params += texts
+                params.insert(1 + _VERSION, columns[_VERSION])
+            cur.execute(query, params)
             changed += max(cur.rowcount, 0)
     return changed
 
 
-# The arrays travel in binary (%b): psycopg's text format escapes each element
-# of a text array with a regular expression, which cost more than the rows.
-_UPSERT_SET = (
+# The text columns travel as ONE text each: the elements joined by the unit
+# separator U+001F, a NULL written as the record separator U+001E, split in
+# SQL by string_to_array. Joining is one C call, where psycopg's array
+# dumper handles each element in Python (the arrays were a third of the
+# sink's CPU). Compact JSON never holds either character raw (JSON escapes
+# control characters in strings), nor does ``pk``; a column where one
+# appears, or an empty text (it would split to no element), goes as a binary
+# array as before (%b: in text format psycopg escapes each element of an
+# array with a regular expression, which cost more than the rows).
+_SEP = "\x1f"
+_NULL = "\x1e"
+_VERSION = 5  # the bigint column among _upsert_rounds' columns, always %b
+_JOINED = "string_to_array(%s, E'\\x1f', E'\\x1e')"
+_UPSERT_HEAD = (
     "INSERT INTO {t} AS t (store_id, pk, key, data, enrichment, version,"
     " deleted, source, errors)"
     " SELECT u.store_id, u.pk, u.key::jsonb, u.data::jsonb, u.enrichment::jsonb,"
     " u.version, %b::boolean, u.source::jsonb, u.errors::jsonb"
+)
+_UPSERT_ARRAYS = (
     " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
     " %b::bigint[], %b::text[], %b::text[])"
+)
+_UPSERT_JOINED = (
+    f" FROM unnest({_JOINED}, {_JOINED}, {_JOINED}, {_JOINED}, {_JOINED},"
+    f" %b::bigint[], {_JOINED}, {_JOINED})"
+)
+_UPSERT_TAIL = (
     " AS u(store_id, pk, key, data, enrichment, version, source, errors)"
     " ON CONFLICT (store_id, pk) DO UPDATE SET key = excluded.key,"
     " data = coalesce(excluded.data, t.data), enrichment = excluded.enrichment,"
@@ -261,41 +331,82 @@ _UPSERT_SET = (
 )
 
 
+def _joined(values: list[Any]) -> str | None:
+    """A text column as one text for ``_JOINED``; None when it cannot be.
+
+    Worked example: ``["a", None, "b"]`` is ``"a\\x1f\\x1e\\x1fb"``, split back to
+    ``{a,NULL,b}``. A value holding a separator would split into two, and a
+    lone ``""`` would split into none: those columns go as arrays, and so do
+    those holding a NUL character.
+    """
+    nulls = values.count(None)
+    if nulls:
+        text = _SEP.join(_NULL if v is None else v for v in values)
+    else:
+        text = _SEP.join(values)
+    if text.count(_SEP) != len(values) - 1 or text.count(_NULL) != nulls:
+        return None
+    # A NUL (only a store id could hold one raw) is refused by PostgreSQL in
+    # an array element and by psycopg in a text, with other words: arrays.
+    return None if "" in values or "\x00" in text else text
+
+
+@functools.lru_cache(maxsize=1024)
+def _upsert_query(schema: str, table: str, joined: bool) -> sql.Composed:
+    """The upsert of one table, composed once (psycopg then finds its prepared
+    statement by the query's text, as before)."""
+    source = _UPSERT_JOINED if joined else _UPSERT_ARRAYS
+    text = _UPSERT_HEAD + source + _UPSERT_TAIL
+    return sql.SQL(text).format(t=table_ident(schema, table))
+
+
 def _upsert_rounds(
-    msgs: Sequence[dict[str, Any]], deleted: bool
+    msgs: Sequence[dict[str, Any]],
+    deleted: bool,
+    pks: Sequence[str] | None = None,
 ) -> list[tuple[list[Any], ...]]:
     """The columns of each round: a key's n-th message goes into round n.
 
-    Columns in the order of ``_UPSERT_SET``'s arrays (after ``deleted``); a
+    Columns in the order of ``_UPSERT_ARRAYS`` (after ``deleted``); a
     JSON value as its compact text, None as None (SQL NULL, never jsonb
     ``null``).
     """
+    if pks is None:
+        pks = [key_text(msg["key"]) for msg in msgs]
+    idents = list(zip([m["store"] for m in msgs], pks, strict=True))
+    places: list[list[int]] = [list(range(len(msgs)))]
+    if len(set(idents)) < len(idents):  # a key repeats: more than one round
+        places = []
+        seen: dict[tuple[str, str], int] = {}
+        for i, ident in enumerate(idents):
+            n = seen.get(ident, 0)
+            seen[ident] = n + 1
+            if n == len(places):
+                places.append([])
+            places[n].append(i)
+    image = "before" if deleted else "after"
+    compact = jsontext.compact
     rounds: list[tuple[list[Any], ...]] = []
-    seen: dict[tuple[str, str], int] = {}
-    for msg in msgs:
-        pk = canonical_pk(msg["key"])
-        ident = (msg["store"], pk)
-        n = seen.get(ident, 0)
-        seen[ident] = n + 1
-        if n == len(rounds):
-            rounds.append(([], [], [], [], [], [], [], []))
-        store, pks, keys, data, enrichment, version, source, errors = rounds[n]
-        image = msg.get("before") if deleted else msg.get("after")
-        store.append(msg["store"])
-        pks.append(pk)
-        keys.append(jsontext.compact(msg["key"]))
-        data.append(_json_or_none(image))
-        enrichment.append(_json_or_none(msg.get("enrichment")))
-        version.append(msg["version"])
-        source.append(_json_or_none(msg.get("source")))
-        # Field-level decode errors stay with the row they concern, so data
-        # quality can be queried at the hub (NULL when the image was clean).
-        errors.append(_json_or_none(msg.get("errors")))
+    for place in places:
+        part = [msgs[i] for i in place]
+        rounds.append(
+            (
+                [idents[i][0] for i in place],
+                [idents[i][1] for i in place],
+                [compact(m["key"]) for m in part],
+                [None if (v := m.get(image)) is None else compact(v) for m in part],
+                [
+                    None if (v := m.get("enrichment")) is None else compact(v)
+                    for m in part
+                ],
+                [m["version"] for m in part],
+                [None if (v := m.get("source")) is None else compact(v) for m in part],
+                # Field-level decode errors stay with the row they concern, so
+                # data quality can be queried at the hub (NULL when clean).
+                [None if (v := m.get("errors")) is None else compact(v) for m in part],
+            )
+        )
     return rounds
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else jsontext.compact(value)
 
 
 _READ_UPSERT = (
@@ -490,24 +601,61 @@ def record_applied(
     conn: psycopg.Connection[Any], schema: str, msgs: Sequence[dict[str, Any]]
 ) -> None:
     """One ``applied`` row each, in one statement; a second apply of a
-    lane_seq fails here (a UniqueViolation, within the batch as across)."""
+    lane_seq fails here (a UniqueViolation, within the batch as across).
+
+    The columns go joined (``_joined``, ``_joined_ints``) when every value
+    fits its column, else as binary arrays, so a value out of range fails
+    with the same error either way.
+    """
     if not msgs:
         return
-    query = sql.SQL(
-        "INSERT INTO {}.applied (store_id, epoch, lane, lane_seq, outbox_id,"
-        " version) SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[],"
-        " %b::bigint[], %b::bigint[], %b::bigint[])"
-    ).format(schema_ident(schema))
-    params = (
-        [m["store"] for m in msgs],
-        [m["epoch"] for m in msgs],
-        [m["lane"] for m in msgs],
-        [m["lane_seq"] for m in msgs],
-        [_outbox_id(m) for m in msgs],
-        [m["version"] for m in msgs],
+    ints = (
+        ([m["epoch"] for m in msgs], _INT8),
+        ([m["lane"] for m in msgs], _INT4),
+        ([m["lane_seq"] for m in msgs], _INT8),
+        ([_outbox_id(m) for m in msgs], _INT8),
+        ([m["version"] for m in msgs], _INT8),
     )
+    stores = [m["store"] for m in msgs]
+    joined = [_joined(stores), *(_joined_ints(col, bounds) for col, bounds in ints)]
+    params: list[Any] = joined
+    query = _applied_query(schema, None not in joined)
+    if None in joined:
+        params = [stores, *(col for col, _ in ints)]
     with conn.cursor() as cur:
         cur.execute(query, params)
+
+
+_INT4 = (-(2**31), 2**31 - 1)
+_INT8 = (-(2**63), 2**63 - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _applied_query(schema: str, joined: bool) -> sql.Composed:
+    if joined:
+        ints = "string_to_array(%s, ',', 'N')::{}[]"
+        source = ", ".join(
+            [_JOINED] + [ints.format(t) for t in ("bigint", "int", *["bigint"] * 3)]
+        )
+    else:
+        source = (
+            "%b::text[], %b::bigint[], %b::int[], %b::bigint[], %b::bigint[],"
+            " %b::bigint[]"
+        )
+    return sql.SQL(
+        "INSERT INTO {}.applied (store_id, epoch, lane, lane_seq, outbox_id,"
+        " version) SELECT * FROM unnest(" + source + ")"
+    ).format(schema_ident(schema))
+
+
+def _joined_ints(values: list[int | None], bounds: tuple[int, int]) -> str | None:
+    """Integers as one text (``1,N,3``: N is NULL); None when one is out of bounds."""
+    present = [v for v in values if v is not None]
+    if present and (min(present) < bounds[0] or max(present) > bounds[1]):
+        return None
+    if len(present) < len(values):
+        return ",".join("N" if v is None else str(v) for v in values)
+    return ",".join(map(str, present))
 
 
 def _outbox_id(msg: dict[str, Any]) -> int | None:

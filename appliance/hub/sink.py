@@ -90,17 +90,11 @@ class _Incoming:
     raw: bytes
     value: dict[str, Any] | None
     reason: str = ""
-
-    @property
-    def lane_key(self) -> tuple[str, int, int]:
-        """(store, box epoch, lane): the stream a watermark counts."""
-        assert self.value is not None
-        return self.value["store"], self.value["epoch"], self.value["lane"]
-
-    @property
-    def lane_seq(self) -> int:
-        assert self.value is not None
-        return int(self.value["lane_seq"])
+    # Read once from a value whose identity is valid (``value`` not None):
+    # (store, box epoch, lane), the stream a watermark counts, and the place
+    # in it.
+    lane_key: tuple[str, int, int] = ("", 0, 0)
+    lane_seq: int = 0
 
 
 class SinkLeg:
@@ -276,6 +270,8 @@ class SinkLeg:
         item.reason = _identity_problem(value)
         if not item.reason:
             item.value = value
+            item.lane_key = (value["store"], value["epoch"], value["lane"])
+            item.lane_seq = value["lane_seq"]
         return item
 
     # -- the transaction ---------------------------------------------------
@@ -387,7 +383,7 @@ class SinkLeg:
             if table not in seen and table not in created:
                 odh.ensure_table(self._pg, self.schema, msg["table"])
                 created.add(table)
-        for (_table, op), rows in _statements(msgs):
+        for (_table, op), rows, pks in _statements(msgs):
             if op == "t":
                 for msg in rows:
                     odh.truncate(self._pg, self.schema, msg)
@@ -401,7 +397,9 @@ class SinkLeg:
                 counts.update({f"guardian_{k}": v for k, v in outcomes.items()})
                 counts["guardian_reads"] += len(rows)
                 continue
-            changed = odh.upsert(self._pg, self.schema, rows, deleted=op == "d")
+            changed = odh.upsert(
+                self._pg, self.schema, rows, deleted=op == "d", pks=pks
+            )
             counts["stale"] += len(rows) - changed
         odh.record_applied(self._pg, self.schema, msgs)
         counts["applied"] += len(msgs)
@@ -577,9 +575,13 @@ def _content_problem(value: dict[str, Any]) -> str:
     return ""
 
 
-def _statements(
-    msgs: list[dict[str, Any]],
-) -> list[tuple[tuple[str, str], list[dict[str, Any]]]]:
+_Statement = tuple[tuple[str, str], list[dict[str, Any]], list[str]]
+"""(table, kind of write), its messages in order, and for an upsert or a
+delete group each message's key text (:func:`odh.key_text`; empty for the
+other kinds)."""
+
+
+def _statements(msgs: list[dict[str, Any]]) -> list[_Statement]:
     """The batch as statements: like rows together, one statement each.
 
     Each statement is one round trip to PostgreSQL (``odh.upsert`` writes a
@@ -593,14 +595,15 @@ def _statements(
     ANOTHER group (a delete after an update of one key stays after it: the
     tombstone keeps the last image when the delete carries none). So the
     writes of every key happen in lane order, and the version guard sees what
-    it saw before.
+    it saw before. A key is told by its stored text (``pk``), computed here
+    once per message and handed on to the write.
     """
-    out: list[tuple[tuple[str, str], list[dict[str, Any]]]] = []
-    pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    out: list[_Statement] = []
+    pending: dict[tuple[str, str], tuple[list[dict[str, Any]], list[str]]] = {}
     owner: dict[tuple[str, str], tuple[str, str]] = {}
 
     def flush() -> None:
-        out.extend(pending.items())
+        out.extend((group, rows, pks) for group, (rows, pks) in pending.items())
         pending.clear()
         owner.clear()
 
@@ -611,13 +614,16 @@ def _statements(
             if out and out[-1][0] == group:
                 out[-1][1].append(msg)
             else:
-                out.append((group, [msg]))
+                out.append((group, [msg], []))
             continue
-        ident = (group[0], jsontext.canonical(msg.get("key")))
+        pk = odh.key_text(msg["key"])
+        ident = (group[0], pk)
         if owner.get(ident, group) != group:
             flush()
         owner[ident] = group
-        pending.setdefault(group, []).append(msg)
+        rows, pks = pending.setdefault(group, ([], []))
+        rows.append(msg)
+        pks.append(pk)
     flush()
     return out
 

@@ -77,8 +77,8 @@ def setwise(
 ) -> int:
     """Apply c/u/d messages as the sink does: per group of ``_statements``."""
     return sum(
-        odh.upsert(conn, schema, rows, deleted=op == "d")
-        for (_table, op), rows in _statements(msgs)
+        odh.upsert(conn, schema, rows, deleted=op == "d", pks=pks)
+        for (_table, op), rows, pks in _statements(msgs)
     )
 
 
@@ -394,3 +394,76 @@ def test_bad_value_parked_alone_rest_of_batch_applied(
     with pg.transaction():
         assert row_by_row(pg, schemas[1], good) == 6
     assert rows_of(pg, rig.schema) == rows_of(pg, schemas[1])
+
+
+def test_joined_text_splits_back_to_each_value() -> None:
+    """A column joined by U+001F (NULL as U+001E) unless a value would split wrong."""
+    assert odh._joined(["a", None, "b"]) == "a\x1f\x1e\x1fb"
+    assert odh._joined([None]) == "\x1e"
+    assert odh._joined(['{"k":"\\u001f"}']) == '{"k":"\\u001f"}'  # JSON escapes it
+    for unsafe in (["a\x1fb"], ["a", "b\x1e"], [""], ["a", ""], ["MQ\x0001"]):
+        assert odh._joined(unsafe) is None
+    assert odh._joined_ints([1, None, 3], odh._INT8) == "1,N,3"
+    assert odh._joined_ints([2**31 - 1], odh._INT4) == "2147483647"
+    assert odh._joined_ints([2**31], odh._INT4) is None
+    assert odh._joined_ints([None, -(2**63) - 1], odh._INT8) is None
+
+
+def test_separators_in_values_and_store_ids_end_as_row_by_row(
+    pg: psycopg.Connection[Any], schemas: tuple[str, str]
+) -> None:
+    """Separators inside JSON strings ride joined; in a store id, as arrays."""
+    tricky = msg(1, "A\x1f\x1e", 10)
+    tricky["after"]["NOTE"] = "x\x1fy\x1ez"
+    tricky["source"] = {"sep": "\x1f"}
+    odd_store = msg(2, "B", 11, store_id="MQ\x1f01")
+    odd_store["errors"] = [{"field": "PRIX", "reason": "a\x1eb"}]
+    plain = msg(3, "C", 12)
+    plain["enrichment"] = None
+    again = msg(4, "A\x1f\x1e", 13)
+    again["after"]["NOTE"] = "x\x1fy\x1ez"
+    # the second time, ``plain`` is stale: 2 rows changed of 3
+    changed = [
+        both(pg, schemas, b) for b in ([tricky, plain], [odd_store, plain, again])
+    ]
+    assert changed == [(2, 2), (2, 2)]
+    stores = pg.execute(f'SELECT store_id FROM "{schemas[0]}".prix').fetchall()
+    assert sorted(s for (s,) in stores) == ["MQ\x1f01", STORE, STORE]
+    row = pg.execute(
+        f"SELECT data ->> 'NOTE', version FROM \"{schemas[0]}\".prix WHERE pk = %s",
+        (odh.canonical_pk({"ARTNUM": "A\x1f\x1e"}),),
+    ).fetchone()
+    assert row == ("x\x1fy\x1ez", 13)
+
+
+def test_applied_values_out_of_range_fail_with_the_arrays_text(
+    pg: psycopg.Connection[Any], schemas: tuple[str, str]
+) -> None:
+    """A lane beyond int or a version beyond bigint: the error the arrays gave."""
+    for field, value in (("lane", 2**31), ("version", 2**63), ("outbox_id", -(2**64))):
+        bad = msg(1, "A", 10)
+        bad[field] = value
+        with pytest.raises(psycopg.DataError) as old, pg.transaction():
+            pg.execute(
+                odh._applied_query(schemas[1], False),
+                [
+                    [bad["store"]],
+                    [bad["epoch"]],
+                    [bad["lane"]],
+                    [bad["lane_seq"]],
+                    [bad["outbox_id"]],
+                    [bad["version"]],
+                ],
+            )
+        with pytest.raises(psycopg.DataError) as new, pg.transaction():
+            odh.record_applied(pg, schemas[0], [msg(2, "B", 11), bad])
+        assert _describe(new.value, "x") == _describe(old.value, "x")
+    stores = ["MQ\x1f01", STORE]
+    good = [msg(3, "C", 12, store_id=s, outbox_id=9) for s in stores]
+    with pg.transaction():
+        odh.record_applied(pg, schemas[0], good)
+    got = pg.execute(
+        f'SELECT store_id, lane, lane_seq, outbox_id, version FROM "{schemas[0]}"'
+        ".applied"
+    ).fetchall()
+    assert sorted(got) == [("MQ\x1f01", 0, 3, 9, 12), (STORE, 0, 3, 9, 12)]

@@ -254,7 +254,8 @@ def test_like_rows_of_a_batch_share_one_statement_in_key_order() -> None:
         msg(8, "PRIX", "t", "-"),  # stays in place
         msg(9, "PRIX", "u", "E"),
     ]
-    got = [(group, [m["lane_seq"] for m in rows]) for group, rows in _statements(batch)]
+    statements = _statements(batch)
+    got = [(group, [m["lane_seq"] for m in rows]) for group, rows, _ in statements]
     assert got == [
         (("prix", "u"), [1, 3]),
         (("stock", "u"), [2, 5]),
@@ -264,6 +265,9 @@ def test_like_rows_of_a_batch_share_one_statement_in_key_order() -> None:
         (("prix", "t"), [8]),
         (("prix", "u"), [9]),
     ]
+    pks = [pks for _, _, pks in statements]
+    assert pks[0] == [odh.canonical_pk({"ARTNUM": k}) for k in ("A", "B")]
+    assert pks[5] == []  # a truncate has no key
 
 
 def test_mixed_batch_ends_as_applied_in_order(rig: Rig) -> None:
