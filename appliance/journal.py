@@ -44,6 +44,8 @@ ones are never skipped; a deployment that wants "from now" seeds the bookmark.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -337,6 +339,137 @@ def entry_from_row(row: Sequence[Any], journal: str) -> dict[str, Any]:
     }
 
 
+# The ``raw_entries`` columns a mined entry fills, in the order of the tuples
+# :func:`entries_from_rows` builds (contracts.md §2); ``id`` and ``state``
+# are the database's.
+ENTRY_FIELDS = (
+    "journal",
+    "receiver_library",
+    "receiver_name",
+    "sequence",
+    "code",
+    "entry_type",
+    "entry_ts",
+    "commit_cycle",
+    "object",
+    "object_type",
+    "rrn",
+    "job",
+    "program",
+    "user_name",
+    "indicator_flag",
+    "null_map",
+    "data",
+    "mined_at",
+)
+RECEIVER_AT = ENTRY_FIELDS.index("receiver_name")
+SEQUENCE_AT = ENTRY_FIELDS.index("sequence")
+CODE_AT = ENTRY_FIELDS.index("code")
+TYPE_AT = ENTRY_FIELDS.index("entry_type")
+TS_AT = ENTRY_FIELDS.index("entry_ts")
+OBJECT_AT = ENTRY_FIELDS.index("object")
+_ISO_US = operator.methodcaller("isoformat", timespec="microseconds")
+_ROW_WIDTH = len(_columns("ibmi"))
+
+
+def entries_from_rows(
+    rows: Sequence[Sequence[Any]], journal: str, mined_at: float
+) -> list[tuple[Any, ...]]:
+    """A window of :func:`window_sql` rows as ``raw_entries`` tuples.
+
+    Each tuple holds, in :data:`ENTRY_FIELDS` order, exactly the values
+    :func:`entry_from_row` gives for its row (tests/test_journal_window.py
+    compares the two), except ``mined_at``, one time for the whole window. The work is
+    done column by column: a column whose values all have the type the
+    driver normally returns is converted in one pass (``map`` over a method),
+    any other column value by value through the same helpers as
+    :func:`entry_from_row`, so a NULL or an odd type is handled the same.
+    """
+    if not rows:
+        return []
+    # Indexing each row per column is cheaper than unpacking driver rows.
+    columns = [[row[i] for row in rows] for i in range(_ROW_WIDTH)]
+    objects = [o.ljust(30) if o else "" for o in _texts(columns[6])]
+    job_parts = map(_texts, (columns[11], columns[10], columns[9]))
+    jobs = map("/".join, zip(*job_parts, strict=True))
+    return list(
+        zip(
+            itertools.repeat(journal),
+            _texts(columns[14]),
+            _texts(columns[15]),
+            map(int, columns[1]),
+            _texts(columns[2]),
+            _texts(columns[3]),
+            _timestamps(columns[0]),
+            _numbers(columns[5]),
+            objects,
+            _texts(columns[7]),
+            _numbers(columns[4]),
+            jobs,
+            _texts(columns[13]),
+            _texts(columns[12]),
+            _texts(columns[8]),
+            _null_maps(columns[16]),
+            _blobs(columns[17]),
+            itertools.repeat(mined_at),
+            strict=False,
+        )
+    )
+
+
+def _only(column: Sequence[Any], *kinds: type) -> bool:
+    """Every value of ``column`` has exactly one of ``kinds`` for its type."""
+    return set(map(type, column)).issubset(kinds)
+
+
+def _texts(column: Sequence[Any]) -> list[str]:
+    if _only(column, str):
+        return list(map(str.rstrip, column))
+    return list(map(text, column))
+
+
+def _numbers(column: Sequence[Any]) -> list[int]:
+    """``number(value) or 0`` of every value."""
+    if _only(column, Decimal, int):
+        return list(map(int, column))
+    return [number(v) or 0 for v in column]
+
+
+def _timestamps(column: Sequence[Any]) -> list[str]:
+    """``timestamp(value) or ""`` of every value.
+
+    Plain ``isoformat()`` is the faster call and gives the same text for a
+    naive datetime with microseconds (26 characters); any other length (no
+    microseconds, a time zone) sends the column through the exact way.
+    """
+    if _only(column, dt.datetime):
+        texts = list(map(dt.datetime.isoformat, column))
+        if _only_length(texts, 26):
+            return texts
+        return list(map(_ISO_US, column))
+    return [timestamp(v) or "" for v in column]
+
+
+def _only_length(texts: Sequence[str], length: int) -> bool:
+    return set(map(len, texts)) == {length}
+
+
+def _null_maps(column: Sequence[Any]) -> list[bytes | None]:
+    if _only(column, str):
+        return list(map(str.encode, column))
+    return [_blob(v.encode("utf-8") if isinstance(v, str) else v) for v in column]
+
+
+def _blobs(column: Sequence[Any]) -> list[bytes | None]:
+    if _only(column, bytes, bytearray):
+        return list(map(bytes, column))
+    return list(map(_blob, column))
+
+
+def _blob(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
 def internal(entry: Mapping[str, Any]) -> bool:
     """A hidden internal entry (shown only with ``INCLUDE_INTERNAL``): skip it.
 
@@ -350,10 +483,44 @@ def wanted(entry: Mapping[str, Any], library: str, tables: Iterable[str]) -> boo
     """Keep every C and J entry; R, D and F entries only for the relayed tables."""
     if entry["code"] not in OBJECT_CODES:
         return True
-    obj = entry["object"]
+    return _object_wanted(entry["object"], library, _table_names(tables))
+
+
+def _table_names(tables: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.strip().upper() for t in tables)
+
+
+def _object_wanted(obj: str, library: str, names: frozenset[str]) -> bool:
     file_name, file_library = obj[0:10].strip(), obj[10:20].strip()
-    names = {t.strip().upper() for t in tables}
     return file_library == library.strip().upper() and file_name in names
+
+
+def select(
+    entries: Sequence[tuple[Any, ...]], library: str, tables: Iterable[str]
+) -> tuple[list[tuple[Any, ...]], int]:
+    """(entries to store, hidden entries skipped) of a window's tuples.
+
+    The same decision as :func:`internal` and :func:`wanted` per entry; the
+    verdict on an object name is taken once per window, not once per entry.
+    """
+    names = _table_names(tables)
+    verdicts: dict[str, bool] = {}
+    keep: list[tuple[Any, ...]] = []
+    hidden = 0
+    for entry in entries:
+        code = entry[CODE_AT]
+        if (code, entry[TYPE_AT]) in INTERNAL_TYPES:
+            hidden += 1
+            continue
+        if code in OBJECT_CODES:
+            obj = entry[OBJECT_AT]
+            verdict = verdicts.get(obj)
+            if verdict is None:
+                verdict = verdicts[obj] = _object_wanted(obj, library, names)
+            if not verdict:
+                continue
+        keep.append(entry)
+    return keep, hidden
 
 
 # -- the chain -----------------------------------------------------------------
@@ -589,14 +756,30 @@ def utc_seconds(local: str, zone: dt.tzinfo) -> float | None:
     return dt.datetime.fromisoformat(local).replace(tzinfo=zone).timestamp()
 
 
-def check_window(entries: Sequence[dict[str, Any]], read: Read) -> None:
-    """Refuse a window the source got wrong: wrong receiver, order or range."""
+def check_window(entries: Sequence[tuple[Any, ...]], read: Read) -> None:
+    """Refuse a window the source got wrong: wrong receiver, order or range.
+
+    ``entries`` are :func:`entries_from_rows` tuples. The common case (all
+    right) is checked a column at a time; a window that fails is walked
+    entry by entry to name the first offending one.
+    """
+    if not entries:
+        return
+    sequences = [e[SEQUENCE_AT] for e in entries]
+    names = {e[RECEIVER_AT] for e in entries}
+    if (
+        names == {read.receiver.name}
+        and read.start <= sequences[0]
+        and sequences[-1] <= read.end
+        and sorted(set(sequences)) == sequences
+    ):
+        return
     previous = read.start - 1
     for entry in entries:
-        seq = entry["sequence"]
-        if entry["receiver_name"] != read.receiver.name:
+        seq, name = entry[SEQUENCE_AT], entry[RECEIVER_AT]
+        if name != read.receiver.name:
             raise SourceError(
-                f"entry from receiver {entry['receiver_name']!r},"
+                f"entry from receiver {name!r},"
                 f" expected {read.receiver.name!r} at sequence {seq}"
             )
         if not previous < seq <= read.end:

@@ -48,6 +48,7 @@ Invariants:
   empty too early (the source ignored EOF_DELAY) does not, so the IBM i is
   never asked more often than ``poll_interval_s`` allows. Moves, gaps and
   waits on other grounds are still decided on a fresh receiver list.
+- ``mined_at`` is one time per window, taken when its rows came back.
 - Counters for benchmarks: ``miner.calls`` (every ODBC round trip),
   ``miner.windows`` (DISPLAY_JOURNAL windows stored), ``miner.rows`` (rows
   those windows returned, before filtering), ``miner.waits`` (calls with
@@ -95,16 +96,10 @@ WAIT_SETTLE_S = 0.1
 # latency.
 WAIT_MIN_GAP_S = 0.1
 
-_ENTRY_COLUMNS = (
-    "journal, receiver_library, receiver_name, sequence, code, entry_type,"
-    " entry_ts, commit_cycle, object, object_type, rrn, job, program, user_name,"
-    " indicator_flag, null_map, data, mined_at"
-)
-_INSERT_ENTRY = (
-    f"INSERT INTO raw_entries ({_ENTRY_COLUMNS}) VALUES (:journal,"
-    " :receiver_library, :receiver_name, :sequence, :code, :entry_type,"
-    " :entry_ts, :commit_cycle, :object, :object_type, :rrn, :job, :program,"
-    " :user_name, :indicator_flag, :null_map, :data, :mined_at)"
+# Positional, in journal.ENTRY_FIELDS order: a window goes in as one
+# executemany of plain tuples.
+_INSERT_ENTRY = "INSERT INTO raw_entries ({}) VALUES ({})".format(
+    ", ".join(journal.ENTRY_FIELDS), ", ".join("?" * len(journal.ENTRY_FIELDS))
 )
 _SAVE_BOOKMARK = (
     "INSERT INTO bookmark (journal, receiver_library, receiver_name, sequence,"
@@ -500,17 +495,13 @@ class MinerLeg:
         else:
             rows = self._query(src, self._sql, params, "reading journal")
         self._tally["miner.rows"] += len(rows)
-        entries = [journal.entry_from_row(row, self.journal) for row in rows]
+        entries = journal.entries_from_rows(rows, self.journal, time.time())
         journal.check_window(entries, read)
-        hidden = sum(1 for e in entries if journal.internal(e))
-        keep = [
-            e
-            for e in entries
-            if not journal.internal(e)
-            and journal.wanted(e, self.ibmi.table_library, self.ibmi.tables)
-        ]
-        last_seen = entries[-1]["sequence"] if entries else None
-        last_ts = entries[-1]["entry_ts"] if entries else ""
+        keep, hidden = journal.select(
+            entries, self.ibmi.table_library, self.ibmi.tables
+        )
+        last_seen = entries[-1][journal.SEQUENCE_AT] if entries else None
+        last_ts = entries[-1][journal.TS_AT] if entries else ""
         after = journal.after_window(bookmark, read, last_seen, last_ts)
         self._store(keep, after, hidden)
         self._bookmark = after
@@ -520,7 +511,7 @@ class MinerLeg:
         return after != bookmark
 
     def _store(
-        self, entries: list[dict[str, Any]], after: Bookmark, hidden: int = 0
+        self, entries: list[tuple[Any, ...]], after: Bookmark, hidden: int = 0
     ) -> None:
         with store.transaction(self.conn):
             if entries:
@@ -722,7 +713,7 @@ class MinerLeg:
         return source.fetch_all(src, sql, params, doing)
 
 
-def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:
+def _gap_mark(journal_id: str, resumed: Bookmark) -> tuple[Any, ...]:
     """The raw entry that tells the transformer a data gap was passed over.
 
     It sits just before the first entry read after the gap (same receiver,
@@ -730,7 +721,7 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:
     cycles whose end was lost (their rows go to the guardian's repair).
     """
     code, kind = journal.GAP_MARK
-    return {
+    mark = {
         "journal": journal_id,
         "receiver_library": resumed.receiver_library,
         "receiver_name": resumed.receiver_name,
@@ -750,6 +741,7 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> dict[str, Any]:
         "data": None,
         "mined_at": time.time(),
     }
+    return tuple(mark[name] for name in journal.ENTRY_FIELDS)
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
