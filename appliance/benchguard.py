@@ -24,12 +24,14 @@ import random
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from appliance import payloads
 from appliance.devstack import Services, Stack
 from appliance.hub import odh
 
@@ -217,11 +219,13 @@ def _timed_check(stack: Stack) -> dict[str, Any]:
     _wait_state(stack, command, ("done",))
     seconds = time.time() - started
     run = _run_of(stack, command)
+    # The JSON sent, not the bytes stored (payloads are kept compressed).
     sent = _read(
         stack,
-        "SELECT op, count(*), coalesce(sum(length(CAST(payload AS BLOB))), 0)"
-        " FROM outbox WHERE id > ? AND op IN ('g', 'r') GROUP BY op",
-        (first,),
+        "",
+        read=lambda conn: payloads.messages(
+            conn, "id > ? AND op IN ('g', 'r')", (first,)
+        ),
     )
     with psycopg.connect(stack.hub.conninfo(stack.odh_db)) as pg:
         bodies = pg.execute(
@@ -231,7 +235,11 @@ def _timed_check(stack: Stack) -> dict[str, Any]:
         summary = pg.execute(
             "SELECT summary FROM odh.guardian_runs WHERE run = %s", (run["run"],)
         ).fetchone()
-    by_op = {op: (int(n), int(size)) for op, n, size in sent}
+    by_op: dict[str, tuple[int, int]] = {}
+    for _oid, message in sent:
+        op = json.loads(message)["op"]
+        n, size = by_op.get(op, (0, 0))
+        by_op[op] = (n + 1, size + len(message))
     return {
         "seconds": round(seconds, 1),
         "read_s": round(read_s, 1),
@@ -245,11 +253,17 @@ def _timed_check(stack: Stack) -> dict[str, Any]:
     }
 
 
-def _read(stack: Stack, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+def _read(
+    stack: Stack,
+    query: str,
+    params: tuple[Any, ...] = (),
+    read: Callable[[sqlite3.Connection], list[Any]] | None = None,
+) -> list[Any]:
     """A read of the pipeline database that waits out a long writer.
 
     The control leg writes a whole run's cache in one transaction, longer
     than a connection's busy timeout; the bench only reads, so it retries.
+    ``read``, when given, reads instead of ``query``.
     """
     deadline = time.monotonic() + 600
     while True:
@@ -258,6 +272,8 @@ def _read(stack: Stack, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
         )
         conn.row_factory = sqlite3.Row
         try:
+            if read is not None:
+                return read(conn)
             return conn.execute(query, params).fetchall()
         except sqlite3.OperationalError:
             if time.monotonic() > deadline:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from appliance import store
+from appliance import payloads, store
 from appliance.errors import ApplianceError
 
 logger = logging.getLogger(__name__)
@@ -466,7 +466,8 @@ def resend(
     now = time.time()
     with store.transaction(conn):
         rows = conn.execute(
-            "SELECT lane, interest, version, table_name, op, payload, mined_at"
+            "SELECT lane, interest, version, table_name, op, payload, dict_id,"
+            " mined_at"
             " FROM outbox WHERE id IN (SELECT min(id) FROM outbox"
             f" WHERE {' AND '.join(where)} GROUP BY version) ORDER BY id",
             params,
@@ -476,10 +477,16 @@ def resend(
         ).fetchone()
         next_id = (int(seq_row[0]) if seq_row else 0) + 1
         copies = []
+        unpacker = payloads.Unpacker()
         for row in rows:
             lane = int(row["lane"])
             seqs[lane] = seqs.get(lane, 0) + 1
-            message = json.loads(row["payload"])
+            # An unreadable row raises PayloadError: the command fails, its
+            # transaction rolls back, and the operator is told which row.
+            stored = unpacker.value(
+                conn, row["payload"], row["dict_id"], table=row["table_name"]
+            )
+            message = json.loads(stored)
             message["lane_seq"] = seqs[lane]
             message["outbox_id"] = next_id
             payload = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
@@ -498,6 +505,8 @@ def resend(
                 )
             )
             next_id += 1
+        # Copies are stored as text (dict_id NULL): a resend is rare, and its
+        # rows then read like the ones it copied before compression.
         conn.executemany(
             "INSERT INTO outbox (id, lane, lane_seq, interest, version, table_name,"
             " op, payload, created_at, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

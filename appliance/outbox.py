@@ -20,6 +20,11 @@ Invariants:
   from there, whatever the delivery report said.
 - ``attempts`` counts produce calls, so ``attempts - 1`` is the resends.
 
+Payloads are stored deflated against a per-table dictionary (the layout and
+its invariants are in :mod:`appliance.payloads`): rows are written by
+:func:`insert` and read back by :func:`next_batch`, which hands the shipper
+the exact JSON bytes the enricher made.
+
 These are plain SQL functions over a connection from :func:`appliance.store.connect`.
 Functions that write run inside the caller's :func:`appliance.store.transaction`,
 so the shipper can move a whole step in one commit; the web UI calls the
@@ -34,8 +39,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from appliance import store
+from appliance import payloads, store
 from appliance.config import PipelineSection
 
 logger = logging.getLogger(__name__)
@@ -47,13 +53,19 @@ _UNCONFIRMED = "('pending', 'in_flight', 'sent')"
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One message ready to send."""
+    """One message ready to send: ``value`` is the Kafka value (JSON bytes).
+
+    ``error`` is set (and ``value`` empty) when the stored payload cannot be
+    read back; see :func:`next_batch`.
+    """
 
     id: int
     lane: int
     lane_seq: int
-    payload: str
+    table: str
+    value: bytes
     attempts: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +81,93 @@ class Delivery:
     error: str = ""
 
 
+INSERT_COLUMNS = (
+    "id, lane, lane_seq, interest, version, table_name, op, payload,"
+    " created_at, mined_at"
+)
+"""The columns of a row tuple given to :func:`insert`, in order (the payload,
+JSON text, at index 7)."""
+
+_PACKERS_KEPT = 8
+_packers: dict[int, tuple[sqlite3.Connection, payloads.Packer]] = {}
+
+
+def insert(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert outbox rows, payloads compressed (inside the caller's transaction).
+
+    Each row is a tuple in ``INSERT_COLUMNS`` order. The connection's
+    :class:`appliance.payloads.Packer` is kept between calls (its dictionaries
+    are checked against the database at each call, so a lost or stale one
+    costs a reload, never a wrong row).
+    """
+    if not rows:
+        return
+    held = _packers.get(id(conn))
+    if held is None or held[0] is not conn:
+        if len(_packers) >= _PACKERS_KEPT:
+            _packers.clear()
+        held = _packers[id(conn)] = (conn, payloads.Packer())
+    packed = held[1].pack(conn, [(str(r[5]), str(r[7])) for r in rows])
+    conn.executemany(
+        f"INSERT INTO outbox ({INSERT_COLUMNS}, dict_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (*row[:7], stored, *row[8:10], dict_id)
+            for row, (stored, dict_id) in zip(rows, packed, strict=True)
+        ],
+    )
+
+
 def next_batch(
-    conn: sqlite3.Connection, limit: int, skip_lanes: Iterable[int] = ()
+    conn: sqlite3.Connection,
+    limit: int,
+    skip_lanes: Iterable[int] = (),
+    unpacker: payloads.Unpacker | None = None,
 ) -> list[OutboxRow]:
     """Up to ``limit`` pending rows, lower lanes first, each lane in order.
 
-    Rows of ``skip_lanes`` are left for a later batch.
+    Rows of ``skip_lanes`` are left for a later batch. A row whose payload
+    cannot be read back comes with ``error`` set, and the rows after it in
+    its lane are left out of the batch: the hub applies a lane in order, so
+    nothing behind an unreadable row may go before it (the caller holds the
+    lane and parks the row, see the shipper). ``unpacker`` caches the
+    dictionaries; pass the same one each time.
     """
     if limit <= 0:
         return []
+    unpacker = payloads.Unpacker() if unpacker is None else unpacker
     skip = sorted(set(skip_lanes))
     holes = ", ".join("?" * len(skip))
     rows = conn.execute(
-        "SELECT id, lane, lane_seq, payload, attempts FROM outbox"
-        " WHERE state = 'pending'"
+        "SELECT id, lane, lane_seq, table_name, payload, dict_id, attempts"
+        " FROM outbox WHERE state = 'pending'"
         + (f" AND lane NOT IN ({holes})" if skip else "")
         + " ORDER BY lane, lane_seq LIMIT ?",
         (*skip, limit),
     ).fetchall()
-    return [OutboxRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    batch: list[OutboxRow] = []
+    stopped: set[int] = set()
+    for oid, lane, lane_seq, table, payload, dict_id, attempts in rows:
+        if lane in stopped:
+            continue
+        try:
+            value = unpacker.value(conn, payload, dict_id)
+        except payloads.PayloadError as exc:
+            stopped.add(lane)
+            error = exc.placed(table, _where(oid, lane, lane_seq))
+            batch.append(OutboxRow(oid, lane, lane_seq, table, b"", attempts, error))
+            continue
+        batch.append(OutboxRow(oid, lane, lane_seq, table, value, attempts))
+    return batch
+
+
+def _where(outbox_id: int, lane: int, lane_seq: int) -> str:
+    return f"outbox_id={outbox_id} lane={lane} lane_seq={lane_seq}"
+
+
+def position(row: OutboxRow) -> str:
+    """Where a row is, as dead letters name it: ``outbox_id=7 lane=0 lane_seq=3``."""
+    return _where(row.id, row.lane, row.lane_seq)
 
 
 def unconfirmed(conn: sqlite3.Connection) -> int:
@@ -291,6 +371,10 @@ def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -
     shipper's write transaction (223 ms at 300,000 kept rows, every minute,
     holding every leg's commits). A row confirmed out of that order (a
     replay confirmed again) is kept until the rows before it go.
+
+    Then the payload dictionaries no row names any more go too, except the
+    newest of each table (the one the enricher writes with next); a seek in
+    the ``dict_id`` index per dictionary.
     """
     now = time.time() if now is None else now
     cutoff = now - window_h * 3600
@@ -303,6 +387,7 @@ def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -
             (lane,),
         ).fetchone()
         if found is None or found[0] is None:
+            prune_dicts(conn)
             return pruned
         lane = int(found[0])
         young = conn.execute(
@@ -321,6 +406,15 @@ def prune(conn: sqlite3.Connection, window_h: float, now: float | None = None) -
             " AND lane_seq < ? AND confirmed_at < ?",
             (lane, bound, cutoff),
         ).rowcount
+
+
+def prune_dicts(conn: sqlite3.Connection) -> int:
+    """Delete dictionaries no outbox row names, but the newest of each table."""
+    return conn.execute(
+        "DELETE FROM outbox_dicts WHERE id NOT IN"
+        " (SELECT max(id) FROM outbox_dicts GROUP BY table_name)"
+        " AND NOT EXISTS (SELECT 1 FROM outbox WHERE dict_id = outbox_dicts.id)"
+    ).rowcount
 
 
 def replay(conn: sqlite3.Connection, lane: int, from_seq: int) -> int:

@@ -10,7 +10,8 @@ Responsibilities:
   this store's partition, and confirm the rows;
 - send again, paced by :class:`appliance.outbox.ResendPacer`, the rows of a
   lane whose confirmations stopped moving for ``shipper.confirm_timeout_s``;
-- prune confirmed rows after ``pipeline.replay_window_h``.
+- prune confirmed rows after ``pipeline.replay_window_h``;
+- hold a lane whose next row cannot be read back (see below).
 
 Invariants:
 
@@ -26,6 +27,19 @@ Invariants:
   rows found at start lost their report with the old process and go back to
   ``pending``. Sending twice is always safe: the hub skips what its watermark
   covers and confirms again.
+- The Kafka value is the JSON the enricher made, byte for byte: the outbox
+  stores it compressed (:mod:`appliance.payloads`), the shipper inflates it
+  before producing, and the producer compresses batches on its own.
+- A row whose payload cannot be read back (corrupt, dictionary missing) is
+  never skipped: the hub applies a lane strictly in order, so a skipped row
+  would be a gap it waits on for ever. Its lane is held (the row and every
+  later row of the lane stay ``pending``; other lanes go on), the row is
+  parked once in dead letters (stage ``shipper``, its table, position
+  ``outbox_id=.. lane=.. lane_seq=..`` and the reason), logged at ERROR,
+  and shown in the status line as ``unreadable=<lane>:<outbox_id>``. Every
+  ``_UNREADABLE_RETRY_S`` the row is read again; once it reads (the
+  dictionary or the row was restored) the lane goes on and its letter is
+  marked ``retried``.
 
 Worked example (store MQ01, confirm topic with 3 partitions)::
 
@@ -57,7 +71,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from appliance import outbox, store
+from appliance import outbox, payloads, store
 from appliance.config import BoxSettings
 from appliance.doorbell import Doorbell
 from appliance.errors import TransportError
@@ -100,6 +114,7 @@ _CONFIRM_READ = 500
 # step; a hub down for hours costs one wake-up per wait, no busy loop).
 _STARVED_WAIT_S = 0.05
 _PRUNE_EVERY_S = 60.0
+_UNREADABLE_RETRY_S = 30.0
 _METADATA_TIMEOUT_S = 10.0
 
 
@@ -112,6 +127,8 @@ class _Step:
     confirms: dict[int, int] = field(default_factory=dict)
     bad_confirms: list[tuple[str, bytes]] = field(default_factory=list)
     guardian: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[outbox.OutboxRow] = field(default_factory=list)
+    readable_again: list[int] = field(default_factory=list)
     next_offset: int | None = None
 
     def busy(self) -> bool:
@@ -121,6 +138,8 @@ class _Step:
             or self.confirms
             or self.bad_confirms
             or self.guardian
+            or self.unreadable
+            or self.readable_again
         )
 
 
@@ -154,6 +173,14 @@ class ShipperLeg:
         self._outstanding: Counter[int] = Counter()
         self._held: set[int] = set()
         self._pacer = outbox.ResendPacer(settings.shipper.confirm_timeout_s)
+        self._unpacker = payloads.Unpacker()
+        # Lanes held behind a row that cannot be read back: lane -> that row;
+        # the ids already parked by this process; when to read them again.
+        self._unreadable: dict[int, outbox.OutboxRow] = {}
+        self._parked_ids: set[int] = set()
+        self._unreadable_retry_at = 0.0
+        self._to_park: list[outbox.OutboxRow] = []
+        self._readable_again: list[int] = []
         # The hub keeps one watermark per (store, box epoch, lane).
         self._epoch = store.epoch(conn)
 
@@ -212,7 +239,10 @@ class ShipperLeg:
         counts = outbox.unconfirmed_counts(self.conn)
         text = " ".join(f"{name}={value}" for name, value in counts.items())
         total = store.counters(self.conn).get("shipper.confirmed", 0)
-        return f"{text} confirmed_total={total}"
+        held = ",".join(f"{n}:{r.id}" for n, r in sorted(self._unreadable.items()))
+        return f"{text} confirmed_total={total}" + (
+            f" unreadable={held}" if held else ""
+        )
 
     # -- the step ----------------------------------------------------------
 
@@ -229,6 +259,8 @@ class ShipperLeg:
         # rather than in the runner's idle pause.
         self._read_confirmations(work, _STARVED_WAIT_S if self._starved else 0.0)
         work.produced = self._produce()
+        work.unreadable, self._to_park = self._to_park, []
+        work.readable_again, self._readable_again = self._readable_again, []
         self._producer.poll(0)
         work.reports = self._take_reports()
         self._commit(work)
@@ -238,12 +270,22 @@ class ShipperLeg:
         budget = self.settings.shipper.max_in_flight - outbox.unconfirmed(self.conn)
         self._starved = budget <= 0
         limit = min(budget, self.settings.pipeline.batch)
+        if self._unreadable and time.monotonic() >= self._unreadable_retry_at:
+            # Read the held rows again: a restored dictionary frees the lane.
+            self._unreadable.clear()
+        skip = self._held | self._unreadable.keys()
         produced: list[int] = []
-        for row in outbox.next_batch(self.conn, limit, skip_lanes=self._held):
+        for row in outbox.next_batch(self.conn, limit, skip, self._unpacker):
+            if row.error:
+                self._hold_unreadable(row)
+                continue
+            if row.id in self._parked_ids:
+                self._parked_ids.discard(row.id)
+                self._readable_again.append(row.id)
             try:
                 self._producer.produce(
                     self.settings.kafka.changes_topic,
-                    value=row.payload.encode(),
+                    value=row.value,
                     key=self.key,
                     on_delivery=functools.partial(self._on_delivery, row.id, row.lane),
                 )
@@ -257,6 +299,14 @@ class ShipperLeg:
             produced.append(row.id)
             self._outstanding[row.lane] += 1
         return produced
+
+    def _hold_unreadable(self, row: outbox.OutboxRow) -> None:
+        """Hold the row's lane; park and log the row once (see the module doc)."""
+        self._unreadable[row.lane] = row
+        self._unreadable_retry_at = time.monotonic() + _UNREADABLE_RETRY_S
+        if row.id not in self._parked_ids:
+            self._parked_ids.add(row.id)
+            self._to_park.append(row)
 
     def _on_delivery(
         self, outbox_id: int, lane: int, err: KafkaError | None, msg: Any
@@ -294,6 +344,7 @@ class ShipperLeg:
             # no copy left in the producer may go again from its first pending.
             self._held = {n for n in self._held if self._outstanding[n] > 0}
             confirmed = self._apply_confirms(work)
+            self._park_unreadable(work)
             self._pacer.confirmed(work.confirms, now)
             resent = self._sweep(now)
             for name, count in (
@@ -316,6 +367,40 @@ class ShipperLeg:
             logger.warning("lane stalled, sending again count=%d", resent)
             # Rows of a stalled lane may still have copies in the producer.
             self._held |= {n for n, left in self._outstanding.items() if left > 0}
+
+    def _park_unreadable(self, work: _Step) -> None:
+        """Dead letters of rows that cannot be read; one per row, across restarts."""
+        for row in work.unreadable:
+            where = outbox.position(row)
+            found = self.conn.execute(
+                "SELECT 1 FROM dead_letters WHERE stage = 'shipper'"
+                " AND position = ? AND state = 'parked'",
+                (where,),
+            ).fetchone()
+            logger.error(
+                "payload unreadable, lane held table=%s outbox_id=%d position=%s"
+                " error=%s",
+                row.table,
+                row.id,
+                where,
+                row.error,
+            )
+            if found is None:
+                store.park(
+                    self.conn,
+                    stage="shipper",
+                    reason=f"payload unreadable, lane held: {row.error}"[:500],
+                    table=row.table,
+                    position=where,
+                    field="payload",
+                )
+        for oid in work.readable_again:
+            self.conn.execute(
+                "UPDATE dead_letters SET state = 'retried' WHERE stage = 'shipper'"
+                " AND position LIKE ? AND state = 'parked'",
+                (f"outbox_id={oid} %",),
+            )
+            logger.info("payload readable again, lane goes on outbox_id=%d", oid)
 
     def _sweep_due(self, now: float) -> bool:
         timeout = self.settings.shipper.confirm_timeout_s

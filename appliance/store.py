@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,7 +33,9 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 EPOCH_ORIGIN = 1577836800  # 2020-01-01T00:00:00Z
 VERSION_SPAN = 10**10
 
@@ -120,9 +123,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     partition INTEGER,
     kafka_offset INTEGER,
     confirmed_at REAL,
+    dict_id INTEGER,
     UNIQUE (lane, lane_seq)
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, lane, lane_seq);
+CREATE TABLE IF NOT EXISTS outbox_dicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    table_name TEXT NOT NULL,
+    sample BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS confirmations (
     lane INTEGER PRIMARY KEY,
     upto INTEGER NOT NULL,
@@ -217,6 +227,16 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 );
 """
 
+# Columns added after a table's first schema, as (table, column, SQL type),
+# in the order they came. ``CREATE TABLE IF NOT EXISTS`` leaves an existing
+# table as it was, so :func:`connect` adds what an older database lacks.
+ADDED_COLUMNS = (("outbox", "dict_id", "INTEGER"),)
+
+# What needs the added columns: run after they exist.
+AFTER_UPGRADE = """
+CREATE INDEX IF NOT EXISTS outbox_dict ON outbox (dict_id)
+"""
+
 
 def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     """Open the pipeline database, creating its schema on first use.
@@ -239,15 +259,35 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        added = upgrade(conn)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
             (str(int(time.time()) - EPOCH_ORIGIN),),
         )
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        meta_put(conn, "schema_version", str(SCHEMA_VERSION))
+    if added:
+        logger.info("pipeline database upgraded names=%s", ",".join(added))
     return conn
+
+
+def upgrade(conn: sqlite3.Connection) -> list[str]:
+    """Bring an older database's tables forward (inside the caller's transaction).
+
+    Adds the columns of ``ADDED_COLUMNS`` a table lacks, then what depends on
+    them; returns the ``table.column`` names added. Rows already there keep
+    their values: a ``dict_id`` added to the outbox is NULL in every old row,
+    which reads as "payload stored as text" (see :mod:`appliance.payloads`).
+    """
+    added: list[str] = []
+    for table, column, kind in ADDED_COLUMNS:
+        present = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            added.append(f"{table}.{column}")
+    for statement in AFTER_UPGRADE.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    return added
 
 
 def connect_existing(path: Path | str) -> sqlite3.Connection:

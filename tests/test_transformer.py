@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import checks, rrnmap, store, transformer
+from appliance import checks, payloads, rrnmap, store, transformer
 from appliance.config import BoxSettings, IbmiSection, PipelineSection, StoreSection
 from appliance.errors import SourceError
 from appliance.layouts import Column, Layout, make_layout
@@ -668,7 +668,8 @@ def test_field_errors_reach_the_message_through_the_enricher(box: Any) -> None:
     while enricher.step():
         pass
 
-    payload = json.loads(conn.execute("SELECT payload FROM outbox").fetchone()[0])
+    stored = conn.execute("SELECT payload, dict_id FROM outbox").fetchone()
+    payload = json.loads(payloads.read_text(conn, stored[0], stored[1]))
     assert payload["after"]["PRIX"] is None
     assert "errors" not in payload["source"]
     assert [(e["field"], e["bytes_hex"]) for e in payload["errors"]] == [

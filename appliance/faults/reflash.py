@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from confluent_kafka import Producer
 
-from appliance import store
+from appliance import payloads, store
 from appliance.devstack import Stack
 from appliance.faults import checker
 
@@ -130,14 +130,17 @@ def _late_message(
     }
     old = sqlite3.connect(old_db)
     try:
-        rows = old.execute(
-            "SELECT payload FROM outbox WHERE op != 'd' ORDER BY id DESC"
-        ).fetchall()
+        unpacker = payloads.Unpacker()
+        messages = [
+            json.loads(unpacker.value(old, r[0], r[1]))
+            for r in old.execute(
+                "SELECT payload, dict_id FROM outbox WHERE op != 'd' ORDER BY id DESC"
+            )
+        ]
     finally:
         old.close()
-    payloads = [json.loads(r[0]) for r in rows]
     chosen = next(
-        (p for p in payloads if (p["table"], _pk(p["key"])) in fresh), payloads[0]
+        (p for p in messages if (p["table"], _pk(p["key"])) in fresh), messages[0]
     )
     lane = int(chosen["lane"])
     marks = hub.execute(
