@@ -102,7 +102,7 @@ def _main(args: argparse.Namespace, services: Services, workdir: Path) -> int:
         else:
             benchguard.show(found)
         return 0
-    from appliance import benchrelay
+    from appliance import benchrelay, benchtable
 
     results = benchrelay.run(
         services,
@@ -120,7 +120,7 @@ def _main(args: argparse.Namespace, services: Services, workdir: Path) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        benchrelay.show(results)
+        benchtable.show(results)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import benchrelay
+from appliance import benchrelay, benchtable
 from appliance.devstack import Services
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ def test_relay_bench_runs_every_scenario(
     assert {"miner", "transformer", "enricher", "shipper", "sink"} <= set(cpu["cpu_s"])
     assert 0 < sum(cpu["cpu_s"].values()) <= cpu["machine_busy_s"] * 1.2 + 1
     assert found["ibmi"]["entries"] >= 4000
-    benchrelay.show(found)
+    benchtable.show(found)
     printed = capsys.readouterr().out
     for name in SCENARIOS:
         assert name in printed
