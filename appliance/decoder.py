@@ -85,6 +85,11 @@ __all__ = [
 ]
 
 Image = dict[str, JsonValue]
+# One field of a decode plan: name, start, end, function (None: read as
+# null), memo of its values by bytes (None: not remembered).
+_Step = tuple[str, int, int, FieldFn | None, dict[bytes, JsonValue] | None]
+# What a memo answers for bytes it does not hold (a value may be None).
+_UNSEEN: Any = object()
 
 
 @dataclass(slots=True)
@@ -155,7 +160,7 @@ class RecordDecoder:
         self.layout = layout
         self.table = layout.sql_name
         self.hidden = tuple(c.name for c in layout.columns if c.hidden)
-        plan: list[tuple[str, int, int, FieldFn, dict[bytes, JsonValue] | None]] = []
+        plan: list[_Step] = []
         for column in layout.columns:
             ccsid = override_ccsid(layout, column, overrides or {})
             try:
@@ -210,14 +215,17 @@ class RecordDecoder:
         flags = self._null_flags(null_map, position)
         decoded = Decoded({})
         out = decoded.values
-        for index, (name, start, end, function, memo) in enumerate(self._plan):
-            if flags is not None and flags[index]:
+        plan = self._plan if flags is None else self._flagged(flags)
+        for name, start, end, function, memo in plan:
+            if function is None:  # flagged null
                 out[name] = None
                 continue
             raw = image[start:end]
-            if memo is not None and raw in memo:
-                out[name] = memo[raw]
-                continue
+            if memo is not None:
+                value = memo.get(raw, _UNSEEN)
+                if value is not _UNSEEN:
+                    out[name] = value
+                    continue
             try:
                 value = function(raw)
             except ValueError as exc:
@@ -230,6 +238,13 @@ class RecordDecoder:
                     memo.clear()
                 memo[raw] = value
         return decoded
+
+    def _flagged(self, flags: Sequence[bool]) -> list[_Step]:
+        """The plan with the function of each field flagged null taken out."""
+        return [
+            (step[0], 0, 0, None, None) if flag else step
+            for step, flag in zip(self._plan, flags, strict=True)
+        ]
 
     def _field_problem(
         self, decoded: Decoded, exc: ValueError, name: str, start: int, image: bytes

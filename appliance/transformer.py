@@ -69,12 +69,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from appliance import checks, layouts, rrnmap, store
 from appliance.catalog import OdbcCatalog, denied
-from appliance.changesource import SourceBlock
+from appliance.changesource import Entry, SourceBlock, new_entries
 from appliance.config import BoxSettings
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
@@ -182,10 +182,7 @@ class TransformerLeg:
         self._rrns.forget()  # the map's slots as this batch sees them
         try:
             with store.transaction(self.conn):
-                rows = self.conn.execute(
-                    "SELECT * FROM raw_entries WHERE state = 0 ORDER BY id LIMIT ?",
-                    (self.settings.pipeline.batch,),
-                ).fetchall()
+                rows = new_entries(self.conn, self.settings.pipeline.batch)
                 done, failure = self._process(rows)
                 # Before COMMIT, in the same transaction.
                 self._held.write_back()
@@ -225,7 +222,7 @@ class TransformerLeg:
 
     # -- the batch ----------------------------------------------------------
 
-    def _process(self, rows: list[sqlite3.Row]) -> tuple[int, SourceError | None]:
+    def _process(self, rows: list[Entry]) -> tuple[int, SourceError | None]:
         """Handle rows in order; stop at a source failure (that row stays new).
 
         ``rows`` are the lowest ids with ``state = 0``, the handled ones a
@@ -300,7 +297,7 @@ class TransformerLeg:
         logger.warning("source grants the relay's user again stage=%s", STAGE)
         self._denied = ""
 
-    def _handle(self, row: sqlite3.Row) -> None:
+    def _handle(self, row: Entry) -> None:
         code, kind = row["code"], row["entry_type"]
         if code == "R" and kind in ROW_TYPES and self._relayed(row):
             self._record(row)
@@ -324,7 +321,7 @@ class TransformerLeg:
         else:
             self._count("transformer.ignored")
 
-    def _relayed(self, row: sqlite3.Row) -> bool:
+    def _relayed(self, row: Entry) -> bool:
         library, table = _object_names(row)
         return library == self._library and table in self._tables
 
@@ -339,7 +336,7 @@ class TransformerLeg:
 
     # -- record entries -----------------------------------------------------
 
-    def _record(self, row: sqlite3.Row) -> None:
+    def _record(self, row: Entry) -> None:
         position = _position(row)
         try:
             decoder = self._versions.decoder(row, *_object_names(row), position)
@@ -365,7 +362,7 @@ class TransformerLeg:
         else:
             self._emit(net_effect(events))
 
-    def _track(self, row: sqlite3.Row, layout: layouts.Layout, image: Image) -> None:
+    def _track(self, row: Entry, layout: layouts.Layout, image: Image) -> None:
         """Follow the entry in the RRN map: after images set, deletes free."""
         table, kind = _qualified(row["object"]), row["entry_type"]
         if kind in INSERT_TYPES or kind in AFTER_TYPES:
@@ -373,11 +370,11 @@ class TransformerLeg:
         elif kind in ("DL", "DR"):
             self._rrns.drop(table, row["rrn"])
 
-    def _imageless_delete(self, row: sqlite3.Row, exc: DecodeError) -> list[Event]:
+    def _imageless_delete(self, row: Entry, exc: DecodeError) -> list[Event]:
         """A DL with no usable image: delete the key mapped to its RRN."""
         library, table = _object_names(row)
         # The layout in force, without the image-length check the DL fails.
-        unsized = cast(sqlite3.Row, {**dict(row), "code": "", "data": b""})
+        unsized = {**row, "code": "", "data": b""}
         try:
             decoder = self._versions.decoder(unsized, library, table, _position(row))
             source_info = self._source(row, decoder)
@@ -401,7 +398,7 @@ class TransformerLeg:
         base = {"table": decoder.layout.sql_name, "raw_id": row["id"], **source_info}
         return [row_event(base, "delete", key, None, None)]
 
-    def _reorganized(self, row: sqlite3.Row) -> None:
+    def _reorganized(self, row: Entry) -> None:
         """RGZPFM renumbered every RRN: re-read the table's map from the source.
 
         A source failure propagates (the entry is retried); a catalog that
@@ -429,7 +426,7 @@ class TransformerLeg:
         self._count("transformer.reorganized")
 
     def _tally_problems(
-        self, decoder: RecordDecoder, decoded: Decoded, row: sqlite3.Row
+        self, decoder: RecordDecoder, decoded: Decoded, row: Entry
     ) -> None:
         """Count field errors and blank numerics; warn once per table and kind.
 
@@ -465,7 +462,7 @@ class TransformerLeg:
 
     def _events(
         self,
-        row: sqlite3.Row,
+        row: Entry,
         layout: layouts.Layout,
         decoded: Decoded,
         source_info: dict[str, Any],
@@ -517,7 +514,7 @@ class TransformerLeg:
         errors: list[dict[str, Any]] = held[1]
         return image, errors
 
-    def _park(self, row: sqlite3.Row, exc: DecodeError) -> None:
+    def _park(self, row: Entry, exc: DecodeError) -> None:
         library, table = _object_names(row)
         position = _position(row)
         store.park(
@@ -545,15 +542,15 @@ class TransformerLeg:
 
     # -- commitment control -------------------------------------------------
 
-    def _open_key(self, row: sqlite3.Row) -> str:
+    def _open_key(self, row: Entry) -> str:
         cycle = row["commit_cycle"] or row["sequence"]  # a C SC is its own cycle
         return f"open:{row['journal']}:{cycle}"
 
-    def _cycle_of(self, row: sqlite3.Row) -> str | None:
+    def _cycle_of(self, row: Entry) -> str | None:
         found = self._held.first_id(self._open_key(row))
         return None if found is None else f"cycle:{found}"
 
-    def _open_cycle(self, row: sqlite3.Row) -> str:
+    def _open_cycle(self, row: Entry) -> str:
         """Start a cycle keyed by this entry's raw id (its C SC, normally)."""
         stale = self._cycle_of(row)
         if stale is not None:
@@ -561,7 +558,7 @@ class TransformerLeg:
         self._held.put(self._open_key(row), row["id"], {})
         return f"cycle:{row['id']}"
 
-    def _hold(self, row: sqlite3.Row, events: list[Event]) -> None:
+    def _hold(self, row: Entry, events: list[Event]) -> None:
         cycle = self._cycle_of(row)
         if cycle is None:
             # No C SC seen (it precedes the relay's first entry): open it here.
@@ -569,7 +566,7 @@ class TransformerLeg:
             cycle = self._open_cycle(row)
         self._held.put(cycle, row["id"], events)
 
-    def _commit_control(self, row: sqlite3.Row, kind: str) -> None:
+    def _commit_control(self, row: Entry, kind: str) -> None:
         if kind == "SC":
             self._open_cycle(row)
             return
@@ -584,7 +581,7 @@ class TransformerLeg:
         else:
             self._count("transformer.rollbacks")
 
-    def _close_cycle(self, row: sqlite3.Row, cycle: str) -> list[Event]:
+    def _close_cycle(self, row: Entry, cycle: str) -> list[Event]:
         """Delete the cycle's held rows and its open marker; return its events."""
         held = self._held.take(cycle)  # in raw id order
         self._held.take(self._open_key(row))
@@ -593,7 +590,7 @@ class TransformerLeg:
             events.extend(change)
         return events
 
-    def _cut_cycles(self, row: sqlite3.Row) -> None:
+    def _cut_cycles(self, row: Entry) -> None:
         """A data gap was passed over: held cycles lost their end or changes.
 
         Parked (the repair checks asked with the gap set those rows right).
@@ -623,7 +620,7 @@ class TransformerLeg:
         )
 
     def _park_events(
-        self, row: sqlite3.Row, events: list[Any], reason: str, expected: str
+        self, row: Entry, events: list[Any], reason: str, expected: str
     ) -> None:
         """Park held events of a cycle that cannot end (at ``row``)."""
         for event in events:
@@ -638,7 +635,7 @@ class TransformerLeg:
                 payload=event,
             )
 
-    def _abandon(self, row: sqlite3.Row, cycle: str) -> None:
+    def _abandon(self, row: Entry, cycle: str) -> None:
         """A cycle number reopened while still open: park what it held."""
         # Parked as read back from the table, keys sorted: the same payload text.
         events = json.loads(canonical(self._close_cycle(row, cycle)))
@@ -657,7 +654,7 @@ class TransformerLeg:
 
     # -- output -------------------------------------------------------------
 
-    def _cleared(self, row: sqlite3.Row) -> None:
+    def _cleared(self, row: Entry) -> None:
         """CLRPFM: every row of the member is gone, with no DL entries."""
         try:
             decoder = self._versions.decoder(row, *_object_names(row), _position(row))
@@ -678,7 +675,7 @@ class TransformerLeg:
         }
         self._emit([change])
 
-    def _member_alarm(self, row: sqlite3.Row, kind: str) -> None:
+    def _member_alarm(self, row: Entry, kind: str) -> None:
         """F EJ / F MR of a relayed table: an alarm an operator must act on.
 
         Parked as a dead letter (visible in ``appliance status`` and the web
@@ -709,7 +706,7 @@ class TransformerLeg:
             reason,
         )
 
-    def _journaling_started(self, row: sqlite3.Row) -> None:
+    def _journaling_started(self, row: Entry) -> None:
         """F JM: journaling (re)started; after an F EJ, ask for a repair check."""
         library, table = _object_names(row)
         if not checks.journaling_started(self.conn, library, table):
@@ -753,9 +750,7 @@ class TransformerLeg:
         self._tally["changes"] += len(changes)
 
 
-def _key(
-    layout: layouts.Layout, image: Image, row: sqlite3.Row
-) -> dict[str, JsonValue]:
+def _key(layout: layouts.Layout, image: Image, row: Entry) -> dict[str, JsonValue]:
     """Primary-key columns of the image; the RRN when the table has no key."""
     if not layout.keys:
         return {"RRN": row["rrn"]}
@@ -766,7 +761,7 @@ def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None
     store.meta_put(conn, key, canonical(value))
 
 
-def _object_names(row: sqlite3.Row) -> tuple[str, str]:
+def _object_names(row: Entry) -> tuple[str, str]:
     """(library, file) from the 30-char OBJECT: file 1-10, library 11-20."""
     return _names(row["object"])
 
@@ -783,7 +778,7 @@ def _qualified(value: object) -> str:
     return "/".join(_names(value))
 
 
-def _position(row: sqlite3.Row) -> str:
+def _position(row: Entry) -> str:
     return f"{row['receiver_name']}:{row['sequence']}"
 
 

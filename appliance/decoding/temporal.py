@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 
 from appliance.decoding.numbers import FieldError, FieldFn
 
@@ -130,25 +131,45 @@ def _clock(hour: int, minute: int, second: int, *, expected: str) -> str:
 
 
 def timestamp_field(precision: int) -> FieldFn:
-    """TIMESTAMP(p) 'YYYY-MM-DD-HH.MM.SS[.f...]' -> 'YYYY-MM-DDTHH:MM:SS.ffffff'."""
-    fraction = f"\\.([0-9]{{{precision}}})" if precision else "()"
-    pattern = re.compile(
-        "([0-9]{4})-([0-9]{2})-([0-9]{2})-([0-9]{2})\\.([0-9]{2})\\.([0-9]{2})"
-        + fraction
-    )
+    """TIMESTAMP(p) 'YYYY-MM-DD-HH.MM.SS[.f...]' -> 'YYYY-MM-DDTHH:MM:SS.ffffff'.
+
+    Read at fixed positions: the image's shape (each EBCDIC digit as '9',
+    every other byte as itself) must be the format's, which is what the
+    format's regular expression over the decoded text accepts, since cp037
+    gives '0'-'9' only for 0xF0-0xF9 and each punctuation mark for one byte.
+    """
+    template = "9999-99-99-99.99.99" + ("." + "9" * precision).rstrip(".")
+    shape = template.encode(DATETIME_CODEC)
     expected = "timestamp YYYY-MM-DD-HH.MM.SS" + ("." + "f" * precision).rstrip(".")
 
     def decode(raw: bytes) -> str:
-        match = pattern.fullmatch(raw.decode(DATETIME_CODEC))
-        if match is None:
+        if raw.translate(_SHAPES) != shape:
             raise FieldError("timestamp does not match its format", expected)
-        year, month, day, hour, minute, second, digits = match.groups()
-        try:
-            value = dt.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(second)
-            )
-        except ValueError:
-            raise FieldError("impossible timestamp", expected) from None
-        return value.isoformat() + "." + digits.ljust(6, "0")
+        text = raw.decode(DATETIME_CODEC)
+        if (
+            not _real_date(text[:10])
+            or text[11:13] > "23"
+            or text[14:16] > "59"
+            or text[17:19] > "59"
+        ):
+            raise FieldError("impossible timestamp", expected)
+        return (
+            f"{text[:10]}T{text[11:13]}:{text[14:16]}:{text[17:19]}"
+            f".{text[20:].ljust(6, '0')}"
+        )
 
     return decode
+
+
+# EBCDIC digits (0xF0-0xF9) -> the EBCDIC '9'; every other byte unchanged.
+_SHAPES = bytes(0xF9 if 0xF0 <= b <= 0xF9 else b for b in range(256))
+
+
+@lru_cache(maxsize=4096)  # the days of a journal are few: check each once
+def _real_date(text: str) -> bool:
+    """Whether 'YYYY-MM-DD' (digits) is a day of the calendar (year 1 or later)."""
+    try:
+        dt.date(int(text[:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        return False
+    return True

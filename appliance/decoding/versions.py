@@ -22,6 +22,12 @@ Invariants: an image is decoded only with a version whose record length is
 its length; a catalog failure (SourceError) propagates so the batch is
 retried; a layout the decoder cannot compile is remembered as a DecodeError
 and parks every entry that needs it, until the next ``D CG``.
+
+The version in force is looked up in full only when an entry falls outside
+the raw id range of the last version found for its table, ``[since, since of
+the next version)``: that range holds while the table's versions do not
+change, so every ``D CG``/``D CT``, catalog read and :meth:`forget` empties
+the remembered ranges.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from appliance import layouts
+from appliance.changesource import Entry
 from appliance.decoder import RecordDecoder, compile_layout
 from appliance.errors import DecodeError
 
@@ -58,21 +65,31 @@ class DecoderVersions:
         self.overrides = dict(overrides)
         self.history = layouts.LayoutHistory(conn)
         self._compiled: dict[tuple[str, int], RecordDecoder | DecodeError] = {}
+        # Per table: (first raw id, first raw id past, version, its decoder).
+        self._ranges: dict[
+            str, tuple[int, float, layouts.LayoutVersion, RecordDecoder]
+        ] = {}
 
     def forget(self) -> None:
         """After a rolled-back transaction: re-read versions, recompile."""
         self.history.forget()
         self._compiled.clear()
+        self._ranges.clear()
 
-    def changed(self, row: sqlite3.Row, name: str, position: str) -> None:
+    def changed(self, row: Entry, name: str, position: str) -> None:
         """A ``D CG``/``D CT`` of ``name``: a new version starts at this entry."""
+        self._ranges.clear()
         self.history.add(name, row["id"], position, None)
 
     def decoder(
-        self, row: sqlite3.Row, library: str, table: str, position: str
+        self, row: Entry, library: str, table: str, position: str
     ) -> RecordDecoder:
         """The decoder of the version in force at ``row`` (DecodeError: park it)."""
         name, raw_id = f"{library}/{table}", row["id"]
+        known_range = self._ranges.get(name)
+        if known_range is not None and known_range[0] <= raw_id < known_range[1]:
+            self._check_length(row, known_range[3], known_range[2], position)
+            return known_range[3]
         version = self.history.in_force(name, raw_id)
         if version is None:
             known = self.history.versions(name)
@@ -85,8 +102,20 @@ class DecoderVersions:
             self._compiled[(name, version.since)] = found
         if isinstance(found, DecodeError):
             raise found
+        if version.since <= raw_id:
+            self._remember(name, version, found)
         self._check_length(row, found, version, position)
         return found
+
+    def _remember(
+        self, name: str, version: layouts.LayoutVersion, decoder: RecordDecoder
+    ) -> None:
+        """File the raw id range in which ``version`` is the one in force."""
+        later = [
+            v.since for v in self.history.versions(name) if v.since > version.since
+        ]
+        past = min(later) if later else float("inf")
+        self._ranges[name] = (version.since, past, version, decoder)
 
     def _compile(
         self, name: str, version: layouts.LayoutVersion
@@ -100,7 +129,7 @@ class DecoderVersions:
 
     def _load(
         self,
-        row: sqlite3.Row,
+        row: Entry,
         name: str,
         placeholder: layouts.LayoutVersion | None,
     ) -> layouts.LayoutVersion:
@@ -111,9 +140,10 @@ class DecoderVersions:
         else:
             since, position = self._pending_change(row)
         layout = self.catalog.load_layout(library, table)
+        self._ranges.clear()
         return self.history.add(name, since, position, layout)
 
-    def _pending_change(self, row: sqlite3.Row) -> tuple[int, str]:
+    def _pending_change(self, row: Entry) -> tuple[int, str]:
         """(raw id, position) of the last unprocessed D CG/CT of the table, or 0.
 
         The catalog shows the layout after every ALTER already journaled, so
@@ -132,7 +162,7 @@ class DecoderVersions:
 
     @staticmethod
     def _check_length(
-        row: sqlite3.Row,
+        row: Entry,
         decoder: RecordDecoder,
         version: layouts.LayoutVersion,
         position: str,
