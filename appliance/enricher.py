@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance import jsontext, scripting, store
+from appliance import jsontext, outbox, scripting, store
 from appliance.config import BoxSettings
 from appliance.doorbell import Doorbell
 from appliance.errors import ScriptError
@@ -513,11 +513,7 @@ class EnricherLeg:
     def _insert(
         self, rows: list[tuple[Any, ...]], changes: list[Change], seqs: dict[int, int]
     ) -> None:
-        self.conn.executemany(
-            "INSERT INTO outbox (id, lane, lane_seq, interest, version, table_name,"
-            " op, payload, created_at, mined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        outbox.insert(self.conn, rows)  # deflated: appliance.payloads
         self.conn.executemany(
             "UPDATE changes SET state = 1 WHERE id = ?", [(c.id,) for c in changes]
         )

@@ -10,12 +10,19 @@ What each language receives:
 - JavaScript: a plain JS object (``JSON.parse`` of the change). The scope is
   Rhino's *safe* standard objects: no ``java``, ``Packages`` or
   ``JavaAdapter``, so a JS script cannot reach the JVM or the file system.
+  The batch loop runs in that scope too and is given no Java object.
 - BeanShell: a read-only ``java.util.Map`` (Rhino's JSON parser, done on the
   Java side: one string crosses JPype per call, about 3x faster than building
   a ``HashMap`` from Python). Nested objects are maps, arrays are lists,
   integers are ``Integer`` (``Double`` beyond 32 bits), decimals are strings.
-- Python: a fresh ``dict`` per call (``json.loads``), so a script that
-  mutates its argument cannot touch the message.
+- Python: a fresh ``dict`` per call (:func:`jsontext.loads`, the meaning of
+  ``json.loads``), so a script that mutates its argument cannot touch the
+  message.
+
+Rhino takes a batch in one JPype crossing (the JSON texts joined by
+:data:`_SEP`), loops over it in the script's scope and returns the results'
+JSON texts joined the same way. BeanShell is called once per change: the same
+loop written with LiveConnect cost more (reflection) than JPype's calls.
 
 Invariants:
 
@@ -30,7 +37,11 @@ Invariants:
   fresh one (new interpreter, script loaded again) takes the next change: a
   half-stopped interpreter is never reused.
 - The time limit is per change, also when a whole batch goes to the worker in
-  one hand-off: the watchdog measures each item from its own start.
+  one hand-off: the watchdog measures each item from its own start. Rhino's
+  loop reports how many items it has begun; such an item is timed from the
+  first poll that sees it (at most 10 ms late), and Rhino's observer gives
+  each item its own deadline. Results of items that ended inside a hand-off
+  stopped from outside are lost with it: a fresh worker runs them again.
 - Every failure of a call (exception, time limit, wrong type, result over
   :data:`MAX_RESULT_CHARS` as JSON) comes back as a :class:`ScriptError` in
   that change's slot; the other changes of the batch are not affected.
@@ -59,7 +70,7 @@ from typing import Any
 
 import jpype
 
-from appliance import jvm
+from appliance import jsontext, jvm
 from appliance.config import ScriptSection
 from appliance.errors import ScriptError
 
@@ -153,6 +164,20 @@ class Engine:
         """Run ``enrich`` on one change; return the checked value or raise."""
         raise ScriptError("no engine")  # pragma: no cover - overridden
 
+    def call_many(self, inputs: Sequence[str], start: int) -> list[Outcome]:
+        """Outcomes of ``inputs[start:]`` in order, up to the first that raised.
+
+        One item per hand-off here; Rhino loops over the batch in JS.
+        """
+        try:
+            return [self.call(inputs[start])]
+        except ScriptError as exc:
+            return [exc]
+
+    def started(self) -> int | None:
+        """Items begun by the running :meth:`call_many`; None: one per hand-off."""
+        return None
+
     def release(self) -> None:
         """Free what the engine holds on its thread (best effort)."""
 
@@ -209,7 +234,7 @@ class PythonEngine(Engine):
     def call(self, change_json: str) -> Any:
         assert self._enrich is not None
         enrich = self._enrich
-        change = json.loads(change_json)
+        change = jsontext.loads(change_json)
         return checked(self._guarded(self.timeout_s, lambda: enrich(change)))
 
     # No stop_from_outside: PyThreadState_SetAsyncExc on a thread blocked in C
@@ -242,55 +267,86 @@ class JvmEngine(Engine):
             logger.warning("cannot stop script thread error=%s", _short(str(exc)))
 
 
+# Joins a batch's JSON texts (and the JSON texts of Rhino's results): JSON
+# escapes every control character inside strings and allows none outside.
+_SEP = "\x1e"
+
+
 # Made once per Rhino engine in a context with LiveConnect: a ContextFactory
 # whose instruction observer throws past deadline[0] (System.nanoTime units).
+# Once watched[0] holds the batch loop's state, each item's deadline is
+# deadline[1] ns after the observer first sees its ticket.
 _RHINO_BOOT = """
-var deadline = java.lang.reflect.Array.newInstance(java.lang.Long.TYPE, 1);
+var deadline = java.lang.reflect.Array.newInstance(java.lang.Long.TYPE, 2);
+var watched = java.lang.reflect.Array.newInstance(java.lang.Object, 1);
 var clock = java.lang.System;
+var seen = -1;
 var factory = new JavaAdapter(org.mozilla.javascript.ContextFactory, {
   observeInstructionCount: function (cx, count) {
-    if (clock.nanoTime() > deadline[0]) {
+    var now = clock.nanoTime();
+    var state = watched[0];
+    if (state !== null && state.ticket !== seen) {
+      seen = state.ticket;
+      deadline[0] = now + deadline[1];
+    } else if (now > deadline[0]) {
       throw new java.lang.Error("script timed out");
     }
   }
 });
-[factory, deadline];
+[factory, deadline, watched];
 """
 
-_RHINO_CALL = """
-(function (enrich, text) {
-  var result = enrich(JSON.parse(text));
-  if (result === undefined) { throw new Error("enrich returned nothing"); }
-  var text = JSON.stringify(result);
-  if (typeof text !== "string") {
-    throw new Error("enrich returned a " + typeof result + ", not JSON");
-  }
-  return text;
-})
-"""
+# The batch loop, in the script's safe scope (given no Java object). It stops
+# at the first item that throws (the second function then gives the texts
+# before it); its errors keep the lines (4, 7) of the former per-call wrapper.
+_RHINO_LOOP = (
+    "(function (state, done) { function run(enrich, batch) {\n"
+    "    var items = batch.split('\\u001e'), result, text; done.length = 0;\n"
+    "    for (var i = 0; i < items.length; i++) {"
+    " state.ticket += 1; result = enrich(JSON.parse(items[i]));\n"
+    '      if (result === undefined) { throw new Error("enrich returned nothing"); }\n'
+    "      text = JSON.stringify(result);\n"
+    '      if (typeof text !== "string") {\n'
+    '        throw new Error("enrich returned a " + typeof result + ", not JSON");\n'
+    "      }\n"
+    "      done.push(text);\n"
+    "    }\n"
+    "    return done.join('\\u001e');\n"
+    "  }\n"
+    "  return [run, function () { return done.join('\\u001e'); }, state];\n"
+    "})({ticket: 0}, [])\n"
+)
 
 
 class RhinoEngine(JvmEngine):
-    """JavaScript through Rhino, stopped by its instruction observer."""
+    """JavaScript through Rhino, stopped by its instruction observer.
+
+    Each item begun by the batch loop bumps ``state.ticket``, never reset;
+    ``_base`` is its value at the hand-off.
+    """
 
     def __init__(self, path: Path, source: str, timeout_s: float) -> None:
         super().__init__(path, source, timeout_s)
         self._cx: Any = None
         self._scope: Any = None
         self._deadline: Any = None
-        self._enrich: Any = None
-        self._wrapper: Any = None
+        self._watched: Any = None
+        self._loop: Any = None
+        self._taken: Any = None
+        self._state: Any = None
         self._args: Any = None
         self._offset_ns = 0
+        self._base = 0
 
     def _boot_factory(self) -> Any:
         context = jpype.JClass("org.mozilla.javascript.Context")
         boot = context.enter()
         try:
             scope = boot.initStandardObjects()
-            pair = boot.evaluateString(scope, _RHINO_BOOT, "<boot>", 1, None)
-            factory = pair.get(jpype.JInt(0))
-            self._deadline = pair.get(jpype.JInt(1))
+            made = boot.evaluateString(scope, _RHINO_BOOT, "<boot>", 1, None)
+            factory = made.get(jpype.JInt(0))
+            self._deadline = made.get(jpype.JInt(1))
+            self._watched = made.get(jpype.JInt(2))
         finally:
             context.exit()
         clock = jpype.JClass("java.lang.System")
@@ -313,34 +369,58 @@ class RhinoEngine(JvmEngine):
         self._arm(LOAD_LIMIT_S)
         try:
             cx.evaluateString(self._scope, self.source, str(self.path), 1, None)
-            self._wrapper = cx.evaluateString(
-                self._scope, _RHINO_CALL, "<relay>", 1, None
-            )
+            made = cx.evaluateString(self._scope, _RHINO_LOOP, "<relay>", 1, None)
         except jpype.JException as exc:
             raise ScriptError(_java_message(exc)) from exc
-        scriptable = jpype.JClass("org.mozilla.javascript.ScriptableObject")
+        scriptable = _jc("org.mozilla.javascript.ScriptableObject")
         enrich = scriptable.getProperty(self._scope, "enrich")
         if not isinstance(enrich, jpype.JClass("org.mozilla.javascript.Function")):
             raise ScriptError("does not define a function enrich(change)")
-        self._enrich = enrich
+        self._loop = made.get(jpype.JInt(0))
+        self._taken = made.get(jpype.JInt(1))
+        self._state = made.get(jpype.JInt(2))
         self._args = jpype.JArray(jpype.JObject)([enrich, None])
+        self._deadline[1] = jpype.JLong(int(self.timeout_s * 1e9))
+        self._watched[0] = self._state
 
-    def call(self, change_json: str) -> Any:
-        self._args[1] = change_json
+    def _tickets(self) -> int:
+        ticket = _jc("org.mozilla.javascript.ScriptableObject").getProperty(
+            self._state, "ticket"
+        )
+        return int(ticket.longValue())
+
+    def started(self) -> int | None:
+        return self._tickets() - self._base
+
+    def call_many(self, inputs: Sequence[str], start: int) -> list[Outcome]:
+        self._args[1] = batch = _joined(inputs, start)
+        count = batch.count(_SEP) + 1
+        self._base = self._tickets()
         self._arm(self.timeout_s)
+        scope = self._scope
         try:
-            text = self._wrapper.call(self._cx, self._scope, self._scope, self._args)
+            joined = self._loop.call(self._cx, scope, scope, self._args)
+            failure = None
         except jpype.JException as exc:
-            if time.monotonic_ns() + self._offset_ns > int(self._deadline[0]):
-                limit_ms = int(self.timeout_s * 1000)
-                raise ScriptError(f"timed out after {limit_ms} ms") from exc
-            raise ScriptError(_java_message(exc)) from exc
-        if len(text) > MAX_RESULT_CHARS:
-            raise ScriptError(
-                f"returned {len(text)} chars as JSON,"
-                f" expected at most {MAX_RESULT_CHARS}"
-            )
-        return checked(json.loads(str(text)))
+            failure = self._failure(exc)
+            # The observer would stop this tiny call too, past the deadline.
+            self._arm(self.timeout_s)
+            nothing = jpype.JArray(jpype.JObject)(0)
+            joined = self._taken.call(self._cx, scope, scope, nothing)
+        texts = str(joined).split(_SEP)
+        outcomes: list[Outcome] = [_from_json(t) for t in texts if t]
+        if failure is not None:
+            outcomes.append(failure)
+        if len(outcomes) > count or (failure is None and len(outcomes) < count):
+            # Only a script that replaced the loop's built-ins gets here.
+            lost = ScriptError(f"returned {len(outcomes)} results for {count}")
+            return [lost] * count
+        return outcomes
+
+    def _failure(self, exc: BaseException) -> ScriptError:
+        if time.monotonic_ns() + self._offset_ns > int(self._deadline[0]):
+            return ScriptError(f"timed out after {int(self.timeout_s * 1000)} ms")
+        return ScriptError(_java_message(exc))
 
     def release(self) -> None:
         if self._cx is not None:
@@ -393,6 +473,32 @@ class BeanShellEngine(JvmEngine):
         if self._parser is not None:
             jpype.JClass("org.mozilla.javascript.Context").exit()
             self._parser = None
+
+
+def _joined(inputs: Sequence[str], start: int) -> str:
+    """``inputs[start:]`` as one string; ScriptError if a text holds _SEP."""
+    text = _SEP.join(inputs[start:])
+    if text.count(_SEP) != len(inputs) - start - 1:
+        bad = next(i for i, t in enumerate(inputs) if i >= start and _SEP in t)
+        if bad == start:
+            raise ScriptError("change is not JSON: it holds a raw U+001E")
+        text = _SEP.join(inputs[start:bad])  # up to it; it fails alone
+    return text
+
+
+def _from_json(text: str) -> Outcome:
+    # A Rhino result (JSON text); Java counts UTF-16 units: two at most each.
+    chars = len(text)
+    if chars > MAX_RESULT_CHARS // 2:
+        chars = len(text.encode("utf-16-le")) // 2
+    if chars > MAX_RESULT_CHARS:
+        return ScriptError(
+            f"returned {chars} chars as JSON, expected at most {MAX_RESULT_CHARS}"
+        )
+    try:
+        return checked(json.loads(text))
+    except ScriptError as exc:
+        return exc
 
 
 @functools.cache
@@ -495,16 +601,19 @@ class _Worker(threading.Thread):
             self._serve(job)
 
     def _serve(self, job: _Job) -> None:
-        for index, text in enumerate(job.inputs):
+        index = 0
+        while index < len(job.inputs):
             if self.abandoned:
                 return
             job.current = (index, time.monotonic())
             try:
-                job.results.append(self.engine.call(text))
+                outcomes = self.engine.call_many(job.inputs, index)
             except ScriptError as exc:
-                job.results.append(exc)
+                outcomes = [exc]
             except Exception as exc:
-                job.results.append(ScriptError(_short(f"failed: {exc}")))
+                outcomes = [ScriptError(_short(f"failed: {exc}"))]
+            job.results += outcomes or [ScriptError("failed: no outcome")]
+            index = len(job.results)
         job.current = None
         job.done.set()
 
@@ -561,12 +670,17 @@ class ScriptRuntime:
             stuck = self._watch(worker, job)
             if stuck is None:
                 return outcomes + job.results
-            outcomes += job.results[:stuck]
+            done = job.results[:stuck]
+            self._abandon(worker)
+            outcomes += done
+            if len(done) < stuck:
+                # Items that ended inside the stopped hand-off without
+                # reporting back: a fresh worker runs them again.
+                outcomes += self.run_batch(pending[len(done) : stuck])
             outcomes.append(
                 ScriptError(f"timed out after {int(self.timeout_s * 1000)} ms")
             )
             pending = pending[stuck + 1 :]
-            self._abandon(worker)
         return outcomes
 
     def _ready_worker(self) -> _Worker | None:
@@ -588,14 +702,24 @@ class ScriptRuntime:
         return worker
 
     def _watch(self, worker: _Worker, job: _Job) -> int | None:
-        """Wait for ``job``; return the index of an item over its limit, if any."""
+        """Wait for ``job``; return the index of an item over its limit, if any.
+
+        Items of a Java-side loop (``started``) are timed from the first poll
+        that sees them; the hand-off's first item from the hand-off itself.
+        """
         limit = self.timeout_s + worker.engine.grace_s
+        item: tuple[int, float] | None = None  # (index, start)
         while not job.done.wait(min(0.01, limit)):
             current = job.current
+            started = worker.engine.started() if current is not None else None
+            if current is None or started is None or started <= 1:
+                item = current
+            elif item is None or item[0] != current[0] + started - 1:
+                item = (current[0] + started - 1, time.monotonic())
             if not worker.is_alive():
-                return 0 if current is None else current[0]
-            if current is not None and time.monotonic() - current[1] > limit:
-                return current[0]
+                return 0 if item is None else item[0]
+            if item is not None and time.monotonic() - item[1] > limit:
+                return item[0]
         return None
 
     def _abandon(self, worker: _Worker) -> None:

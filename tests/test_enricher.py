@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import store
+from appliance import payloads, store
 from appliance.config import BoxSettings
 from appliance.enricher import EnricherLeg, interest_of, lane_of
 from appliance.errors import ScriptError
@@ -102,8 +102,12 @@ def run_leg(leg: EnricherLeg) -> None:
         leg.close()
 
 
-def outbox(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM outbox ORDER BY id").fetchall()
+def outbox(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The outbox rows, each payload read back as its JSON text."""
+    return [
+        {**dict(r), "payload": payloads.read_text(conn, r["payload"], r["dict_id"])}
+        for r in conn.execute("SELECT * FROM outbox ORDER BY id")
+    ]
 
 
 def dead_letters(conn: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -154,6 +158,9 @@ def test_outbox_row_carries_the_exact_message(
     assert (row["version"], row["table_name"], row["op"]) == (version, "PRIX", "u")
     assert row["state"] == "pending"
     assert row["mined_at"] == 1796407200.05
+    # Stored deflated against the table's sample (appliance/payloads.py).
+    stored = conn.execute("SELECT typeof(payload), dict_id FROM outbox").fetchone()
+    assert tuple(stored) == ("blob", 1)
     state = conn.execute("SELECT state FROM changes WHERE id = ?", (change_id,))
     assert state.fetchone()[0] == 1
     assert store.counters(conn)["enricher.messages"] == 1
