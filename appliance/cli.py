@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance import commands, config, daemon, logs, store
+from appliance import commands, config, daemon, logs, outbox, store
 from appliance.errors import ApplianceError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     listing = dead_sub.add_parser("list", parents=[common], help="list parked records")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--limit", type=_positive, default=50)
+
+    down = sub.add_parser(
+        "pipeline-downgrade",
+        parents=[common],
+        help="legs stopped: make the pipeline database readable by an older release",
+    )
+    down.add_argument(
+        "--to",
+        type=int,
+        required=True,
+        choices=range(1, store.SCHEMA_VERSION + 1),
+        help="schema of the release rolled back to (its appliance.store.SCHEMA_VERSION,"
+        " 1 when it has none)",
+    )
 
     check = sub.add_parser(
         "check-config", parents=[common], help="validate the settings and exit"
@@ -206,11 +220,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = config.load_box(
         config.config_path(args.config, config.DEFAULT_BOX_CONFIG)
     )
+    if args.command == "pipeline-downgrade":
+        return _downgrade(settings.pipeline.db_path, args.to)
     conn = store.connect_existing(settings.pipeline.db_path)
     try:
         if args.command == "status":
             stalled_after = settings.webui.stalled_after_s
             return _status(conn, as_json=args.json, stalled_after_s=stalled_after)
+
         return _dead_letters(conn, as_json=args.json, limit=args.limit)
     except sqlite3.DatabaseError as exc:
         # Not a pipeline database (another file, or one no leg has set up).
@@ -218,6 +235,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"pipeline.db_path: {settings.pipeline.db_path} is not a pipeline"
             f" database the legs made ({exc})"
         ) from exc
+
+
+def _downgrade(path: Path, to: int) -> int:
+    """Rewrite what a release of schema ``to`` cannot read (the legs stopped)."""
+    store.connect_existing(path).close()  # exists, or a clear ConfigError
+    conn = store.connect(path)
+    try:
+        rewritten = outbox.downgrade(conn, to)
+    finally:
+        conn.close()
+    print(f"pipeline database at schema {to}: {rewritten} outbox rows back as text")
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

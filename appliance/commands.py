@@ -375,6 +375,13 @@ def retry_dead_letter(conn: sqlite3.Connection, letter_id: int, stage: str) -> s
     """Feed a parked letter back to its stage (see the module invariants)."""
     with store.transaction(conn):
         row = _letter(conn, letter_id, stage)
+        if stage == "shipper":
+            # Its row is still in the outbox: nothing to feed back.
+            raise CommandError(
+                f"dead letter {letter_id}: the shipper reads its outbox row again"
+                " every 30 s and sends it once it reads; restore the row's payload"
+                " or dictionary (appliance/payloads.py)"
+            )
         if stage == "enricher":
             detail = _retry_change(conn, row)
         else:

@@ -28,6 +28,10 @@ class ConfigError(ApplianceError):
     """Settings are missing or invalid."""
 
 
+class SchemaError(ApplianceError):
+    """The pipeline database was made by a newer release than this one."""
+
+
 class SourceError(ApplianceError):
     """The IBM i source refused or failed a request.
 

@@ -56,7 +56,8 @@ class OutboxRow:
     """One message ready to send: ``value`` is the Kafka value (JSON bytes).
 
     ``error`` is set (and ``value`` empty) when the stored payload cannot be
-    read back; see :func:`next_batch`.
+    read back, with ``fault`` the error itself (field, bytes, expectation for
+    the dead letter); see :func:`next_batch`.
     """
 
     id: int
@@ -66,6 +67,7 @@ class OutboxRow:
     value: bytes
     attempts: int
     error: str = ""
+    fault: payloads.PayloadError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,9 @@ def next_batch(
         except payloads.PayloadError as exc:
             stopped.add(lane)
             error = exc.placed(table, _where(oid, lane, lane_seq))
-            batch.append(OutboxRow(oid, lane, lane_seq, table, b"", attempts, error))
+            batch.append(
+                OutboxRow(oid, lane, lane_seq, table, b"", attempts, error, exc)
+            )
             continue
         batch.append(OutboxRow(oid, lane, lane_seq, table, value, attempts))
     return batch
@@ -163,6 +167,18 @@ def next_batch(
 
 def _where(outbox_id: int, lane: int, lane_seq: int) -> str:
     return f"outbox_id={outbox_id} lane={lane} lane_seq={lane_seq}"
+
+
+def parked_unreadable(conn: sqlite3.Connection) -> set[int]:
+    """Outbox ids of the shipper's dead letters still parked (see the shipper)."""
+    ids = set()
+    for (where,) in conn.execute(
+        "SELECT position FROM dead_letters WHERE stage = 'shipper' AND state = 'parked'"
+    ):
+        head = str(where).split(" ", 1)[0]
+        if head.startswith("outbox_id=") and head[10:].isdigit():
+            ids.add(int(head[10:]))
+    return ids
 
 
 def position(row: OutboxRow) -> str:
@@ -584,3 +600,44 @@ def budget_hold(conn: sqlite3.Connection, pipeline: PipelineSection) -> bool:
     if held is None or held[0] is not conn:
         held = _gates[id(conn)] = (conn, BudgetGate(pipeline))
     return held[1].hold(conn)
+
+
+def downgrade(conn: sqlite3.Connection, to: int, chunk: int = 5_000) -> int:
+    """Make the database readable by a release of schema ``to``; rows rewritten.
+
+    For a rollback, legs stopped. Schema 1 (releases before the payloads were
+    deflated) reads ``payload`` as text: every row naming a dictionary is
+    written back as its JSON text, ``chunk`` rows per commit, so a run cut
+    short leaves each row either form and the next run goes on; then the
+    dictionaries go and ``schema_version`` says ``to``. A row that cannot be
+    read stops it with :class:`appliance.payloads.PayloadError` naming the row.
+    """
+    if not 1 <= to <= store.SCHEMA_VERSION:
+        raise ValueError(f"schema {to} is not one this release can go back to")
+    if to == store.SCHEMA_VERSION:
+        return 0
+    unpacker = payloads.Unpacker()
+    rewritten = 0
+    while True:
+        with store.transaction(conn):
+            rows = conn.execute(
+                "SELECT id, lane, lane_seq, table_name, payload, dict_id FROM outbox"
+                " WHERE dict_id IS NOT NULL ORDER BY id LIMIT ?",
+                (chunk,),
+            ).fetchall()
+            texts = []
+            for oid, lane, lane_seq, table, payload, dict_id in rows:
+                try:
+                    value = unpacker.value(conn, payload, dict_id)
+                except payloads.PayloadError as exc:
+                    exc.placed(table, _where(oid, lane, lane_seq))
+                    raise
+                texts.append((value.decode(), oid))
+            conn.executemany(
+                "UPDATE outbox SET payload = ?, dict_id = NULL WHERE id = ?", texts
+            )
+            rewritten += len(texts)
+            if not rows:
+                conn.execute("DELETE FROM outbox_dicts")
+                store.meta_put(conn, "schema_version", str(to))
+                return rewritten

@@ -175,9 +175,10 @@ class ShipperLeg:
         self._pacer = outbox.ResendPacer(settings.shipper.confirm_timeout_s)
         self._unpacker = payloads.Unpacker()
         # Lanes held behind a row that cannot be read back: lane -> that row;
-        # the ids already parked by this process; when to read them again.
+        # the ids parked (by this process or an earlier one: released when
+        # their row reads again); when to read them again.
         self._unreadable: dict[int, outbox.OutboxRow] = {}
-        self._parked_ids: set[int] = set()
+        self._parked_ids: set[int] = outbox.parked_unreadable(conn)
         self._unreadable_retry_at = 0.0
         self._to_park: list[outbox.OutboxRow] = []
         self._readable_again: list[int] = []
@@ -386,13 +387,18 @@ class ShipperLeg:
                 row.error,
             )
             if found is None:
+                fault = row.fault
                 store.park(
                     self.conn,
                     stage="shipper",
-                    reason=f"payload unreadable, lane held: {row.error}"[:500],
+                    reason="payload unreadable, lane held: "
+                    + (fault.reason if fault else row.error)[:400],
                     table=row.table,
                     position=where,
-                    field="payload",
+                    field=fault.field if fault and fault.field else "payload",
+                    byte_offset=fault.offset if fault else None,
+                    data=fault.data if fault else b"",
+                    expected=fault.expected if fault else "",
                 )
         for oid in work.readable_again:
             self.conn.execute(

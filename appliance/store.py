@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +259,14 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        found = schema_version(conn)
+        if found > SCHEMA_VERSION:
+            # A rollback without its downgrade: reading on could misread rows.
+            raise SchemaError(
+                f"pipeline database {path} is schema {found}, newer than this"
+                f" release's {SCHEMA_VERSION}: run the newer release's"
+                f" `appliance pipeline-downgrade --to {SCHEMA_VERSION}` first"
+            )
         added = upgrade(conn)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
@@ -268,6 +276,12 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     if added:
         logger.info("pipeline database upgraded names=%s", ",".join(added))
     return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema the database was last opened with (1 before it was recorded)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row is not None and str(row[0]).isdigit() else 1
 
 
 def upgrade(conn: sqlite3.Connection) -> list[str]:

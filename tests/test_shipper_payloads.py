@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from appliance import outbox, store
+from appliance import commands, outbox, store
+from appliance.commands import CommandError
 from appliance.config import BoxSettings
 from appliance.shipper import ShipperLeg
 
@@ -101,8 +102,8 @@ def letters(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return [
         tuple(r)
         for r in conn.execute(
-            "SELECT stage, table_name, position, field, state, reason"
-            " FROM dead_letters ORDER BY id"
+            "SELECT stage, table_name, position, field, state, reason, bytes_hex,"
+            " expected FROM dead_letters ORDER BY id"
         )
     ]
 
@@ -136,7 +137,9 @@ def test_unreadable_payload_holds_its_lane_and_parks_once(
         4: "pending",
         5: "in_flight",
     }
-    ((stage, table, position, field, state, reason),) = letters(leg.conn)
+    ((stage, table, position, field, state, reason, hexed, expected),) = letters(
+        leg.conn
+    )
     assert (stage, table, position, field, state) == (
         "shipper",
         "PRIX",
@@ -144,6 +147,8 @@ def test_unreadable_payload_holds_its_lane_and_parks_once(
         "payload",
         "parked",
     )
+    # The letter's own columns hold the stored bytes and what was expected.
+    assert (hexed, expected) == ("789C0001", "zlib stream with dictionary 1")
     assert reason.startswith("payload unreadable, lane held: payload does not inflate")
     assert leg.status().endswith(" unreadable=0:3")
     assert store.counters(leg.conn)["shipper.dead_letters"] == 1
@@ -180,4 +185,35 @@ def test_missing_dictionary_holds_the_lane_too(leg: ShipperLeg) -> None:
         "outbox_id=5 lane=1 lane_seq=1",
     ]
     assert all("dictionary 1 is missing" in r[5] for r in letters(leg.conn))
+    assert {(r[3], r[7]) for r in letters(leg.conn)} == {
+        ("dict_id", "a row of outbox_dicts")
+    }
     assert leg.status().endswith(" unreadable=0:2,1:5")
+
+
+def test_a_restarted_shipper_releases_the_letter_of_a_restored_row(
+    leg: ShipperLeg, tmp_path: Path
+) -> None:
+    """The parked letter becomes 'retried' even when another run parked it."""
+    good = leg.conn.execute("SELECT payload FROM outbox WHERE id = 3").fetchone()[0]
+    with store.transaction(leg.conn):
+        leg.conn.execute("UPDATE outbox SET payload = X'00' WHERE id = 3")
+    leg.step()
+    assert [r[4] for r in letters(leg.conn)] == ["parked"]
+    with store.transaction(leg.conn):
+        leg.conn.execute("UPDATE outbox SET payload = ? WHERE id = 3", (good,))
+    again = new_leg(tmp_path / "pipeline.db")
+    again.step()
+    assert sent(again)[:2] == [text(0, 2).encode(), text(0, 3).encode()]
+    assert [r[4] for r in letters(again.conn)] == ["retried"]
+
+
+def test_retrying_a_shipper_letter_says_what_to_do(leg: ShipperLeg) -> None:
+    """Nothing to feed back: the command names the shipper's own re-read."""
+    with store.transaction(leg.conn):
+        leg.conn.execute("UPDATE outbox SET payload = X'00' WHERE id = 3")
+    leg.step()
+    (letter_id,) = leg.conn.execute("SELECT id FROM dead_letters").fetchone()
+    with pytest.raises(CommandError, match="reads its outbox row again every 30 s"):
+        commands.retry_dead_letter(leg.conn, letter_id, "shipper")
+    assert [r[4] for r in letters(leg.conn)] == ["parked"]
