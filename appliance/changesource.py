@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -161,3 +162,27 @@ def utc_text(utc: dt.datetime) -> str:
     if utc.year < 1000:  # strftime does not pad such a year to 4 digits
         return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return utc.isoformat(timespec="microseconds")[:26] + "Z"  # no "+00:00"
+
+
+# -- what an entry names ------------------------------------------------------
+
+
+def object_names(row: Entry) -> tuple[str, str]:
+    """(library, file) from the 30-char OBJECT: file 1-10, library 11-20."""
+    return _names(row["object"])
+
+
+@lru_cache(maxsize=4096)  # a journal names few objects: read each once
+def _names(value: object) -> tuple[str, str]:
+    text = str(value or "").ljust(30)
+    return text[10:20].strip().upper(), text[0:10].strip().upper()
+
+
+@lru_cache(maxsize=4096)
+def qualified(value: object) -> str:
+    """``LIBRARY/FILE`` of an OBJECT, the RRN map's table name."""
+    return "/".join(_names(value))
+
+
+def position(row: Entry) -> str:
+    return f"{row['receiver_name']}:{row['sequence']}"

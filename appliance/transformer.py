@@ -1,61 +1,26 @@
 """The transformer leg: raw journal entries in, committed row changes out.
 
 Each step takes up to ``pipeline.batch`` rows of ``raw_entries`` with
-``state = 0`` in id order and, in ONE SQLite transaction, writes what they
-produce (``changes``, ``held_changes``, dead letters, counters) and marks them
-``state = 1``. A crash before COMMIT leaves everything as it was; after, all
-of it is done. Nothing the leg needs between steps lives only in memory:
-layout versions are in ``meta`` (compiled decoders are rebuilt from them), and
-only the warnings given once per table per run (blank numerics, field
-errors) are forgotten. Within a batch, held rows (:class:`HeldRows`), RRN
-map slots, changes and counters are kept in memory and written before the
-COMMIT, in the order the entries made them: the tables are left as one
+``state = 0`` in id order and, in ONE SQLite write transaction, writes what
+they produce (``changes``, ``held_changes``, dead letters, counters) and marks
+them ``state = 1``. A crash before COMMIT leaves everything as it was; after,
+all of it is done. The batch is computed before that transaction, reading
+only (:mod:`appliance.readphase`), so the other legs are not kept from the
+write lock while it decodes; a batch that needs a write midway (a layout
+version, a dead letter) or whose entries changed meanwhile is computed again
+inside the transaction. Nothing the leg needs between steps lives only in
+memory: layout versions are in ``meta`` (compiled decoders are rebuilt from
+them), and only the warnings given once per table per run (blank numerics,
+field errors) are forgotten. Within a batch, held rows (:class:`HeldRows`),
+RRN map slots, changes and counters are kept in memory and written before
+the COMMIT, in the order the entries made them: the tables are left as one
 statement per entry would have left them, ids included, whatever the batch
 size (tests/test_transformer_held_cache.py, tests/emulator/).
 
-What an entry does:
-
-- ``R`` PT PX UB UP DL BR UR DR of a relayed table: decoded with the table's
-  layout. UB/BR wait in ``held_changes`` (key ``before:<object>|<rrn>|<job>``)
-  for the UP/UR of the same object, RRN and job; pairing by job keeps two jobs
-  updating one table apart. An UP with no before image is an update whose
-  ``before`` is unknown (``IMAGES(*AFTER)``).
-- Commit cycle 0: the change is emitted at once. Otherwise it is held under
-  ``cycle:<raw id of the cycle's C SC>``; ``open:<journal>:<cycle>`` maps the
-  journal's cycle number to that raw id, so the same cycle number after a
-  sequence reset opens a new, distinct key.
-- ``C CM``: the cycle's changes are reduced to their net effect per table and
-  primary key and emitted; ``C RB`` drops them.
-- Every PT PX UP UR DL DR keeps the table's RRN -> key map
-  (:mod:`appliance.rrnmap`) up to date; a DL whose image cannot be read
-  (``IMAGES(*AFTER)``) is a delete of the key the map holds for its RRN, or
-  parked when the RRN is unknown. ``F RG`` (RGZPFM) re-reads the map from the
-  source; ``F CR`` empties it.
-- ``F CR`` (CLRPFM) emits an ``op = 't'`` change; ``D CG``/``D CT`` start a
-  new layout version at their position, read from the catalog at the next
-  record entry; entries before it keep the version in force at their own
-  position (:class:`appliance.layouts.LayoutHistory`, kept in ``meta``, so
-  this holds across restarts). Everything else is counted as ignored.
-- A field that cannot be decoded is null in its image and described in the
-  change's ``errors`` (``field``, ``offset``, ``bytes_hex``, ``reason``,
-  ``expected``, ``image``), counted in ``transformer.field_errors``; the row
-  is emitted. An all-blank numeric is null, counted in
-  ``transformer.blank_numerics`` and logged once per table per run.
-- An image that cannot be decoded at all (length not that of its layout
-  version, a minimized null map, a layout the catalog cannot describe) is
-  parked in dead letters with the table, position ``RECEIVER:SEQUENCE``,
-  field, offset, bytes, expectation and layout version; the relay goes on
-  with the next entry.
-
-- ``F EJ`` / ``F MR`` of a relayed table: an alarm (dead letter, counter
-  ``transformer.alarm.<type>``, ERROR log) and a guardian repair check of
-  the table (:mod:`appliance.checks`): at once for MR, at the journaling
-  restart (``F JM``) for EJ, since what changed while journaling was off is
-  only there to read once it is back on.
-- A catalog read the source refuses (a missing grant) is retried like any
-  source failure, with an alarm in the leg's status, ``meta`` row
-  ``transformer.alarm.source_denied`` and counter
-  ``transformer.source_denied`` until a read goes through.
+What each entry type does (UB/BR pairing, commit cycles and their netting,
+the RRN map, CLRPFM, layout changes, field errors, dead letters, journaling
+alarms, a refused catalog read): docs/design.md, "The transformer: what an
+entry does".
 
 A committed cycle is reduced to its net effect per key (:mod:`appliance.netting`).
 """
@@ -68,13 +33,15 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from appliance import checks, layouts, rrnmap, store
 from appliance.catalog import OdbcCatalog, denied
 from appliance.changesource import Entry, SourceBlock, new_entries
+from appliance.changesource import object_names as _object_names
+from appliance.changesource import position as _position
+from appliance.changesource import qualified as _qualified
 from appliance.config import BoxSettings
 from appliance.decoder import Decoded, JsonValue, RecordDecoder
 from appliance.decoding.versions import CatalogReader, DecoderVersions
@@ -90,6 +57,7 @@ from appliance.netting import (
     tagged,
     with_errors,
 )
+from appliance.readphase import ReadPhase
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +81,10 @@ DENIED_KEY = "transformer.alarm.source_denied"
 MAX_BACKOFF_S = 60.0
 
 Image = dict[str, JsonValue]
+
+
+class _Moved(Exception):
+    """The batch's entries changed between its reading and its writing."""
 
 
 class TransformerLeg:
@@ -150,6 +122,8 @@ class TransformerLeg:
         self._denied = ""
         self._tally: Counter[str] = Counter()
         self._held = HeldRows(conn)
+        self._reads_only = ReadPhase(conn)
+        self._versions.phase = self._reads_only
         self._out: list[Event] = []  # the batch's changes, written at its end
         self._bumps: Counter[str] = Counter()  # the batch's counters, likewise
         checks.ensure_schema(conn)
@@ -178,21 +152,7 @@ class TransformerLeg:
             is None
         ):
             return False
-        self._held = HeldRows(self.conn)  # held_changes as this batch sees it
-        self._rrns.forget()  # the map's slots as this batch sees them
-        try:
-            with store.transaction(self.conn):
-                rows = new_entries(self.conn, self.settings.pipeline.batch)
-                done, failure = self._process(rows)
-                # Before COMMIT, in the same transaction.
-                self._held.write_back()
-                self._rrns.flush()
-        except BaseException:
-            # What the rolled-back transaction wrote to meta is gone (the held
-            # rows' cache is made anew at the next step).
-            self._versions.forget()
-            self._rrns.forget()
-            raise
+        done, failure = self._outside_lock() or self._under_lock()
         if failure is not None:
             self._back_off(failure)
         elif done:
@@ -222,7 +182,66 @@ class TransformerLeg:
 
     # -- the batch ----------------------------------------------------------
 
-    def _process(self, rows: list[Entry]) -> tuple[int, SourceError | None]:
+    def _outside_lock(self) -> tuple[int, SourceError | None] | None:
+        """The batch computed reading only, then written in a short transaction.
+
+        None when it must be done under the lock instead: a write was wanted
+        midway (:mod:`appliance.readphase`), or the entries are no longer the
+        new ones they were (an operator's retry put one back): then nothing
+        of it was written and its caches are dropped.
+        """
+        self._held = HeldRows(self.conn)  # held_changes as this batch sees it
+        self._rrns.forget()  # the map's slots as this batch sees them
+        tally = self._tally.copy()
+        rows = new_entries(self.conn, self.settings.pipeline.batch)
+        try:
+            with self._reads_only:
+                done, failure = self._handle_rows(rows)
+            if not self._reads_only.wanted_write:
+                with store.transaction(self.conn):
+                    if not self._finish(rows, done):
+                        raise _Moved  # rolled back: nothing of it stays
+                    self._held.write_back()
+                    self._rrns.flush()
+                return done, failure
+        except _Moved:
+            pass
+        except Exception:
+            if not self._reads_only.wanted_write:  # not the refusal's doing
+                self._versions.forget()
+                self._rrns.forget()
+                raise
+        except BaseException:
+            self._versions.forget()
+            self._rrns.forget()
+            raise
+        self._versions.forget()
+        self._rrns.forget()
+        self._tally = tally
+        self._tally["under_lock"] += 1
+        return None
+
+    def _under_lock(self) -> tuple[int, SourceError | None]:
+        """The batch read, computed and written in one write transaction."""
+        self._held = HeldRows(self.conn)
+        self._rrns.forget()
+        try:
+            with store.transaction(self.conn):
+                rows = new_entries(self.conn, self.settings.pipeline.batch)
+                done, failure = self._handle_rows(rows)
+                self._finish(rows, done)
+                # Before COMMIT, in the same transaction.
+                self._held.write_back()
+                self._rrns.flush()
+        except BaseException:
+            # What the rolled-back transaction wrote to meta is gone (the held
+            # rows' cache is made anew at the next step).
+            self._versions.forget()
+            self._rrns.forget()
+            raise
+        return done, failure
+
+    def _handle_rows(self, rows: list[Entry]) -> tuple[int, SourceError | None]:
         """Handle rows in order; stop at a source failure (that row stays new).
 
         ``rows`` are the lowest ids with ``state = 0``, the handled ones a
@@ -239,17 +258,24 @@ class TransformerLeg:
                 failure = exc
                 break
             done += 1
+        return done, failure
+
+    def _finish(self, rows: list[Entry], done: int) -> bool:
+        """Write the batch's changes and counters, mark its entries; False
+        (the caller rolls back) when they are not all still new."""
         self._write_changes()
         if done:
-            self.conn.execute(
+            marked = self.conn.execute(
                 "UPDATE raw_entries SET state = 1"
                 " WHERE state = 0 AND id BETWEEN ? AND ?",
                 (rows[0]["id"], rows[done - 1]["id"]),
-            )
+            ).rowcount
+            if marked != done:
+                return False
             self._count("transformer.entries", done)
             self._tally["entries"] += done
         self._write_counts()
-        return done, failure
+        return True
 
     def _back_off(self, failure: SourceError) -> None:
         self._failures += 1
@@ -403,7 +429,9 @@ class TransformerLeg:
 
         A source failure propagates (the entry is retried); a catalog that
         cannot read RRNs leaves the map empty (image-less deletes then park).
+        Read under the write lock only, so the source is read once.
         """
+        self._reads_only.need_lock("RGZPFM: the table's RRNs from the source")
         library, table = _object_names(row)
         try:
             decoder = self._versions.decoder(row, library, table, _position(row))
@@ -759,27 +787,6 @@ def _key(layout: layouts.Layout, image: Image, row: Entry) -> dict[str, JsonValu
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:
     store.meta_put(conn, key, canonical(value))
-
-
-def _object_names(row: Entry) -> tuple[str, str]:
-    """(library, file) from the 30-char OBJECT: file 1-10, library 11-20."""
-    return _names(row["object"])
-
-
-@lru_cache(maxsize=4096)  # a journal names few objects: read each once
-def _names(value: object) -> tuple[str, str]:
-    text = str(value or "").ljust(30)
-    return text[10:20].strip().upper(), text[0:10].strip().upper()
-
-
-@lru_cache(maxsize=4096)
-def _qualified(value: object) -> str:
-    """``LIBRARY/FILE`` of an OBJECT, the RRN map's table name."""
-    return "/".join(_names(value))
-
-
-def _position(row: Entry) -> str:
-    return f"{row['receiver_name']}:{row['sequence']}"
 
 
 def build(settings: BoxSettings) -> TransformerLeg:

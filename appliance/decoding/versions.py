@@ -41,6 +41,7 @@ from appliance import layouts
 from appliance.changesource import Entry
 from appliance.decoder import RecordDecoder, compile_layout
 from appliance.errors import DecodeError
+from appliance.readphase import ReadPhase
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class DecoderVersions:
         self.catalog = catalog
         self.overrides = dict(overrides)
         self.history = layouts.LayoutHistory(conn)
+        self.phase: ReadPhase | None = None  # the leg's, when it has one
         self._compiled: dict[tuple[str, int], RecordDecoder | DecodeError] = {}
         # Per table: (first raw id, first raw id past, version, its decoder).
         self._ranges: dict[
@@ -139,6 +141,8 @@ class DecoderVersions:
             since, position = placeholder.since, placeholder.position
         else:
             since, position = self._pending_change(row)
+        if self.phase is not None:  # a read phase gives up before the catalog
+            self.phase.need_lock(f"catalog read of {name}")
         layout = self.catalog.load_layout(library, table)
         self._ranges.clear()
         return self.history.add(name, since, position, layout)
