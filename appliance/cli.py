@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import commands, config, daemon, logs, outbox, store
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ApplianceError, ConfigError, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, SchemaError) as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG: systemd's RestartPreventExitStatus can name it
     except ApplianceError as exc:

@@ -43,10 +43,17 @@ from typing import Any
 
 from appliance import payloads, store
 from appliance.config import PipelineSection
+from appliance.errors import ApplianceError
 
 logger = logging.getLogger(__name__)
 
 STATES = ("pending", "in_flight", "sent", "confirmed")
+
+
+class DowngradeError(ApplianceError):
+    """:func:`downgrade` refused or left rows it could not read."""
+
+
 # Every state but 'confirmed', as SQL (the CHECK constraint allows no other).
 _UNCONFIRMED = "('pending', 'in_flight', 'sent')"
 
@@ -602,42 +609,77 @@ def budget_hold(conn: sqlite3.Connection, pipeline: PipelineSection) -> bool:
     return held[1].hold(conn)
 
 
+def live_legs(conn: sqlite3.Connection) -> list[str]:
+    """Legs whose last heartbeat is not ``stopped`` and whose pid still runs here."""
+    live = []
+    for leg, pid, state in conn.execute("SELECT leg, pid, state FROM heartbeats"):
+        if state == "stopped" or not pid:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass  # another user's process: it runs
+        live.append(f"{leg} (pid {pid}, {state})")
+    return live
+
+
 def downgrade(conn: sqlite3.Connection, to: int, chunk: int = 5_000) -> int:
     """Make the database readable by a release of schema ``to``; rows rewritten.
 
-    For a rollback, legs stopped. Schema 1 (releases before the payloads were
-    deflated) reads ``payload`` as text: every row naming a dictionary is
-    written back as its JSON text, ``chunk`` rows per commit, so a run cut
-    short leaves each row either form and the next run goes on; then the
-    dictionaries go and ``schema_version`` says ``to``. A row that cannot be
-    read stops it with :class:`appliance.payloads.PayloadError` naming the row.
+    For a rollback: refused (:class:`DowngradeError`) while a leg runs, since a
+    running enricher would go on deflating. Schema 1 (releases before the
+    payloads were deflated) reads ``payload`` as text: every row naming a
+    dictionary is written back as its JSON text, ``chunk`` rows per commit, so
+    a run cut short leaves each row either form and the next run goes on; then
+    the dictionaries go and ``schema_version`` says ``to``. A row that cannot
+    be read is left as it is and the others are still written back; then
+    :class:`DowngradeError` names every such row, the dictionaries stay and
+    the schema is unchanged (the older release would stop at those rows: an
+    operator restores them or discards them, then runs this again).
     """
     if not 1 <= to <= store.SCHEMA_VERSION:
         raise ValueError(f"schema {to} is not one this release can go back to")
     if to == store.SCHEMA_VERSION:
         return 0
+    running = live_legs(conn)
+    if running:
+        raise DowngradeError(
+            "legs still running, stop them first: " + ", ".join(running)
+        )
     unpacker = payloads.Unpacker()
-    rewritten = 0
+    rewritten, after = 0, 0
+    unreadable: list[str] = []
     while True:
         with store.transaction(conn):
             rows = conn.execute(
                 "SELECT id, lane, lane_seq, table_name, payload, dict_id FROM outbox"
-                " WHERE dict_id IS NOT NULL ORDER BY id LIMIT ?",
-                (chunk,),
+                " WHERE dict_id IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+                (after, chunk),
             ).fetchall()
             texts = []
             for oid, lane, lane_seq, table, payload, dict_id in rows:
                 try:
                     value = unpacker.value(conn, payload, dict_id)
                 except payloads.PayloadError as exc:
-                    exc.placed(table, _where(oid, lane, lane_seq))
-                    raise
+                    unreadable.append(exc.placed(table, _where(oid, lane, lane_seq)))
+                    continue
                 texts.append((value.decode(), oid))
             conn.executemany(
                 "UPDATE outbox SET payload = ?, dict_id = NULL WHERE id = ?", texts
             )
             rewritten += len(texts)
-            if not rows:
+            if rows:
+                after = rows[-1][0]
+                continue
+            if not unreadable:
                 conn.execute("DELETE FROM outbox_dicts")
                 store.meta_put(conn, "schema_version", str(to))
                 return rewritten
+        shown = "; ".join(unreadable[:10])
+        more = f" (and {len(unreadable) - 10} more)" if len(unreadable) > 10 else ""
+        raise DowngradeError(
+            f"{rewritten} rows written back as text, {len(unreadable)} cannot be"
+            f" read and stay deflated, schema unchanged: {shown}{more}"
+        )

@@ -16,6 +16,9 @@ Invariants:
   asks the authorizer when it prepares a statement, and installing or
   removing it expires the statements already prepared, so a cached INSERT
   is prepared again and refused too (``tests/test_readphase.py``).
+- One way around it: incremental BLOB I/O (``Connection.blobopen``) writes
+  without a statement, so the authorizer never sees it; no leg uses it, and
+  one that did would have to call :meth:`ReadPhase.need_lock` first.
 - :attr:`ReadPhase.wanted_write` is True after any refusal, whatever the
   code that got the refusal's error did with it: the caller decides on the
   flag, not on the exception.

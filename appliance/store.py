@@ -251,6 +251,11 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
         path, timeout=timeout_s, isolation_level=None, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
+    try:
+        _refuse_newer(conn, path)  # before anything is written to the file
+    except BaseException:
+        conn.close()
+        raise
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit survives power loss, which is the point of the outbox.
     conn.execute("PRAGMA synchronous=FULL")
@@ -259,14 +264,6 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        found = schema_version(conn)
-        if found > SCHEMA_VERSION:
-            # A rollback without its downgrade: reading on could misread rows.
-            raise SchemaError(
-                f"pipeline database {path} is schema {found}, newer than this"
-                f" release's {SCHEMA_VERSION}: run the newer release's"
-                f" `appliance pipeline-downgrade --to {SCHEMA_VERSION}` first"
-            )
         added = upgrade(conn)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
@@ -276,6 +273,20 @@ def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     if added:
         logger.info("pipeline database upgraded names=%s", ",".join(added))
     return conn
+
+
+def _refuse_newer(conn: sqlite3.Connection, path: Path) -> None:
+    """A rollback without its downgrade: reading on could misread rows."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    found = schema_version(conn) if has_meta else SCHEMA_VERSION
+    if found > SCHEMA_VERSION:
+        raise SchemaError(
+            f"pipeline database {path} is schema {found}, newer than this"
+            f" release's {SCHEMA_VERSION}: run the newer release's"
+            f" `appliance pipeline-downgrade --to {SCHEMA_VERSION}` first"
+        )
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

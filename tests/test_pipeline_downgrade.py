@@ -4,12 +4,13 @@ writes them back, and a release refuses a database newer than it knows."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from appliance import cli, outbox, payloads, store
+from appliance import cli, outbox, store
 from appliance.errors import SchemaError
 
 
@@ -97,19 +98,42 @@ def test_downgrade_to_this_schema_changes_nothing(tmp_path: Path) -> None:
         outbox.downgrade(conn, 0)
 
 
-def test_an_unreadable_row_stops_the_downgrade_naming_it(tmp_path: Path) -> None:
+def test_an_unreadable_row_is_named_and_the_others_still_go_back(
+    tmp_path: Path,
+) -> None:
     conn = store.connect(tmp_path / "pipeline.db")
     texts = fill(conn, 12)
     with store.transaction(conn):
         conn.execute("UPDATE outbox SET payload = X'789C00' WHERE id = 9")
-    with pytest.raises(payloads.PayloadError) as caught:
+    with pytest.raises(outbox.DowngradeError) as caught:
         outbox.downgrade(conn, 1, chunk=4)
-    assert caught.value.position == "outbox_id=9 lane=0 lane_seq=9"
-    assert caught.value.table == "PRIX"
-    # The chunks before it are committed as text; the schema is unchanged.
+    assert str(caught.value) == (
+        "10 rows written back as text, 1 cannot be read and stay deflated, schema"
+        " unchanged: payload does not inflate: Error -3 while decompressing data:"
+        " invalid window size table=PRIX position=outbox_id=9 lane=0 lane_seq=9"
+        " field=payload bytes=78 9C 00 expected=zlib stream with dictionary 2"
+    )
+    # Every other row is text now; row 9, its dictionary and the schema stay.
     done = conn.execute("SELECT id, payload FROM outbox WHERE dict_id IS NULL")
-    assert {i: p for i, p in done} == {n: texts[n - 1] for n in range(1, 6)}
+    assert {i: p for i, p in done} == {n: texts[n - 1] for n in range(1, 13) if n != 9}
+    assert conn.execute("SELECT count(*) FROM outbox_dicts").fetchone()[0] == 2
     assert store.schema_version(conn) == 2
+
+
+def test_the_downgrade_waits_for_the_legs_to_stop(tmp_path: Path) -> None:
+    """A running enricher would deflate again behind it."""
+    conn = store.connect(tmp_path / "pipeline.db")
+    fill(conn, 3)
+    store.heartbeat(conn, "enricher", os.getpid(), "running")
+    store.heartbeat(conn, "miner", 2**22 + 12345, "running")  # no such process
+    with pytest.raises(outbox.DowngradeError) as caught:
+        outbox.downgrade(conn, 1)
+    assert str(caught.value) == (
+        f"legs still running, stop them first: enricher (pid {os.getpid()}, running)"
+    )
+    assert store.schema_version(conn) == 2
+    store.heartbeat(conn, "enricher", os.getpid(), "stopped")
+    assert outbox.downgrade(conn, 1) == 2
 
 
 def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
@@ -131,6 +155,28 @@ def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
     assert raw.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'"
     ).fetchone() == (str(newer),)
+
+
+def test_a_refused_database_is_left_byte_for_byte(tmp_path: Path) -> None:
+    """Not even switched to WAL; and the command exits 78 (no restart loop)."""
+    db = tmp_path / "pipeline.db"
+    store.connect(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA journal_mode=DELETE")
+    with raw:
+        raw.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    raw.close()
+    before = db.read_bytes()
+    settings = tmp_path / "box.toml"
+    settings.write_text(f'[store]\nid = "MQ01"\n[pipeline]\ndb_path = "{db}"\n')
+    for _ in range(3):
+        with pytest.raises(SchemaError):
+            store.connect(db)
+    assert (
+        cli.main(["pipeline-downgrade", "--to", "1", "--config", str(settings)]) == 78
+    )
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.toml", "pipeline.db"]
 
 
 def test_the_command_downgrades_the_configured_database(

@@ -89,6 +89,15 @@ def leg(tmp_path: Path) -> ShipperLeg:
     return leg
 
 
+def corrupt(conn: sqlite3.Connection, outbox_id: int, stored: bytes) -> bytes:
+    """Replace a row's stored payload; the bytes it held before."""
+    good = conn.execute("SELECT payload FROM outbox WHERE id = ?", (outbox_id,))
+    before = bytes(good.fetchone()[0])
+    with store.transaction(conn):
+        conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (stored, outbox_id))
+    return before
+
+
 def sent(leg: ShipperLeg) -> list[bytes]:
     producer: Producer = leg._producer
     return producer.values
@@ -125,9 +134,7 @@ def test_unreadable_payload_holds_its_lane_and_parks_once(
     leg: ShipperLeg, tmp_path: Path
 ) -> None:
     """Row 3 (lane 0, seq 2) is corrupt: lane 0 stops before it, other lanes go."""
-    good = leg.conn.execute("SELECT payload FROM outbox WHERE id = 3").fetchone()[0]
-    with store.transaction(leg.conn):
-        leg.conn.execute("UPDATE outbox SET payload = X'789C0001' WHERE id = 3")
+    good = corrupt(leg.conn, 3, bytes.fromhex("789C0001"))
     leg.step()
     assert sent(leg) == [text(0, 1).encode(), text(1, 1).encode(), text(2, 1).encode()]
     assert states(leg.conn) == {
@@ -195,9 +202,7 @@ def test_a_restarted_shipper_releases_the_letter_of_a_restored_row(
     leg: ShipperLeg, tmp_path: Path
 ) -> None:
     """The parked letter becomes 'retried' even when another run parked it."""
-    good = leg.conn.execute("SELECT payload FROM outbox WHERE id = 3").fetchone()[0]
-    with store.transaction(leg.conn):
-        leg.conn.execute("UPDATE outbox SET payload = X'00' WHERE id = 3")
+    good = corrupt(leg.conn, 3, b"\x00")
     leg.step()
     assert [r[4] for r in letters(leg.conn)] == ["parked"]
     with store.transaction(leg.conn):
@@ -210,8 +215,7 @@ def test_a_restarted_shipper_releases_the_letter_of_a_restored_row(
 
 def test_retrying_a_shipper_letter_says_what_to_do(leg: ShipperLeg) -> None:
     """Nothing to feed back: the command names the shipper's own re-read."""
-    with store.transaction(leg.conn):
-        leg.conn.execute("UPDATE outbox SET payload = X'00' WHERE id = 3")
+    corrupt(leg.conn, 3, b"\x00")
     leg.step()
     (letter_id,) = leg.conn.execute("SELECT id FROM dead_letters").fetchone()
     with pytest.raises(CommandError, match="reads its outbox row again every 30 s"):
