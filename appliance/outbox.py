@@ -62,9 +62,10 @@ _UNCONFIRMED = "('pending', 'in_flight', 'sent')"
 class OutboxRow:
     """One message ready to send: ``value`` is the Kafka value (JSON bytes).
 
-    ``error`` is set (and ``value`` empty) when the stored payload cannot be
-    read back, with ``fault`` the error itself (field, bytes, expectation for
-    the dead letter); see :func:`next_batch`.
+    ``fault`` is set (and ``value`` empty) when the stored payload cannot be
+    read back: the error, placed at this row (field, bytes, expectation for
+    the dead letter); ``error`` is its one-line description. See
+    :func:`next_batch`.
     """
 
     id: int
@@ -73,8 +74,11 @@ class OutboxRow:
     table: str
     value: bytes
     attempts: int
-    error: str = ""
     fault: payloads.PayloadError | None = None
+
+    @property
+    def error(self) -> str:
+        return "" if self.fault is None else self.fault.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +167,8 @@ def next_batch(
             value = unpacker.value(conn, payload, dict_id)
         except payloads.PayloadError as exc:
             stopped.add(lane)
-            error = exc.placed(table, _where(oid, lane, lane_seq))
-            batch.append(
-                OutboxRow(oid, lane, lane_seq, table, b"", attempts, error, exc)
-            )
+            exc.placed(table, _where(oid, lane, lane_seq))
+            batch.append(OutboxRow(oid, lane, lane_seq, table, b"", attempts, exc))
             continue
         batch.append(OutboxRow(oid, lane, lane_seq, table, value, attempts))
     return batch

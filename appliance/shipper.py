@@ -277,7 +277,7 @@ class ShipperLeg:
         skip = self._held | self._unreadable.keys()
         produced: list[int] = []
         for row in outbox.next_batch(self.conn, limit, skip, self._unpacker):
-            if row.error:
+            if row.fault is not None:
                 self._hold_unreadable(row)
                 continue
             if row.id in self._parked_ids:
@@ -373,11 +373,6 @@ class ShipperLeg:
         """Dead letters of rows that cannot be read; one per row, across restarts."""
         for row in work.unreadable:
             where = outbox.position(row)
-            found = self.conn.execute(
-                "SELECT 1 FROM dead_letters WHERE stage = 'shipper'"
-                " AND position = ? AND state = 'parked'",
-                (where,),
-            ).fetchone()
             logger.error(
                 "payload unreadable, lane held table=%s outbox_id=%d position=%s"
                 " error=%s",
@@ -386,20 +381,21 @@ class ShipperLeg:
                 where,
                 row.error,
             )
-            if found is None:
-                fault = row.fault
-                store.park(
-                    self.conn,
-                    stage="shipper",
-                    reason="payload unreadable, lane held: "
-                    + (fault.reason if fault else row.error)[:400],
-                    table=row.table,
-                    position=where,
-                    field=fault.field if fault and fault.field else "payload",
-                    byte_offset=fault.offset if fault else None,
-                    data=fault.data if fault else b"",
-                    expected=fault.expected if fault else "",
-                )
+            # Once per row: its id joined _parked_ids (loaded from the parked
+            # letters at start), so it is not in work.unreadable again.
+            fault = row.fault
+            assert fault is not None  # next_batch places one on every such row
+            store.park(
+                self.conn,
+                stage="shipper",
+                reason=f"payload unreadable, lane held: {fault.reason}"[:500],
+                table=row.table,
+                position=where,
+                field=fault.field or "payload",
+                byte_offset=fault.offset,
+                data=fault.data,
+                expected=fault.expected,
+            )
         for oid in work.readable_again:
             self.conn.execute(
                 "UPDATE dead_letters SET state = 'retried' WHERE stage = 'shipper'"

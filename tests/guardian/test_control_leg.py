@@ -130,12 +130,10 @@ def _rows_behind_their_last_change(relay: Stack, table: str) -> list[str]:
     """Keys whose ODH version is below the last journal change relayed for them."""
     last: dict[str, int] = {}
     with relay.pipeline() as conn:
-        for payload, dict_id in conn.execute(
-            "SELECT payload, dict_id FROM outbox"
-            " WHERE table_name = ? AND op IN ('c', 'u', 'd')",
-            (table,),
+        for _, value in payloads.messages(
+            conn, "table_name = ? AND op IN ('c', 'u', 'd')", (table,)
         ):
-            message = json.loads(payloads.read_text(conn, payload, dict_id))
+            message = json.loads(value)
             pk = json.dumps(message["key"], sort_keys=True, separators=(",", ":"))
             last[pk] = max(last.get(pk, 0), int(message["version"]))
     with psycopg.connect(relay.hub.conninfo(relay.odh_db)) as pg:
