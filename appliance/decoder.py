@@ -28,7 +28,10 @@ Invariants (domain brief §4.6-§4.8):
   :attr:`Decoded.errors`; the other fields are decoded as usual, so one bad
   field never loses a row;
 - an all-blank (0x40) packed or zoned field is null and named in
-  :attr:`Decoded.blanks` (a legacy uninitialised numeric, not an error).
+  :attr:`Decoded.blanks` (a legacy uninitialised numeric, not an error);
+- a text field whose characters include U+0000 (x'00' in an EBCDIC CHAR)
+  is a field error (:func:`appliance.decoding.text.refusing_nul`): the ODH
+  cannot store that character, and here its position is known.
 
 Text is decoded with the column's CCSID, or with an override from
 ``ibmi.ccsid_overrides`` (``TABLE.COLUMN``, then ``TABLE.*``; either name of
@@ -58,6 +61,7 @@ from appliance.decoding.text import (
     HEX_CCSID,
     fixed_text,
     hex_text,
+    refusing_nul,
     text_codec,
     varying_text,
 )
@@ -70,6 +74,8 @@ logger = logging.getLogger(__name__)
 MEMO_MAX = 512
 # Types whose reading costs less than a look-up: no memo.
 _UNMEMOIZED = frozenset({"SMALLINT", "INTEGER", "BIGINT", "BINARY"})
+# Types read as text through a codec: U+0000 in them is a field error.
+_TEXT_TYPES = frozenset({"CHAR", "VARCHAR", "GRAPHIC", "VARG"})
 
 __all__ = [
     "HEX_CCSID",
@@ -173,6 +179,8 @@ class RecordDecoder:
                     offset=column.offset,
                     expected="a supported type, format and CCSID",
                 ) from exc
+            if column.data_type in _TEXT_TYPES and text_codec(ccsid) is not None:
+                function = refusing_nul(function)
             memo: dict[bytes, JsonValue] | None = None
             if column.data_type not in _UNMEMOIZED or column.scale:
                 memo = {}

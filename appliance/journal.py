@@ -372,8 +372,167 @@ _ISO_US = operator.methodcaller("isoformat", timespec="microseconds")
 _ROW_WIDTH = len(_columns("ibmi"))
 
 
+class EntryError(SourceError):
+    """A journal row lacks a value the relay needs to place or read the entry.
+
+    Carries what a technician needs to find the entry on the IBM i: the
+    receiver (library/name) of the window, the entry's sequence (None when
+    that is the missing value: the row's place in the result says nothing,
+    since NULLs sort last), the window (``after`` is its start - 1, the last
+    sequence stored), the column, its raw value and what was expected.
+    """
+
+    def __init__(
+        self,
+        *,
+        receiver: str,
+        sequence: int | None,
+        after: int,
+        end: int | None,
+        field: str,
+        value: Any,
+        expected: str,
+    ) -> None:
+        self.receiver = receiver
+        self.sequence = sequence
+        self.after = after
+        self.end = end
+        self.field = field
+        self.value = repr(value)[:64]
+        self.expected = expected
+        where = "unknown" if sequence is None else str(sequence)
+        window = f"{after + 1}..{'' if end is None else end}"
+        super().__init__(
+            f"journal entry unusable receiver={receiver} sequence={where}"
+            f" window={window} last_stored={after} field={field}"
+            f" value={self.value} expected={expected}"
+        )
+
+
+# What a row must hold: (column index, name, expected, how it is read) on
+# every row, (column index, name, expected, codes) on rows of some journal
+# codes. A NULL there is never guessed: a NULL sequence leaves the entry's
+# position unknown; a NULL code, type or object makes a row change look like
+# an entry the relay ignores; a NULL commit cycle, like a change outside
+# commitment control (shipped before its commit); a NULL RRN misplaces the
+# RRN map. JOB_*, PROGRAM_NAME, the user, OBJECT_TYPE, INDICATOR_FLAG,
+# NULL_VALUE_INDICATORS and ENTRY_DATA may be NULL (an R entry without its
+# image is parked by the transformer, with its position).
+def _sequence_value(value: Any) -> int:
+    if value is None or isinstance(value, bool):
+        raise TypeError("no sequence")
+    return int(value)
+
+
+def _timestamp_value(value: Any) -> str:
+    if value is None:
+        raise TypeError("no timestamp")
+    return timestamp(value) or ""
+
+
+def _filled_text(value: Any) -> str:
+    found = text(value)
+    if not found:
+        raise ValueError("blank")
+    return found
+
+
+_EVERY_ROW: tuple[tuple[int, str, str, Any], ...] = (
+    (1, "SEQUENCE_NUMBER", "a whole number, DECIMAL(21,0)", _sequence_value),
+    (0, "ENTRY_TIMESTAMP", "a TIMESTAMP", _timestamp_value),
+    (2, "JOURNAL_CODE", "a journal code, CHAR(1)", _filled_text),
+    (3, "JOURNAL_ENTRY_TYPE", "an entry type, CHAR(2)", _filled_text),
+    (14, "RECEIVER_LIBRARY", "the receiver's library", _filled_text),
+    (15, "RECEIVER_NAME", "the receiver's name", _filled_text),
+)
+_SOME_ROWS: tuple[tuple[int, str, str, frozenset[str]], ...] = (
+    (6, "OBJECT", "file, library and member", OBJECT_CODES),
+    (4, "COUNT_OR_RRN", "the record's RRN, DECIMAL(21,0)", frozenset({"R"})),
+    (5, "COMMIT_CYCLE", "a cycle number (0: none)", frozenset({"R", "C"})),
+)
+_REFUSALS = (TypeError, ValueError, ArithmeticError)
+
+
+def _reads(read: Any, value: Any) -> bool:
+    try:
+        read(value)
+    except _REFUSALS:
+        return False
+    return True
+
+
+def _all_read(column: Sequence[Any], read: Any) -> bool:
+    """Every value of ``column`` reads; the usual types and distinct values first."""
+    if read is _sequence_value and _only(column, Decimal, int):
+        return True
+    if read is _timestamp_value and _only(column, dt.datetime):
+        return True
+    try:
+        distinct: Iterable[Any] = set(column)
+    except TypeError:  # an unhashable value (bytearray): each one
+        distinct = column
+    return all(_reads(read, v) for v in distinct)
+
+
+def check_rows(
+    columns: Sequence[Sequence[Any]],
+    receiver: str,
+    before: int,
+    end: int | None = None,
+) -> None:
+    """Refuse a window with a row missing a value the relay needs.
+
+    ``columns`` are the window's values column by column; ``receiver``
+    (library/name), ``before`` (the sequence before the window, the last
+    one stored) and ``end`` name where it was read. A clean window costs a
+    type check or a set of its distinct values per column; one that fails
+    is walked to name its first bad row.
+    """
+    problems: list[tuple[int, str, Any, str]] = []
+    for index, name, expected, read in _EVERY_ROW:
+        column = columns[index]
+        if not _all_read(column, read):
+            row = next(r for r, v in enumerate(column) if not _reads(read, v))
+            problems.append((row, name, column[row], expected))
+    codes = columns[2]
+    for index, name, expected, needed in _SOME_ROWS:
+        column = columns[index]
+        read = _filled_text if index == 6 else _sequence_value
+        if _all_read(column, read):
+            continue
+        # Blank objects are usual (C and J entries): only those rows are
+        # looked at, and only an entry of a code that needs one is refused.
+        try:
+            bad = {v for v in set(column) if not _reads(read, v)}
+            flags: Iterable[bool] = map(bad.__contains__, column)
+        except TypeError:
+            flags = (not _reads(read, v) for v in column)
+        for row in itertools.compress(range(len(column)), flags):
+            code = text(codes[row])
+            if code in needed:
+                what = f"{expected} on a {code} entry"
+                problems.append((row, name, column[row], what))
+                break
+    if not problems:
+        return
+    row, name, value, expected = min(problems, key=lambda p: p[0])
+    own = columns[1][row]
+    raise EntryError(
+        receiver=receiver,
+        sequence=_sequence_value(own) if _reads(_sequence_value, own) else None,
+        after=before,
+        end=end,
+        field=name,
+        value=value,
+        expected=expected,
+    )
+
+
 def entries_from_rows(
-    rows: Sequence[Sequence[Any]], journal: str, mined_at: float
+    rows: Sequence[Sequence[Any]],
+    journal: str,
+    mined_at: float,
+    read: Read | None = None,
 ) -> list[tuple[Any, ...]]:
     """A window of :func:`window_sql` rows as ``raw_entries`` tuples.
 
@@ -384,11 +543,20 @@ def entries_from_rows(
     driver normally returns is converted in one pass (``map`` over a method),
     any other column value by value through the same helpers as
     :func:`entry_from_row`, so a NULL or an odd type is handled the same.
+
+    A row missing a value the relay needs (:func:`check_rows`) refuses the
+    whole window with :class:`EntryError`, named by ``read``'s receiver and
+    start when given.
     """
     if not rows:
         return []
     # Indexing each row per column is cheaper than unpacking driver rows.
     columns = [[row[i] for row in rows] for i in range(_ROW_WIDTH)]
+    if read is None:
+        check_rows(columns, f"{text(rows[0][14])}/{text(rows[0][15])}", 0)
+    else:
+        receiver = f"{read.receiver.library}/{read.receiver.name}"
+        check_rows(columns, receiver, read.start - 1, read.end)
     objects = [o.ljust(30) if o else "" for o in _texts(columns[6])]
     job_parts = map(_texts, (columns[11], columns[10], columns[9]))
     jobs = map("/".join, zip(*job_parts, strict=True))

@@ -25,6 +25,14 @@ Invariants:
 - Any other source failure (network, CPF7054 range, a receiver deleted between
   two calls) drops the connection and retries with a bounded exponential
   backoff; gaps are only ever decided from a fresh receiver list.
+- A window holding a row without a value the relay needs (a NULL sequence,
+  code, type, entry time, receiver; a NULL object, RRN or commit cycle on an
+  entry that needs one; :func:`appliance.journal.check_rows`) is stored in
+  none of its entries: the bookmark stays, the window is read again with the
+  same backoff, and until it goes through the ``meta`` row
+  ``miner.alarm.bad_entry``, the status line and one ERROR log name the
+  receiver, sequence, window, column, raw value and expectation (counter
+  ``miner.unusable_windows``).
 - Leaving a finished receiver needs the same finish seen on two refreshes one
   poll apart, then one bounded read past the reported end that comes back
   empty, so a stale LAST_SEQUENCE_NUMBER after CHGJRN (jhc #83), even one
@@ -85,6 +93,7 @@ QUERY_TIMEOUT_S = 120
 LAG_EVERY_S = 2.0
 LAG_KEY = "miner.lag"
 DENIED_KEY = "miner.alarm.source_denied"
+BAD_ENTRY_KEY = "miner.alarm.bad_entry"
 GAP_KEY = "miner.data_gap"
 # A waiting call is cancelled this long after its EOF_DELAY should have ended,
 # or this long after its latest row once rows flow (a streaming cursor).
@@ -171,6 +180,8 @@ class MinerLeg:
         self._cancel_logged = False
         self._last_wait = 0.0
         self._denied = False
+        self._bad: journal.EntryError | None = None
+        self._bad_alarm = False
 
     # -- Leg protocol ----------------------------------------------------------
 
@@ -182,6 +193,12 @@ class MinerLeg:
         self._denied = (
             self.conn.execute(
                 "SELECT 1 FROM meta WHERE key = ?", (DENIED_KEY,)
+            ).fetchone()
+            is not None
+        )
+        self._bad_alarm = (
+            self.conn.execute(
+                "SELECT 1 FROM meta WHERE key = ?", (BAD_ENTRY_KEY,)
             ).fetchone()
             is not None
         )
@@ -209,12 +226,18 @@ class MinerLeg:
             worked = self._work()
         except DataGapError:
             raise
+        except journal.EntryError as exc:
+            self._unusable(exc)
+            self._failed(exc)
+            return False
         except SourceError as exc:
             self._failed(exc)
             return False
         self._attempt = 0
         if self._denied:
             self._let_in()
+        if worked and (self._bad is not None or self._bad_alarm):
+            self._usable_again()
         return worked
 
     def close(self) -> None:
@@ -241,6 +264,13 @@ class MinerLeg:
     def status(self) -> str:
         if self._gap is not None:
             return f"data gap: {self._gap}"[:200]
+        if self._bad is not None:
+            bad = self._bad
+            seq = "?" if bad.sequence is None else bad.sequence
+            return (
+                f"unusable entry {bad.receiver}:{seq} (stored up to {bad.after}),"
+                f" retrying: {bad.field}={bad.value} expected {bad.expected}"
+            )[:200]
         head = journal.attached(self._receivers)
         bookmark = self._bookmark
         text = "receiver={} seq={} head={}".format(
@@ -495,7 +525,7 @@ class MinerLeg:
         else:
             rows = self._query(src, self._sql, params, "reading journal")
         self._tally["miner.rows"] += len(rows)
-        entries = journal.entries_from_rows(rows, self.journal, time.time())
+        entries = journal.entries_from_rows(rows, self.journal, time.time(), read)
         journal.check_window(entries, read)
         keep, hidden = journal.select(
             entries, self.ibmi.table_library, self.ibmi.tables
@@ -594,6 +624,53 @@ class MinerLeg:
                 self._attempt,
                 exc,
             )
+
+    def _unusable(self, exc: journal.EntryError) -> None:
+        """A window holds a row without a value the relay needs: nothing stored.
+
+        The bookmark stays before the window, so no entry is skipped: the
+        window is read again after the backoff (a transient fault mends by
+        itself), and until it goes through the technician sees the ``meta``
+        row ``miner.alarm.bad_entry`` (receiver, the entry's sequence, the
+        last sequence stored, field, raw value, expectation), the status line, counter
+        ``miner.unusable_windows`` (every refused read) and one ERROR log per
+        distinct fault.
+        """
+        first = self._bad is None or str(self._bad) != str(exc)
+        self._bad, self._bad_alarm = exc, True
+        where = self._bookmark.position() if self._bookmark else "none"
+        value = {
+            "position": where,
+            "receiver": exc.receiver,
+            "sequence": exc.sequence,
+            "last_stored": exc.after,
+            "window_end": exc.end,
+            "field": exc.field,
+            "value": exc.value,
+            "expected": exc.expected,
+            "attempt": self._attempt + 1,
+            "at": round(time.time(), 3),
+        }
+        with store.transaction(self.conn):
+            store.bump(self.conn, "miner.unusable_windows")
+            _put_meta(self.conn, BAD_ENTRY_KEY, value)
+        if first:
+            logger.error(
+                "journal entry unusable, window not stored, will retry"
+                " stage=miner position=%s error=%s",
+                where,
+                exc,
+            )
+
+    def _usable_again(self) -> None:
+        """The window went through: the alarm clears."""
+        self._bad, self._bad_alarm = None, False
+        with store.transaction(self.conn):
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (BAD_ENTRY_KEY,))
+        logger.warning(
+            "journal entries usable again stage=miner position=%s",
+            self._bookmark.position() if self._bookmark else "-",
+        )
 
     def _let_in(self) -> None:
         """The first good call after a refusal clears the alarm."""

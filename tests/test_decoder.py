@@ -442,6 +442,68 @@ def test_invalid_utf8_in_a_1208_column_is_a_field_error() -> None:
     assert decoded.errors[0]["reason"] == "invalid utf-8 at byte 2"
 
 
+def test_nul_in_a_text_field_is_a_field_error_keeping_its_bytes() -> None:
+    """x'00' (RPG *LOVAL) reads as U+0000, which the ODH refuses: a field error.
+
+    CHAR and VARCHAR in an EBCDIC page, CHAR in UTF-8 and GRAPHIC in UTF-16:
+    each field is null, its error names offset and bytes; the row survives,
+    and a FOR BIT DATA field (hex) holding x'00' is a plain value.
+    """
+    dec = decoder(
+        Column("K", "CHAR", 2, ccsid=297),
+        Column("C", "CHAR", 4, ccsid=297),
+        Column("V", "VARCHAR", 3, ccsid=1147),
+        Column("U", "CHAR", 2, ccsid=1208),
+        Column("G", "GRAPHIC", 2, ccsid=1200),
+        Column("B", "CHAR", 2, ccsid=65535),
+    )
+    image = bytes.fromhex(
+        "C1C2" + "C100C240" + "0002C10040" + "6100" + "00410000" + "0000"
+    )
+    decoded = dec.decode_record(image, position="QSQJRN0001:5")
+    assert decoded.values == {
+        "K": "AB",
+        "C": None,
+        "V": None,
+        "U": None,
+        "G": None,
+        "B": "0000",
+    }
+    expected = "text without x'00' (the ODH cannot store U+0000)"
+    assert decoded.errors == [
+        {
+            "field": "C",
+            "offset": 2,
+            "bytes_hex": "C100C240",
+            "reason": "NUL character (U+0000) at character 1",
+            "expected": expected,
+        },
+        {
+            "field": "V",
+            "offset": 6,
+            "bytes_hex": "0002C10040",
+            "reason": "NUL character (U+0000) at character 1",
+            "expected": expected,
+        },
+        {
+            "field": "U",
+            "offset": 11,
+            "bytes_hex": "6100",
+            "reason": "NUL character (U+0000) at character 1",
+            "expected": expected,
+        },
+        {
+            "field": "G",
+            "offset": 13,
+            "bytes_hex": "00410000",
+            "reason": "NUL character (U+0000) at character 1",
+            "expected": expected,
+        },
+    ]
+    # Refusals are never remembered: the same bytes are refused again.
+    assert dec.decode_record(image).errors == decoded.errors
+
+
 def test_utf8_char_1208_is_blank_padded_with_0x20() -> None:
     """CHAR(6) CCSID 1208 'Café' = 43 61 66 C3 A9 20."""
     assert one(Column("U", "CHAR", 6, ccsid=1208), "436166C3A920") == "Café"

@@ -33,6 +33,8 @@ OBJECTS = (
 def driver_row(seq: int, rng: random.Random, receiver: str = "QSQJRN0003") -> tuple:
     """A row as psqlODBC or the IBM i driver returns it (padded CHAR columns)."""
     code, kind = rng.choice((("R", "UP"), ("R", "PT"), ("C", "CM"), ("J", "IE")))
+    # A row change always names its file; other entries may name none.
+    obj = rng.choice(OBJECTS[:-1] if code == "R" else OBJECTS)
     return (
         dt.datetime(2026, 12, 4, 8, 30, 1, rng.randrange(1, 1_000_000)),
         Decimal(seq),
@@ -40,7 +42,7 @@ def driver_row(seq: int, rng: random.Random, receiver: str = "QSQJRN0003") -> tu
         kind,
         Decimal(rng.randrange(0, 5000)),
         Decimal(rng.randrange(0, 90_000)),
-        rng.choice(OBJECTS),
+        obj,
         "*QDDS     ",
         rng.choice("01"),
         "QPADEV0001",
@@ -86,13 +88,14 @@ def test_window_of_driver_rows_equals_the_row_by_row_conversion() -> None:
 
 
 # (column index, odd value): each one sends its column the value-by-value way.
+# NULLs only where an entry may lack the value (check_rows refuses the rest;
+# see the tests below); row 3 is a J entry when its column is OBJECT,
+# COUNT_OR_RRN or COMMIT_CYCLE.
 ODD_VALUES = [
     (0, dt.datetime(2026, 12, 4, 8, 30, 1)),  # no microseconds
     (0, "2026-12-04 08:30:01.5"),  # a driver giving text
-    (0, None),
     (0, dt.datetime(2026, 12, 4, 8, 30, 1, 7, tzinfo=dt.UTC)),
     (1, 77),
-    (2, None),
     (4, None),
     (4, 17),
     (5, None),
@@ -101,7 +104,6 @@ ODD_VALUES = [
     (9, None),
     (11, 123456),
     (12, None),
-    (14, None),
     (16, None),
     (16, b"0011"),
     (16, bytearray(b"01")),
@@ -119,6 +121,82 @@ def test_odd_value_in_a_column_converts_as_the_reference_does(
     rows[3][column] = value
     if column == 1:
         rows[3][1] = 13  # keep the order: 10, 11, 12, 13 ...
+    if column in (4, 5, 6):
+        rows[3][2:4] = ["J", "PR"]
+    assert windowed(rows) == reference(rows)
+
+
+# (column index, value, name, expected): a row lacking what the relay needs.
+REFUSED = [
+    (1, None, "SEQUENCE_NUMBER", "a whole number, DECIMAL(21,0)"),
+    (1, "x", "SEQUENCE_NUMBER", "a whole number, DECIMAL(21,0)"),
+    (0, None, "ENTRY_TIMESTAMP", "a TIMESTAMP"),
+    (0, "04/12/2026", "ENTRY_TIMESTAMP", "a TIMESTAMP"),
+    (2, None, "JOURNAL_CODE", "a journal code, CHAR(1)"),
+    (2, " ", "JOURNAL_CODE", "a journal code, CHAR(1)"),
+    (3, None, "JOURNAL_ENTRY_TYPE", "an entry type, CHAR(2)"),
+    (14, None, "RECEIVER_LIBRARY", "the receiver's library"),
+    (15, None, "RECEIVER_NAME", "the receiver's name"),
+    (6, None, "OBJECT", "file, library and member on a R entry"),
+    (6, " " * 30, "OBJECT", "file, library and member on a R entry"),
+    (4, None, "COUNT_OR_RRN", "the record's RRN, DECIMAL(21,0) on a R entry"),
+    (5, None, "COMMIT_CYCLE", "a cycle number (0: none) on a R entry"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "name", "expected"), REFUSED)
+def test_a_row_without_what_the_relay_needs_refuses_the_window(
+    column: int, value: Any, name: str, expected: str
+) -> None:
+    """Named: receiver, last good sequence before it, column, raw value, need."""
+    rng = random.Random(column)
+    rows = [list(driver_row(seq, rng)) for seq in range(10, 20)]
+    rows[3][2:4] = ["R", "UP"]
+    rows[3][6] = OBJECTS[0]
+    rows[3][column] = value
+    read = Read(rcv(), 10, 19, at_head=False)
+    with pytest.raises(journal.EntryError) as caught:
+        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    error = caught.value
+    sequence = None if column == 1 else 13
+    assert (error.receiver, error.sequence, error.after, error.end, error.field) == (
+        "MAG/QSQJRN0003",
+        sequence,
+        9,
+        19,
+        name,
+    )
+    assert (error.value, error.expected) == (repr(value), expected)
+    assert str(error) == (
+        "journal entry unusable receiver=MAG/QSQJRN0003"
+        f" sequence={'unknown' if sequence is None else 13} window=10..19"
+        f" last_stored=9 field={name} value={value!r} expected={expected}"
+    )
+    assert isinstance(error, SourceError)  # retried like any source fault
+
+
+def test_the_first_bad_row_is_named() -> None:
+    """Two bad rows: the first in the result is named, with its own sequence."""
+    rng = random.Random(3)
+    rows = [list(driver_row(seq, rng)) for seq in range(10, 20)]
+    rows[6][1] = None
+    rows[2][15] = None
+    read = Read(rcv(), 10, 19, at_head=False)
+    with pytest.raises(journal.EntryError, match=r"sequence=12 window=10\.\.19 last_"):
+        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    rows[2][15] = "QSQJRN0003"
+    with pytest.raises(journal.EntryError) as caught:
+        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    assert (caught.value.sequence, caught.value.field) == (None, "SEQUENCE_NUMBER")
+
+
+def test_blank_object_rrn_and_cycle_pass_on_entries_that_need_none() -> None:
+    """J and C entries without object, RRN (J) or cycle (J) convert as before."""
+    rng = random.Random(5)
+    rows = [list(driver_row(seq, rng)) for seq in range(10, 20)]
+    rows[1][2:7] = ["J", "PR", None, None, None]
+    rows[2][2:5] = ["C", "SC", None]
+    rows[2][6] = None
     assert windowed(rows) == reference(rows)
 
 

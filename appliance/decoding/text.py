@@ -112,3 +112,26 @@ def varying_text(maximum: int, unit: int, codec: str | int | None) -> FieldFn:
         return str(read(raw[2 : 2 + length * unit]))
 
     return decode
+
+
+def refusing_nul(read: FieldFn) -> FieldFn:
+    """``read``, but a text holding U+0000 is a field error.
+
+    The codecs read x'00' faithfully as U+0000 (IBM's tables do too; RPG's
+    ``*LOVAL`` fills a field with it), but PostgreSQL stores that character
+    neither in text nor in jsonb, so such a value could never reach the ODH.
+    Refused here, where the table, position, field and offset are known, it
+    becomes an ordinary field error: the field is null in the change and its
+    bytes travel in the change's ``errors``, so nothing is lost.
+    """
+
+    def decode(raw: bytes) -> str:
+        value = str(read(raw))
+        if "\x00" in value:
+            raise FieldError(
+                f"NUL character (U+0000) at character {value.index(chr(0))}",
+                "text without x'00' (the ODH cannot store U+0000)",
+            )
+        return value
+
+    return decode

@@ -676,7 +676,12 @@ def park(
     lane: int | None = None,
     lane_seq: int | None = None,
 ) -> None:
-    """Keep a message the sink cannot apply, with why and its bytes."""
+    """Keep a message the sink cannot apply, with why and its bytes.
+
+    A NUL in the reason (quoted from a value) is written as ``\\u0000``:
+    PostgreSQL would refuse the dead letter itself, and the batch with it.
+    """
+    reason = reason.replace("\x00", "\\u0000")
     conn.execute(
         sql.SQL(
             "INSERT INTO {}.dead_letters (store_id, lane, lane_seq, topic,"
