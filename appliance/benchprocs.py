@@ -21,6 +21,13 @@ process is put in one group:
 
 The machine's own busy time comes from ``/proc/stat``, so the groups can be
 read against what the cores could give in the same span.
+
+:class:`PartCpu` is the raw limits' counterpart: the CPU one raw part of the
+chain spent over a ``with`` block, this process (every thread, librdkafka's
+included) plus the server processes serving it (the broker found by its
+listening port, a PostgreSQL backend by its pid and the postmaster's helpers).
+:func:`cores` is what the machine gives this process: the CPUs it may run on,
+capped by its cgroup's quota.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CPU_SAMPLE_S = 0.5
@@ -61,6 +69,13 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _is_pg_backend(cmd: str) -> bool:
+    # "postgres: user db host(port) state" for a backend;
+    # "postgres: walwriter" and the like for the helpers.
+    words = cmd.split()
+    return cmd.startswith("postgres: ") and len(words) >= 4 and "(" in words[3]
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -116,11 +131,8 @@ class CpuSampler:
             if ancestor <= 1:
                 break
         if cmd.startswith("postgres: "):
-            words = cmd.split()
-            # "postgres: user db host(port) state" for a backend;
-            # "postgres: walwriter" and the like for the helpers.
-            if len(words) >= 4 and "(" in words[3]:
-                return f"postgres {words[2]}"
+            if _is_pg_backend(cmd):
+                return f"postgres {cmd.split()[2]}"
             return "postgres shared"
         if "postgres" in cmd.split(" ", maxsplit=1)[0]:
             return "postgres shared"
@@ -170,6 +182,153 @@ class CpuSampler:
             if self.machine_total_s
             else 0.0,
         }
+
+
+def cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
+) -> float:
+    """The CPUs this process may use: its affinity, capped by cgroup quotas.
+
+    Every quota from this process's cgroup up to the root counts: ``cpu.max``
+    (v2, at the root or under ``unified`` on a hybrid mount) and
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (v1's cpu controller).
+    """
+    count = float(len(os.sched_getaffinity(0)) or os.cpu_count() or 1)
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return count
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:
+            bases = [cgroup_root, cgroup_root / "unified"]
+        elif "cpu" in controllers.split(","):
+            bases = [cgroup_root / controllers, cgroup_root / "cpu"]
+        else:
+            continue
+        for base in bases:
+            level = base / path.lstrip("/")
+            while True:
+                count = min(count, _quota(level))
+                if level == base or base not in level.parents:
+                    break
+                level = level.parent
+    return count
+
+
+def _quota(level: Path) -> float:
+    """The CPUs a cgroup directory's quota allows (inf when none is set)."""
+    try:
+        quota, period = (level / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (level / "cpu.cfs_quota_us").read_text().strip()
+            period = (level / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return float("inf")
+    if quota in ("max", "-1"):
+        return float("inf")
+    return int(quota) / int(period)
+
+
+def listening_pid(port: int) -> int | None:
+    """The process with a listening TCP socket on ``port`` (loopback or any)."""
+    inodes: set[str] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    with os.scandir("/proc") as entries:
+        pids = [int(e.name) for e in entries if e.name.isdigit()]
+    for pid in pids:
+        try:
+            with os.scandir(f"/proc/{pid}/fd") as fds:
+                if any(_link(fd.path) in inodes for fd in fds):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the descriptor closed meanwhile
+        return ""
+
+
+def pg_shared_pids(backend_pid: int) -> list[int]:
+    """The postmaster above ``backend_pid`` and its helpers, backends left out.
+
+    WAL writer, checkpointer, background writer, autovacuum: they work for
+    every database of the cluster, so over a span they also serve whatever
+    else ran on it then.
+    """
+    postmaster = _ppid(backend_pid)
+    if postmaster <= 1:
+        return []
+    with os.scandir("/proc") as entries:
+        children = [
+            int(e.name)
+            for e in entries
+            if e.name.isdigit() and _ppid(int(e.name)) == postmaster
+        ]
+    return [postmaster] + [c for c in children if not _is_pg_backend(_cmdline(c))]
+
+
+class PartCpu:
+    """CPU one raw part spent over a ``with`` block: this process and its servers.
+
+    ``client`` is this process (``time.process_time``: every thread, so
+    librdkafka's and psqlODBC's work count). Each keyword names a server: a
+    function giving its pids, asked at the start and at the end, so a helper
+    born during the block counts whole and one that ended loses its last
+    stretch. Server time is ``utime + stime`` (1/CLK_TCK resolution).
+    """
+
+    def __init__(self, **servers: Callable[[], Iterable[int]]) -> None:
+        self.servers = servers
+        self.seconds: dict[str, float] = {}
+        self._before: dict[str, dict[int, int]] = {}
+        self._own = 0.0
+
+    def __enter__(self) -> PartCpu:
+        self._before = {name: _ticks(get()) for name, get in self.servers.items()}
+        self._own = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = {"client": time.process_time() - self._own}
+        for name, get in self.servers.items():
+            before = self._before[name]
+            after = _ticks([*before, *get()])
+            spent = sum(max(0, t - before.get(pid, 0)) for pid, t in after.items())
+            self.seconds[name] = spent / TICKS
+
+    def us_per(self, count: int) -> dict[str, float]:
+        """Microseconds per item (row, message, entry) by process, and ``total``."""
+        per = {k: v * 1e6 / count for k, v in self.seconds.items()} if count else {}
+        found = {k: round(v, 2) for k, v in per.items()}
+        found["total"] = round(sum(per.values()), 2)
+        return found
+
+
+def _ticks(pids: Iterable[int]) -> dict[int, int]:
+    found = {}
+    for pid in set(pids):
+        ticks = _cpu_ticks(pid)
+        if ticks is not None:
+            found[pid] = ticks
+    return found
 
 
 class RssSampler:

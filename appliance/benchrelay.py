@@ -24,8 +24,11 @@ measured in the same run, as ratios:
 6. cost on the IBM i: the miner alone on a journal of ``miner_entries``
    entries with 50 ms per call, on a stack of its own;
 7. raw limits: SQLite, Kafka produce and consume, PostgreSQL
-   (:func:`appliance.bench.raw_limits`), the decoder on the bench's own
-   images, and the same journal windows read through ODBC without a miner.
+   (:func:`appliance.bench.raw_limits`, on a sample of the outbox stack's own
+   messages), the decoder on the bench's own images, and the same journal
+   windows read through ODBC without a miner; each with the CPU it spent per
+   row, summed per change into the chain's limit
+   (:func:`appliance.benchtable.chain_limit`).
 
 Invariants: each stack has its own databases and topics (``name``,
 ``name_ob``, ``name_ibmi``) and is closed, legs stopped, before the next one
@@ -61,6 +64,7 @@ _T = TypeVar("_T")
 
 SEED_ARTICLES = 500
 OUTBOX_CHANGES_MAX = 100_000
+PAYLOAD_SAMPLE = 1000
 IBMI_LATENCY_MS = 50
 
 
@@ -97,7 +101,8 @@ def run(
         _step(found, "decode", bench.raw_decode, stack.pipeline_db)
     finally:
         stack.close()
-    _step(found, "outbox", _outbox, services, workdir, sizes, name)
+    sample: list[bytes] = []
+    _step(found, "outbox", _outbox, services, workdir, sizes, name, sample)
     _step(found, "ibmi", _ibmi, services, workdir, sizes, name)
     _step(
         found,
@@ -108,6 +113,7 @@ def run(
         stack.odh_db,
         rows=sizes.raw_rows,
         chain=bench.CHAIN_MESSAGES,
+        payloads=sample or [bench.PAYLOAD.encode()],
     )
     found["load"] = {"start": load_start, "end": os.getloadavg()}
     found["rows"] = table(found)
@@ -460,9 +466,13 @@ def _waiting(stack: Stack, sizes: Sizes) -> dict[str, Any]:
 
 
 def _outbox(
-    services: Services, workdir: Path, sizes: Sizes, name: str
+    services: Services, workdir: Path, sizes: Sizes, name: str, sample: list[bytes]
 ) -> dict[str, Any]:
-    """A backlog enriched into the outbox, shipper stopped: bytes per message."""
+    """A backlog enriched into the outbox, shipper stopped: bytes per message.
+
+    ``sample`` receives up to :data:`PAYLOAD_SAMPLE` of the pending messages,
+    evenly spaced: the raw limits' payloads.
+    """
     stack = Stack(services, workdir / "outbox", name=f"{name}_ob", store_id="RE01")
     try:
         stack.prepare()
@@ -492,6 +502,7 @@ def _outbox(
         messages = [m for _, m in pending_rows]
         pending = len(messages)
         payload = sum(map(len, messages)) / pending if pending else 0.0
+        sample += messages[:: max(1, pending // PAYLOAD_SAMPLE)][:PAYLOAD_SAMPLE]
         outbox_only = _outbox_pages(db) * page
         stack.stop_legs()
         bare = _bare_bytes(messages, workdir / "bare.db")
