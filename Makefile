@@ -31,7 +31,10 @@ test: services
 # Every check, the same locally and in CI (.ci/run calls this).
 check: lint typecheck test
 
-bench: services
+# Set-up and service notes go to stderr, so `BENCH_ARGS=--json` prints JSON only.
+bench:
+	@scripts/bootstrap.sh >&2
+	@$(SERVICES) up >&2
 	@eval "$$($(SERVICES) env)" && .venv/bin/appliance bench $(BENCH_ARGS)
 
 # Exposure score of every unit (systemd-analyze security --offline); also part
