@@ -371,8 +371,8 @@ def _status(conn: Any, *, as_json: bool, stalled_after_s: float = 30.0) -> int:
     journal = {
         r[0].removeprefix("miner."): json.loads(r[1])
         for r in conn.execute(
-            "SELECT key, value FROM meta WHERE key IN"
-            " ('miner.lag', 'miner.preflight', 'miner.data_gap')"
+            "SELECT key, value FROM meta WHERE key IN ('miner.lag',"
+            " 'miner.preflight', 'miner.data_gap', 'miner.alarm.bad_entry')"
         )
     }
     report = {

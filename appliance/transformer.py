@@ -379,7 +379,7 @@ class TransformerLeg:
                 return
         else:
             self._tally_problems(decoder, decoded, row)
-            self._track(row, decoder.layout, decoded.values)
+            self._track(row, decoder.layout, decoded)
             events = self._events(row, decoder.layout, decoded, source_info)
         if not events:
             return
@@ -388,11 +388,19 @@ class TransformerLeg:
         else:
             self._emit(net_effect(events))
 
-    def _track(self, row: Entry, layout: layouts.Layout, image: Image) -> None:
-        """Follow the entry in the RRN map: after images set, deletes free."""
+    def _track(self, row: Entry, layout: layouts.Layout, decoded: Decoded) -> None:
+        """Follow the entry in the RRN map: after images set, deletes free.
+
+        An after image whose key has a field error frees its slot: the key is
+        unknown, and an image-less delete there is parked rather than sent
+        for a null key.
+        """
         table, kind = _qualified(row["object"]), row["entry_type"]
         if kind in INSERT_TYPES or kind in AFTER_TYPES:
-            self._rrns.put(table, row["rrn"], _key(layout, image, row))
+            if _key_errors(layout, decoded.errors):
+                self._rrns.drop(table, row["rrn"])
+            else:
+                self._rrns.put(table, row["rrn"], _key(layout, decoded.values, row))
         elif kind in ("DL", "DR"):
             self._rrns.drop(table, row["rrn"])
 
@@ -495,32 +503,93 @@ class TransformerLeg:
         decoded: Decoded,
         source_info: dict[str, Any],
     ) -> list[Event]:
-        """Row events of one entry: [] while a before image waits for its after."""
+        """Row events of one entry: [] while a before image waits for its after.
+
+        An event whose key comes from an image with a field error in a key
+        column is parked, not emitted (:meth:`_keyed`).
+        """
         kind, image = row["entry_type"], decoded.values
         slot = f"before:{row['object']}|{row['rrn']}|{row['job']}"
         if kind in BEFORE_TYPES:
             self._keep_before(slot, row["id"], image, decoded.errors)
             return []
         base = {"table": layout.sql_name, "raw_id": row["id"], **source_info}
+        bad = _key_errors(layout, decoded.errors)
         if kind in INSERT_TYPES:
             errors = tagged(decoded.errors, "after")
             key = _key(layout, image, row)
-            return [row_event(base, "insert", key, None, image, errors=errors)]
+            event = row_event(base, "insert", key, None, image, errors=errors)
+            return self._keyed(row, event, bad)
         if kind not in AFTER_TYPES:
             errors = tagged(decoded.errors, "before")
             key = _key(layout, image, row)
-            return [row_event(base, "delete", key, image, None, errors=errors)]
+            event = row_event(base, "delete", key, image, None, errors=errors)
+            return self._keyed(row, event, bad)
         before, before_errors = self._take_before(slot)
         errors = before_errors + tagged(decoded.errors, "after")
         old_key, new_key = _key(layout, before or image, row), _key(layout, image, row)
+        old_bad = _key_errors(layout, before_errors) if before else bad
         if old_key == new_key:
-            return [row_event(base, "update", new_key, before, image, errors=errors)]
+            event = row_event(base, "update", new_key, before, image, errors=errors)
+            return self._keyed(row, event, bad or old_bad)
         # An update of the primary key is a delete of the old key, insert of the new.
         after_errors = errors[len(before_errors) :]
         return [
-            row_event(base, "delete", old_key, before, None, errors=before_errors),
-            row_event(base, "insert", new_key, None, image, errors=after_errors),
+            *self._keyed(
+                row,
+                row_event(base, "delete", old_key, before, None, errors=before_errors),
+                old_bad,
+            ),
+            *self._keyed(
+                row,
+                row_event(base, "insert", new_key, None, image, errors=after_errors),
+                bad,
+            ),
         ]
+
+    def _keyed(
+        self, row: Entry, event: Event, bad: list[dict[str, Any]]
+    ) -> list[Event]:
+        """``[event]``, or ``[]`` once parked when its key has a field error.
+
+        The erroneous key field is null in ``event``: sent, it would name no
+        row or merge different rows at the hub (and in a cycle's netting).
+        The dead letter keeps the table, position, field, offset, bytes and
+        expectation, and the change itself (with its ``errors``) as payload.
+        """
+        if not bad:
+            return [event]
+        first = bad[0]
+        names = ", ".join(error["field"] for error in bad)
+        reason = f"key field unreadable, change not relayed: {first['reason']}"
+        if len(bad) > 1:
+            reason += f" (key fields in error: {names})"
+        store.park(
+            self.conn,
+            stage=STAGE,
+            reason=reason,
+            table=event["table"],
+            position=_position(row),
+            field=first["field"],
+            byte_offset=first["offset"],
+            data=bytes.fromhex(first["bytes_hex"]),
+            expected=first["expected"],
+            raw_id=row["id"],
+            payload=event,
+        )
+        self._tally["parked"] += 1
+        self._count("transformer.key_errors")
+        logger.warning(
+            "change parked, key field unreadable stage=%s table=%s position=%s"
+            " field=%s offset=%s reason=%s",
+            STAGE,
+            event["table"],
+            _position(row),
+            first["field"],
+            first["offset"],
+            first["reason"],
+        )
+        return []
 
     def _keep_before(
         self, slot: str, raw_id: int, image: Image, errors: list[dict[str, Any]]
@@ -783,6 +852,15 @@ def _key(layout: layouts.Layout, image: Image, row: Entry) -> dict[str, JsonValu
     if not layout.keys:
         return {"RRN": row["rrn"]}
     return {name: image.get(name) for name in layout.keys}
+
+
+def _key_errors(
+    layout: layouts.Layout, errors: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The field errors of ``errors`` in a primary-key column (RRN keys have none)."""
+    if not errors or not layout.keys:
+        return []
+    return [error for error in errors if error["field"] in layout.keys]
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:

@@ -70,6 +70,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         " ou droits). Le relais réessaie. À faire : vérifiez le mot de passe du"
         " relais (appliance check-config) ; sinon demandez à l'équipe IBM i de"
         " rendre au profil le droit *USE sur le journal et les tables relayées.",
+        "alarm.bad_entry": "Une entrée du journal IBM i est inutilisable :"
+        " récepteur {receiver}, séquence {sequence} (enregistré jusqu'à"
+        " {last_stored}), colonne {field} = {value}, attendu : {expected}. Le"
+        " mineur n'enregistre rien de cette fenêtre et la relit ; le relais du"
+        " magasin attend. À faire : si l'alarme dure, signalez cette entrée à"
+        " l'équipe IBM i (DSPJRN sur ce récepteur) et appelez le support"
+        " central ; aucune action de cette page ne la saute.",
         "alarm.leg_stalled": "L'étape {detail} ne donne plus signe de vie."
         " À faire : vérifiez le boîtier (systemctl status appliance-{detail});"
         " systemd la redémarre seule en quelques minutes.",
@@ -266,6 +273,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         " or authority). The relay keeps retrying. To do: check the relay's"
         " password (appliance check-config); else ask the IBM i team to give the"
         " profile *USE on the journal and the relayed tables again.",
+        "alarm.bad_entry": "An IBM i journal entry cannot be used: receiver"
+        " {receiver}, sequence {sequence} (stored up to {last_stored}), column"
+        " {field} = {value}, expected: {expected}. The miner stores nothing of"
+        " this window and reads it again; the store's relay waits. To do: if"
+        " the alarm lasts, report this entry to the IBM i team (DSPJRN on this"
+        " receiver) and call central support; no action of this page skips it.",
         "alarm.leg_stalled": "Leg {detail} shows no sign of life. To do: check"
         " the box (systemctl status appliance-{detail}); systemd restarts it.",
         "alarm.leg_stopped": "Leg {detail} is stopped. To do: systemctl start"

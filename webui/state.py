@@ -13,11 +13,12 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.commands import LEGS
@@ -38,8 +39,18 @@ OUTBOX_ALARM_AGE_S = 300.0
 
 @dataclass
 class Alarm:
+    """An alarm: ``detail`` for every alarm, ``facts`` for those that name
+    more (the page's text places each; the API lists them when present)."""
+
     code: str
     detail: str
+    facts: dict[str, str] = field(default_factory=dict)
+
+    def shown(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "detail": self.detail}
+        if self.facts:
+            out["facts"] = dict(self.facts)
+        return out
 
 
 class Rates:
@@ -249,6 +260,9 @@ def overview(
         # The IBM i refuses the relay's user: the miner's login or journal
         # reads, or the transformer's catalog reads (both retry meanwhile).
         alarms.append(Alarm("source_denied", ""))
+    bad = bad_entry(_one(conn, "SELECT value FROM meta WHERE key = ?", BAD_ENTRY_KEY))
+    if bad is not None:
+        alarms.append(bad)
     alarms += [Alarm(c, t) for c, t in guardian.alarms(guardian.guardian(conn))]
     return {
         "legs": leg_rows,
@@ -259,12 +273,39 @@ def overview(
         "unconfirmed": unconfirmed,
         "dead_letters": parked,
         "journal_unread": jour["unread"],
-        "alarms": [a.__dict__ for a in alarms],
+        "alarms": [a.shown() for a in alarms],
     }
 
 
 SOURCE_DENIED_KEY = "transformer.alarm.source_denied"
 MINER_DENIED_KEY = "miner.alarm.source_denied"
+BAD_ENTRY_KEY = "miner.alarm.bad_entry"
+# The miner's facts the alarm names (its meta row: appliance.miner._unusable).
+BAD_ENTRY_FACTS = ("receiver", "sequence", "last_stored", "field", "value", "expected")
+FACT_SHOWN = 200  # characters of one fact shown
+
+
+def bad_entry(stored: object) -> Alarm | None:
+    """The alarm of the miner's ``miner.alarm.bad_entry`` row, or None.
+
+    The row is the miner's, but a value of another shape (not JSON, not an
+    object, a fact missing or of an odd type) still raises the alarm, its
+    unknown facts shown as ``?``, rather than failing the page.
+    """
+    if stored is None:
+        return None
+    try:
+        value = json.loads(stored) if isinstance(stored, (str, bytes)) else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        value = {}
+    facts = {}
+    for name in BAD_ENTRY_FACTS:
+        fact = value.get(name)
+        text = "?" if fact is None or isinstance(fact, (dict, list)) else str(fact)
+        facts[name] = text[:FACT_SHOWN]
+    return Alarm("bad_entry", f"{facts['receiver']}:{facts['sequence']}", facts)
 
 
 def _alarms(  # noqa: PLR0917 - one call site, each fact named

@@ -442,13 +442,16 @@ class ControlLeg:
             self._pace(len(todo))
             return
         rows, last = table.chunk(src, job.after, chunk)
+        fetched = len(rows) + table.unkeyed
+        if table.unkeyed:
+            self._unkeyed(job, table)
         job.rows_read += len(rows)
         job.after = last if last is not None else job.after
-        self._pace(len(rows))
+        self._pace(fetched)
         if job.kind == "load":
             # Several pages per bracket: each bracket waits for the pipeline.
             job.rows.extend(rows)
-            job.more = len(rows) == chunk
+            job.more = fetched == chunk
             job.done_reading = not job.more or len(job.rows) >= LOAD_PAGES * chunk
             return
         with store.transaction(self.conn):
@@ -465,7 +468,25 @@ class ControlLeg:
                 " WHERE run = ? AND table_name = ?",
                 (job.rows_read, job.run, table.table),
             )
-        job.done_reading = len(rows) < chunk
+        job.done_reading = fetched < chunk
+
+    def _unkeyed(self, job: Job, table: TableReader) -> None:
+        """Rows of the page left out, their key holding U+0000 (reader module doc).
+
+        Neither checked nor loaded: the hub cannot hold them, and the
+        transformer parks their changes. One event per page that had some,
+        with the first one's key as fetched (escaped), so a person can find it.
+        """
+        first = ascii(table.unkeyed_first)[:300]
+        detail = f"rows={table.unkeyed} key holds U+0000, left out; first key={first}"
+        with store.transaction(self.conn):
+            self._event(job.run, table.table, "unkeyed", detail)
+        logger.warning(
+            "rows left out, key holds NUL stage=%s table=%s count=%d",
+            STAGE,
+            table.table,
+            table.unkeyed,
+        )
 
     def _park_pk(self, job: Job, table: TableReader, pk: str, exc: Exception) -> None:
         """A pk not of this table's key: parked, left out of the answer."""

@@ -7,7 +7,12 @@ field (contracts.md "Values in JSON"): CHAR without trailing blanks, DECIMAL
 as text with ``scale`` decimals, dates and times formatted, binary as
 upper-case hex, REAL as the shortest decimal of its float32. Hidden columns
 are named in the select list, so they are read as the journal images have
-them.
+them. A text holding U+0000 is null, as the decoder makes it (a field error
+there, :func:`appliance.decoding.text.refusing_nul`): otherwise every check
+would find the row different and every repair would send a value the hub
+parks. A row whose key holds U+0000 is left out of the pages (counted in
+:attr:`TableReader.unkeyed`): its changes are parked by the transformer, so
+the hub never has it, and with a null key several such rows would be one.
 
 A table is read by keyset pagination on its primary key: each query takes
 the next ``chunk`` rows after the last key seen, so a read never holds a
@@ -40,6 +45,7 @@ from appliance.odbcvalues import json_value
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Z_#@$][A-Z0-9_#@$]{0,127}$")
+_TEXT_TYPES = frozenset({"CHAR", "VARCHAR", "GRAPHIC", "VARG"})
 _REAL = floating(4)
 QUERY_TIMEOUT_S = 120  # the miner's; systemd's watchdog outlasts it
 Row = dict[str, Any]
@@ -96,6 +102,16 @@ class TableReader:
             for c in layout.columns
             if c.data_type in ("CHAR", "VARCHAR") and c.ccsid == HEX_CCSID
         }
+        # Read as text (not hex): U+0000 in them is null, as the decoder has it.
+        self._text = tuple(
+            c.name
+            for c in layout.columns
+            if c.data_type in _TEXT_TYPES and c.name not in self._hex
+        )
+        # Rows of the last page left out: their key holds U+0000 (module doc);
+        # ``unkeyed_first`` is the first one's key as fetched.
+        self.unkeyed = 0
+        self.unkeyed_first: list[Any] = []
         names = ", ".join(_ident(c.name) for c in self.columns)
         origin = f"{_ident(layout.sql_schema)}.{_ident(layout.sql_name)}"
         self._select = f"SELECT {names} FROM {origin}"
@@ -141,10 +157,21 @@ class TableReader:
             sql = self._select + self._after + self._order + limit
             fetched = _fetch(src, sql, self.after_params(after), self.table)
         last = None
+        positions = [self.columns.index(c) for c in self.keys]
         if fetched:
-            positions = [self.columns.index(c) for c in self.keys]
             last = [fetched[-1][i] for i in positions]
-        return [self.to_json(row) for row in fetched], last
+        kept: list[Row] = []
+        self.unkeyed, self.unkeyed_first = 0, []
+        for raw in fetched:
+            row = self.to_json(raw)
+            if any(row[c.name] is None for c in self.keys):
+                # A key column is never NULL on the source: a refused value.
+                if not self.unkeyed:
+                    self.unkeyed_first = [raw[i] for i in positions]
+                self.unkeyed += 1
+                continue
+            kept.append(row)
+        return kept, last
 
     def by_key(self, src: Any, key: dict[str, Any]) -> Row | None:
         """The row of ``key`` (JSON values), or None when the source has none."""
@@ -153,10 +180,15 @@ class TableReader:
         return self.to_json(fetched[0]) if fetched else None
 
     def to_json(self, row: Sequence[Any]) -> Row:
-        return {
+        out = {
             column.name: json_value(column, value, column.name in self._hex)
             for column, value in zip(self.columns, row, strict=True)
         }
+        for name in self._text:
+            value = out[name]
+            if value is not None and "\x00" in value:
+                out[name] = None  # the decoder's field error (module doc)
+        return out
 
     def key_of(self, row: Row) -> dict[str, Any]:
         return {c.name: row[c.name] for c in self.keys}

@@ -1,0 +1,62 @@
+"""``appliance status`` shows the miner's bad-entry alarm while it lasts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance import cli, journal, miner, store
+from appliance.config import BoxSettings
+
+
+def test_status_shows_the_bad_entry_alarm_until_the_miner_clears_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "pipeline.db"
+    settings = BoxSettings.model_validate(
+        {"store": {"id": "MQ01"}, "pipeline": {"db_path": str(db)}}
+    )
+    leg = miner.MinerLeg(settings, store.connect(db))
+    # The miner's own writer of the row, as a refused window runs it.
+    leg._unusable(
+        journal.EntryError(
+            receiver="MAG/QSQJRN0001",
+            sequence=None,
+            after=100,
+            end=600,
+            field="SEQUENCE_NUMBER",
+            value=None,
+            expected="a whole number, DECIMAL(21,0)",
+        )
+    )
+    config = tmp_path / "box.toml"
+    config.write_text(f'[store]\nid = "MQ01"\n[pipeline]\ndb_path = "{db}"\n')
+
+    assert cli.main(["--config", str(config), "status", "--json"]) == 0
+    alarm = json.loads(capsys.readouterr().out)["journal"]["alarm.bad_entry"]
+    assert {k: alarm[k] for k in ("receiver", "sequence", "field", "value")} == {
+        "receiver": "MAG/QSQJRN0001",
+        "sequence": None,
+        "field": "SEQUENCE_NUMBER",
+        "value": "None",
+    }
+    assert (alarm["last_stored"], alarm["window_end"], alarm["attempt"]) == (
+        100,
+        600,
+        1,
+    )
+    assert alarm["expected"] == "a whole number, DECIMAL(21,0)"
+
+    assert cli.main(["--config", str(config), "status"]) == 0
+    text = capsys.readouterr().out
+    [line] = [x for x in text.splitlines() if x.startswith("journal alarm.bad_entry")]
+    assert '"field": "SEQUENCE_NUMBER"' in line
+    assert '"receiver": "MAG/QSQJRN0001"' in line
+    assert '"sequence": null' in line
+
+    leg._usable_again()  # the first window that goes through
+    assert cli.main(["--config", str(config), "status", "--json"]) == 0
+    assert "alarm.bad_entry" not in json.loads(capsys.readouterr().out)["journal"]
+    leg.conn.close()
