@@ -883,6 +883,26 @@ def test_rrn_pairs_read_through_odbc_are_spelled_like_decoded_keys() -> None:
     assert pairs == [(4, {"ART": "000123", "MAG": "0.0", "JOUR": "2026-12-04"})]
 
 
+def test_slot_read_leaves_a_key_holding_nul_unknown() -> None:
+    """A key the decoder would refuse (U+0000 in text) puts no slot in the map."""
+    layout = make_layout(
+        "MAG",
+        "STOCK",
+        [Column("ART", "CHAR", 6, ccsid=1147), Column("QTE", "INTEGER")],
+        ["ART"],
+    )
+
+    class Cursor:
+        def execute(self, text: str) -> None:
+            self.text = text
+
+        def fetchall(self) -> list[tuple[Any, ...]]:
+            return [(1, "000001"), (2, "00\x0000 "), (3, "000003")]
+
+    pairs = rrnmap.read_pairs(Cursor(), "ibmi", "MAG", layout)
+    assert pairs == [(1, {"ART": "000001"}), (3, {"ART": "000003"})]
+
+
 class WindowCatalog(SlotCatalog):
     """Slots and the journal head read right after them (rrnmap's window)."""
 
