@@ -10,6 +10,22 @@ each enriched change, parks each failed change in dead letters
 marks all of them ``state = 1`` and counts ``enricher.messages``. A crash
 before the commit leaves every change to be enriched again; after it, none.
 
+The batch's outbox rows (lanes, lane_seqs, outbox ids, message texts and
+their deflated payloads) are composed before that transaction, reading only
+(:mod:`appliance.readphase`), so the other legs are not kept from SQLite's
+one write lock meanwhile. The transaction first checks what the composing
+assumed: the outbox's next id, the lane counts in ``meta`` equal to those in
+memory, the payload dictionaries used still there with the same bytes; then
+it marks the changes with one ``UPDATE ... WHERE state = 0 AND id BETWEEN``
+that must mark exactly the batch. If any of it fails (an outbox insert by
+someone else, a change put back meanwhile, a dictionary pruned), or the
+composing wanted a write (a table's first or re-picked dictionary), the
+composed rows are thrown away and the batch is written the old way, built
+inside the transaction (its lane counts read again from the database when
+the outbox or ``meta`` moved). Guardian parts are built under the lock either
+way (they wait on which changes are done). Both ways write the same rows
+(``tests/test_enricher_read_phase.py``).
+
 Invariants:
 
 - Lanes: ``enricher.lanes = [70, 30]`` sends ``message_interest >= 70`` to
@@ -22,9 +38,16 @@ Invariants:
   confirmations and the ``meta`` key ``enricher.lane_seq.<lane>`` written in
   every transaction: pruning may empty a lane of outbox rows, and the hub
   would skip a restarted count as duplicates.
-- ``outbox_id`` is in the payload, so ids are taken before the insert: inside
-  the ``BEGIN IMMEDIATE`` transaction nobody else inserts, and the next
-  AUTOINCREMENT id is ``sqlite_sequence.seq + 1``.
+- ``outbox_id`` is in the payload, so ids are taken before the insert: the
+  next AUTOINCREMENT id is ``sqlite_sequence.seq + 1``. Composed before the
+  lock, that id is checked again inside the ``BEGIN IMMEDIATE`` transaction
+  (where nobody else inserts) before a row is written.
+- The payload dictionaries (:class:`appliance.payloads.Packer`) are this
+  leg's own packer; a batch composed before the lock packs with a copy of
+  it, adopted only when the batch commits, so a batch thrown away and
+  written again counts each message once towards the dictionary's re-pick.
+  Packed before the lock, its payloads are written only after the
+  transaction found each dictionary they name still holding the same bytes.
 
 - Guardian parts (docs/guardian.md §3): a ``guardian_outbound`` row is
   emitted once every change with ``id <= after_change_id`` has left
@@ -42,6 +65,7 @@ lane. If the commit fails, memory still says 56 and the step is done again.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sqlite3
@@ -51,10 +75,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance import jsontext, outbox, scripting, store
+from appliance import jsontext, outbox, payloads, scripting, store
 from appliance.config import BoxSettings
 from appliance.doorbell import Doorbell
 from appliance.errors import ScriptError
+from appliance.readphase import ReadPhase
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +90,10 @@ DEFAULT_INTEREST = 50
 GUARDIAN_LANE = 0
 GUARDIAN_INTEREST = 100
 _META_SEQ = "enricher.lane_seq."
+_INSERT_OUTBOX = (
+    f"INSERT INTO outbox ({outbox.INSERT_COLUMNS}, dict_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass
@@ -81,6 +110,24 @@ class Change:
     texts: dict[str, str] = field(default_factory=dict)
     enrichment: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+
+
+@dataclass
+class _Composed:
+    """A batch's writes computed before the write lock, and what they assume."""
+
+    changes: list[Change]
+    rows: list[tuple[Any, ...]]  # outbox rows, payload deflated, dict_id last
+    parked: list[Change]
+    seqs: dict[int, int]  # the lane counts after the batch
+    first_id: int  # the outbox id the first row takes
+    samples: dict[int, bytes]  # the dictionaries the payloads were packed with
+    packer: payloads.Packer  # the packer as this batch leaves it
+    now: float
+
+
+class _Stale(Exception):
+    """What a composed batch assumed is no longer true: write it the old way."""
 
 
 def _dumps(value: Any) -> str:
@@ -157,6 +204,10 @@ class EnricherLeg:
         self._messages = 0
         self._parked = 0
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="enrich")
+        self._packer = payloads.Packer()
+        self._reads_only = ReadPhase(conn)
+        # Batches written the old way, inside the transaction (tests, harness).
+        self.under_lock = 0
 
     def setup(self) -> None:
         """Load and warm the scripts; read the lane counts and the epoch."""
@@ -290,11 +341,146 @@ class EnricherLeg:
     # -- writing ---------------------------------------------------------------
 
     def _write(self, changes: list[Change]) -> None:
+        """Compose the batch before the lock, write it under; else the old way."""
+        composed = self._compose(changes)
+        stale = "" if composed is None else self._write_composed(composed)
+        if composed is not None and not stale:
+            return
+        self.under_lock += 1
+        # Outbox rows written by someone else: this leg's lane counts may be
+        # behind (it counts on being the only writer, module doc).
+        self._write_locked(changes, reread=stale in ("outbox id", "lane counts"))
+
+    def _compose(self, changes: list[Change]) -> _Composed | None:
+        """The batch's outbox rows, reading only; None if a write was wanted.
+
+        Only a write refused by the read phase (a table's first dictionary,
+        a re-pick) gives None; any other error is raised as it would have
+        been inside the transaction.
+        """
         seqs = dict(self.lane_seqs)
+        now = time.time()
+        packer = copy.deepcopy(self._packer)
+        try:
+            with self._reads_only:
+                first_id = next_id = self._next_outbox_id()
+                rows: list[tuple[Any, ...]] = []
+                parked: list[Change] = []
+                for change in changes:
+                    row = (
+                        None
+                        if change.error
+                        else self._outbox_row(change, seqs, next_id, now)
+                    )
+                    if row is None:
+                        parked.append(change)
+                        continue
+                    rows.append(row)
+                    next_id += 1
+                packed = self._pack(packer, rows)
+                used = {row[-1] for row in packed}
+                samples = self._samples(used)
+        except Exception:
+            if not self._reads_only.wanted_write:  # not the refusal's doing
+                raise
+        if self._reads_only.wanted_write:
+            logger.debug(
+                "batch composed under the lock stage=%s count=%d reason=%s",
+                STAGE,
+                len(changes),
+                self._reads_only.refused,
+            )
+            return None
+        if set(samples) != used:  # a dictionary pruned since the packer saw it
+            return None
+        return _Composed(changes, packed, parked, seqs, first_id, samples, packer, now)
+
+    def _write_composed(self, composed: _Composed) -> str:
+        """Write a composed batch in one short transaction; "" when done, else
+        (nothing written) what it assumed that no longer holds."""
+        seqs, changes = composed.seqs, composed.changes
+        try:
+            with store.transaction(self.conn):
+                stale = self._stale(composed)
+                if stale:
+                    raise _Stale(stale)
+                for change in composed.parked:
+                    self._park(change)
+                self.conn.executemany(_INSERT_OUTBOX, composed.rows)
+                marked = self.conn.execute(
+                    "UPDATE changes SET state = 1"
+                    " WHERE state = 0 AND id BETWEEN ? AND ?",
+                    (changes[0].id, changes[-1].id),
+                ).rowcount
+                if marked != len(changes):
+                    raise _Stale("changes")  # rolled back: one came back or went
+                self._write_counts(composed.rows, seqs)
+                next_id = composed.first_id + len(composed.rows)
+                guardian = self._guardian_rows(seqs, next_id, composed.now)
+                self._insert_guardian(guardian, seqs)
+        except _Stale as exc:
+            logger.debug(
+                "composed batch stale, written again stage=%s count=%d reason=%s",
+                STAGE,
+                len(changes),
+                exc,
+            )
+            return str(exc)
+        self._packer = composed.packer
+        self.lane_seqs = seqs
+        self._messages += len(composed.rows) + len(guardian)
+        self._parked += len(composed.parked)
+        return ""
+
+    def _stale(self, composed: _Composed) -> str:
+        """Inside the transaction: what of the outbox id, lane counts and
+        dictionaries the batch was composed with is no longer the database's
+        ("" when all of it still is)."""
+        if self._next_outbox_id() != composed.first_id:
+            return "outbox id"
+        if not self._seqs_hold():
+            return "lane counts"
+        if self._samples(set(composed.samples)) != composed.samples:
+            return "dictionary"
+        return ""
+
+    def _seqs_hold(self) -> bool:
+        """The lane counts in ``meta`` are the ones in memory (written with
+        every batch, and by a ``resend``)."""
+        stored = {
+            int(key[len(_META_SEQ) :]): int(value)
+            for key, value in self.conn.execute(
+                "SELECT key, value FROM meta WHERE key > ? AND key < ?",
+                (_META_SEQ, _META_SEQ[:-1] + "/"),
+            )
+        }
+        return stored == self.lane_seqs
+
+    def _samples(self, ids: set[int]) -> dict[int, bytes]:
+        """The bytes of the dictionaries ``ids``, as the packer just found them
+        (a dictionary row never changes; it may only be pruned)."""
+        if not ids:
+            return {}
+        order = sorted(ids)
+        found = self.conn.execute(
+            "SELECT id, sample FROM outbox_dicts"
+            f" WHERE id IN ({', '.join('?' * len(order))})",
+            order,
+        ).fetchall()
+        return {int(i): bytes(b) for i, b in found}
+
+    def _write_locked(self, changes: list[Change], reread: bool = False) -> None:
+        """The batch built and written inside one write transaction.
+
+        The lane counts are read again from the database when ``reread`` or
+        when ``meta`` disagrees with memory.
+        """
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         parked = 0
         with store.transaction(self.conn):
+            fresh = reread or not self._seqs_hold()
+            seqs = self._reread_seqs() if fresh else dict(self.lane_seqs)
             next_id = self._next_outbox_id()
             for change in changes:
                 row = (
@@ -308,12 +494,49 @@ class EnricherLeg:
                     continue
                 rows.append(row)
                 next_id += 1
-            self._insert(rows, changes, seqs)
+            self.conn.executemany(_INSERT_OUTBOX, self._pack(self._packer, rows))
+            self.conn.executemany(
+                "UPDATE changes SET state = 1 WHERE id = ?", [(c.id,) for c in changes]
+            )
+            self._write_counts(rows, seqs)
             guardian = self._guardian_rows(seqs, next_id, now)
             self._insert_guardian(guardian, seqs)
         self.lane_seqs = seqs
         self._messages += len(rows) + len(guardian)
         self._parked += parked
+
+    def _reread_seqs(self) -> dict[int, int]:
+        """Inside the transaction: the lane counts as the database has them.
+
+        ``meta`` disagreed with memory (an older database without the
+        ``meta`` counts), or someone else inserted outbox rows: this leg's
+        memory could give a ``lane_seq`` twice.
+        """
+        found = last_lane_seqs(self.conn)
+        seqs = {
+            lane: max(self.lane_seqs.get(lane, 0), found.get(lane, 0))
+            for lane in {*self.lane_seqs, *found}
+        }
+        if seqs != self.lane_seqs:
+            logger.warning(
+                "lane counts read again stage=%s lane=%s",
+                STAGE,
+                ",".join(f"{k}:{v}" for k, v in sorted(seqs.items())),
+            )
+        return seqs
+
+    def _pack(
+        self, packer: payloads.Packer, rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """Rows in ``outbox.INSERT_COLUMNS`` order -> the same, payload deflated
+        (:mod:`appliance.payloads`) and ``dict_id`` added."""
+        if not rows:
+            return []
+        packed = packer.pack(self.conn, [(str(r[5]), str(r[7])) for r in rows])
+        return [
+            (*row[:7], stored, *row[8:10], dict_id)
+            for row, (stored, dict_id) in zip(rows, packed, strict=True)
+        ]
 
     # -- guardian parts --------------------------------------------------------
 
@@ -510,13 +733,7 @@ class EnricherLeg:
             payload=payload,
         )
 
-    def _insert(
-        self, rows: list[tuple[Any, ...]], changes: list[Change], seqs: dict[int, int]
-    ) -> None:
-        outbox.insert(self.conn, rows)  # deflated: appliance.payloads
-        self.conn.executemany(
-            "UPDATE changes SET state = 1 WHERE id = ?", [(c.id,) for c in changes]
-        )
+    def _write_counts(self, rows: list[tuple[Any, ...]], seqs: dict[int, int]) -> None:
         self.conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

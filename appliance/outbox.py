@@ -22,8 +22,10 @@ Invariants:
 
 Payloads are stored deflated against a per-table dictionary (the layout and
 its invariants are in :mod:`appliance.payloads`): rows are written by
-:func:`insert` and read back by :func:`next_batch`, which hands the shipper
-the exact JSON bytes the enricher made.
+:func:`insert` (the enricher packs with its own packer and inserts the same
+columns itself, see :mod:`appliance.enricher`) and read back by
+:func:`next_batch`, which hands the shipper the exact JSON bytes the enricher
+made.
 
 These are plain SQL functions over a connection from :func:`appliance.store.connect`.
 Functions that write run inside the caller's :func:`appliance.store.transaction`,

@@ -20,10 +20,12 @@ Invariants:
 
 - A dictionary row is never changed: its id names one byte string for ever
   (AUTOINCREMENT never gives an id twice), so readers cache samples by id.
-- A writer compresses with a cached sample only after checking, inside the
-  transaction that inserts the rows, that the row of that id still holds
-  exactly those bytes: a dictionary pruned meanwhile, or one whose insert
-  was rolled back, is never referenced.
+- A row compressed with a cached sample is inserted only after a check,
+  inside the transaction that inserts it, that the dictionary row of that id
+  still holds exactly those bytes: a dictionary pruned meanwhile, or one
+  whose insert was rolled back, is never referenced. :meth:`Packer.pack`
+  checks when it runs in that transaction; the enricher packs before taking
+  the write lock (reading only) and checks again once it holds it.
 - :func:`appliance.outbox.prune` deletes a dictionary only when no outbox
   row names it and it is not the newest of its table.
 - Every reader of ``outbox.payload`` goes through :meth:`Unpacker.value` (or
@@ -106,8 +108,11 @@ class Packer:
     ) -> list[tuple[bytes, int]]:
         """``(table, JSON text)`` pairs -> ``(stored bytes, dict_id)`` pairs.
 
-        Inside the caller's transaction: it may insert dictionaries, and the
-        rows it returns must be inserted in that same transaction.
+        It may insert dictionaries: called inside the caller's transaction,
+        its rows must be inserted in that same transaction; called while the
+        connection may only read (the enricher's read phase), a needed insert
+        is refused and the caller checks the dictionaries again under its
+        write lock.
         """
         for table in {table for table, _ in items}:
             self._check(conn, table)

@@ -9,6 +9,11 @@ and warm-up) is outside the figure. With ``--dump`` it also writes the outbox
 rows it made, ``created_at`` left out (the only column that depends on the
 clock), so two runs on the same input can be compared byte for byte.
 
+It also prints how long the leg held SQLite's write lock (wall time from
+``BEGIN IMMEDIATE`` through ``COMMIT``, per change: what the other legs would
+have waited for) and, on a tree that has it, how many batches were written
+the old way, built inside the transaction (``under_lock``).
+
     .venv/bin/python scripts/enricher_cpu.py --db /tmp/prof-x/pipeline.db \
         --dump /tmp/outbox.tsv
 
@@ -19,12 +24,14 @@ and take the median; the copy is removed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import payloads, store
@@ -65,6 +72,28 @@ def dump_outbox(conn: sqlite3.Connection, path: Path) -> str:
     return digest.hexdigest()
 
 
+def time_the_lock(held: list[float]) -> None:
+    """Add the wall time of every ``store.transaction`` (lock taken through
+    commit) to ``held[0]``."""
+    original = store.transaction
+
+    @contextlib.contextmanager
+    def timed(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        started: list[float] = []
+
+        def stop() -> None:  # runs after the COMMIT (or ROLLBACK)
+            if started:
+                held[0] += time.perf_counter() - started[0]
+
+        with contextlib.ExitStack() as stack:
+            stack.callback(stop)
+            entered = stack.enter_context(original(conn))
+            started.append(time.perf_counter())
+            yield entered
+
+    store.transaction = timed
+
+
 def run(db: Path, store_id: str, batch: int, dump: Path | None) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="enricher-cpu-"))
     try:
@@ -77,6 +106,8 @@ def run(db: Path, store_id: str, batch: int, dump: Path | None) -> dict[str, obj
             enricher={"scripts": scripts},
         )
         conn = store.connect(copy)
+        held = [0.0]
+        time_the_lock(held)
         leg = EnricherLeg(settings, conn)
         leg.setup()
         waiting = conn.execute("SELECT count(*) FROM changes WHERE state = 0")
@@ -94,6 +125,8 @@ def run(db: Path, store_id: str, batch: int, dump: Path | None) -> dict[str, obj
             "cpu_s": round(cpu, 3),
             "wall_s": round(wall, 3),
             "cpu_us_per_change": round(cpu / max(changes, 1) * 1e6, 1),
+            "lock_held_us_per_change": round(held[0] / max(changes, 1) * 1e6, 1),
+            "under_lock": getattr(leg, "under_lock", None),
         }
         if dump is not None:
             result["outbox_sha256"] = dump_outbox(conn, dump)
