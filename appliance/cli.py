@@ -5,6 +5,7 @@
     appliance run sink                                  (hub leg, hub settings)
     appliance status [--json]                           counters, legs, outbox
     appliance dead-letters list [--json] [--limit N]
+    appliance skip-entry --receiver LIB/NAME (--sequence N | --null-after N)
     appliance check-config [--hub] [--values-only]      values, then the files
     appliance bench ...                                 see appliance.bench
     appliance soak --changes N                          see appliance.soak
@@ -66,6 +67,38 @@ def _parser() -> argparse.ArgumentParser:
     listing = dead_sub.add_parser("list", parents=[common], help="list parked records")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--limit", type=_positive, default=50)
+
+    skip = sub.add_parser(
+        "skip-entry",
+        parents=[common],
+        help="let the miner pass over the journal entry its unusable-entry alarm"
+        " names (parked as a dead letter, table checked by the guardian)",
+    )
+    skip.add_argument(
+        "--receiver",
+        required=True,
+        help="the alarm's receiver, LIBRARY/NAME (as `appliance status` shows it)",
+    )
+    which = skip.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--sequence", type=_positive, help="the entry's sequence, as the alarm shows"
+    )
+    which.add_argument(
+        "--null-after",
+        type=_whole,
+        help="the alarm's entry has no sequence: its last_stored sequence",
+    )
+    skip.add_argument(
+        "--user",
+        default=None,
+        help="who asks, for the audit log (default: the login name)",
+    )
+    skip.add_argument(
+        "--wait-s",
+        type=_whole,
+        default=15,
+        help="seconds to wait for the miner's answer (0: only queue it)",
+    )
 
     down = sub.add_parser(
         "pipeline-downgrade",
@@ -180,6 +213,18 @@ def _positive_s(text: str) -> float:
     return value
 
 
+def _whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 0 (got {text})"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (got {text})")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -222,6 +267,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
     if args.command == "pipeline-downgrade":
         return _downgrade(settings.pipeline.db_path, args.to)
+    if args.command == "skip-entry":
+        return _skip_entry(settings.pipeline.db_path, args)
     conn = store.connect_existing(settings.pipeline.db_path)
     try:
         if args.command == "status":
@@ -247,6 +294,84 @@ def _downgrade(path: Path, to: int) -> int:
         conn.close()
     print(f"pipeline database at schema {to}: {rewritten} outbox rows back as text")
     return 0
+
+
+SKIP_POLL_S = 0.2
+
+
+def _skip_entry(path: Path, args: argparse.Namespace) -> int:
+    """Queue a ``skip_entry`` for the miner (audited), then wait for its answer.
+
+    The alarm is read first so a command for no alarm or another entry is
+    refused at once; the miner checks again when it carries the command out
+    (the alarm may have changed meanwhile). Exit 0 done, 1 refused or
+    failed, 75 (EX_TEMPFAIL) still queued when ``--wait-s`` ran out.
+    """
+    wanted: dict[str, Any] = {"receiver": args.receiver}
+    if args.sequence is not None:
+        wanted["sequence"] = args.sequence
+    else:
+        wanted["null_after"] = args.null_after
+    wanted = commands.skip_entry_args(wanted)
+    store.connect_existing(path).close()  # exists, or a clear ConfigError
+    conn = store.connect(path)
+    try:
+        _alarm_names(conn, wanted)
+        user = args.user or _login()
+        command_id, created = commands.request_once(
+            conn, "miner", "skip_entry", wanted, user
+        )
+        print(
+            f"skip_entry queued as command {command_id}"
+            + ("" if created else " (the same one was already waiting)")
+        )
+        deadline = time.monotonic() + args.wait_s
+        while True:
+            row = conn.execute(
+                "SELECT state, result FROM commands WHERE id = ?", (command_id,)
+            ).fetchone()
+            if row["state"] in ("done", "failed"):
+                _echo(f"{row['state']}: {row['result']}")
+                return 0 if row["state"] == "done" else 1
+            if time.monotonic() >= deadline:
+                print(
+                    f"command {command_id} is {row['state']}: the miner carries it"
+                    " out between two steps (see the audit page)"
+                )
+                return 75
+            time.sleep(SKIP_POLL_S)
+    finally:
+        conn.close()
+
+
+def _alarm_names(conn: sqlite3.Connection, wanted: dict[str, Any]) -> None:
+    """Refuse at once when no alarm is up or it names another entry."""
+    commands.ensure_schema(conn)
+    found = conn.execute(
+        "SELECT value FROM meta WHERE key = 'miner.alarm.bad_entry'"
+    ).fetchone()
+    if found is None:
+        raise commands.CommandError("no unusable-entry alarm is up: nothing to skip")
+    alarm = json.loads(found[0])
+    if alarm.get("sequence") is None:
+        named = {
+            "receiver": alarm.get("receiver"),
+            "null_after": alarm.get("last_stored"),
+        }
+    else:
+        named = {"receiver": alarm.get("receiver"), "sequence": alarm.get("sequence")}
+    if named != wanted:
+        shown = " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in sorted(named.items())
+        )
+        raise commands.CommandError(f"the alarm names {shown}: nothing skipped")
+
+
+def _login() -> str:
+    """The operator's name for the audit log: the sudo caller, else the login."""
+    import getpass
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -24,6 +24,10 @@ Invariants:
   commit already went by would be held forever waiting for a commit that will
   not come again.
 
+- ``skip_entry`` (the miner) passes over exactly the journal entry the
+  miner's unusable-entry alarm names, never another (:func:`skip_entry_args`,
+  :meth:`appliance.miner.MinerLeg.handle_command`).
+
 - ``check`` and ``load`` go to the ``control`` leg (the guardian,
   docs/guardian.md §5): a check compares a table with ODH and repairs it; a
   load reads the table and sends every row as an ``r`` change.
@@ -63,6 +67,7 @@ KINDS = {
     # store cannot read, a bad confirmation); only decode stages can retry.
     "discard_dead_letter": ("miner", "transformer", "enricher", "shipper", "control"),
     "rewind": ("miner",),
+    "skip_entry": ("miner",),
     "check": ("control",),
     "load": ("control",),
 }
@@ -174,6 +179,8 @@ def request_once(
             f"command {kind!r} not for leg {leg[:40]!r}, expected {KINDS[kind]}"
         )
     _check_numbers(args)
+    if kind == "skip_entry":
+        args = skip_entry_args(args)
     text = json.dumps(args, sort_keys=True, allow_nan=False)
     with store.transaction(conn):
         if once:
@@ -590,6 +597,66 @@ def rewind(
         bookmark.sequence - sequence + 1,
     )
     return moved
+
+
+# -- skip one unusable journal entry -----------------------------------------
+
+
+def skip_entry_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``skip_entry`` command: the entry as the alarm names it.
+
+    ``{"receiver": "LIB/NAME", "sequence": N}``, or for a row without a
+    sequence ``{"receiver": "LIB/NAME", "null_after": N}`` (the row with a
+    NULL sequence in the window after sequence N, the alarm's
+    ``last_stored``). Exactly one of the two numbers.
+    """
+    receiver = args.get("receiver")
+    parts = receiver.upper().split("/") if isinstance(receiver, str) else []
+    if len(parts) != 2 or not all(
+        p.isascii() and SYSTEM_NAME.fullmatch(p) for p in parts
+    ):
+        raise CommandError(
+            f"receiver {str(receiver)[:40]!a}: expected LIBRARY/NAME as the alarm"
+            " shows it"
+        )
+    given = [name for name in ("sequence", "null_after") if args.get(name) is not None]
+    if len(given) != 1:
+        raise CommandError(
+            "skip_entry needs exactly one of sequence (the entry's) or null_after"
+            " (the sequence stored before a row without a sequence)"
+        )
+    name = given[0]
+    value = args[name]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise CommandError(f"{name} {str(value)[:30]!a}: expected a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise CommandError(
+            f"{name} {str(value)[:30]!a}: expected a whole number"
+        ) from None
+    if number < (1 if name == "sequence" else 0):
+        raise CommandError(f"{name} {number}: expected a sequence number")
+    _check_numbers(number)
+    return {"receiver": "/".join(parts), name: number}
+
+
+def requested(
+    conn: sqlite3.Connection, leg: str, kind: str, args: dict[str, Any]
+) -> tuple[int, str] | None:
+    """(id, requested_by) of the command of ``leg`` being carried out now.
+
+    A handler is called with the kind and arguments only; the oldest
+    ``running`` command with those names who asked for it (the
+    :class:`Runner` finishes each command before the next one starts).
+    """
+    text = json.dumps(args, sort_keys=True, allow_nan=False)
+    row = conn.execute(
+        "SELECT id, requested_by FROM commands WHERE leg = ? AND kind = ?"
+        " AND args = ? AND state = 'running' ORDER BY id LIMIT 1",
+        (leg, kind, text),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 _SQLITE_INT = 2**63
