@@ -40,6 +40,14 @@ BOX_LEGS = ("miner", "transformer", "enricher", "shipper")
 GUARDIAN_LEG = "control"
 STORE_TABLES = ("ARTICLE", "PRIX", "STOCK")
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "config" / "scripts"
+# What every leg's systemd unit sets (Environment= in systemd/, a test holds
+# the two together), so the demo and the bench measure the box's legs.
+# MALLOC_ARENA_MAX: glibc gives a thread that finds the malloc arenas busy an
+# arena of its own, up to 8 per core; the legs with threads (the enricher's
+# pool and JVM, librdkafka's threads in the shipper and the sink) then keep
+# freed memory in many arenas. Two bound that on a box of any core count
+# (issue 9; docs/benchmarks.md has what it measured).
+LEG_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 
 
 @dataclass(frozen=True)
@@ -302,7 +310,10 @@ class Stack:
         exe = Path(sys.executable).parent / "appliance"
         cfg = self.hub_config if leg == "sink" else self.box_config
         log = logs / f"{leg}.log"
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        # A value exported by the caller wins: an engineer may try another.
+        env = LEG_ENVIRONMENT | {
+            k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"
+        }
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [str(exe), "--config", str(cfg), "run", leg],

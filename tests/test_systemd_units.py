@@ -1,4 +1,4 @@
-"""The units in systemd/: exposure scores, data-flow order, watchdog, secrets.
+"""The units in systemd/: exposure scores, data-flow order, watchdog, secrets, env.
 
 The scores come from the real ``systemd-analyze security --offline=true``; the
 bounds are those of issue #7 (2.0 for the Python legs, 2.5 for the JVM-backed
@@ -15,10 +15,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from appliance import miner
+from appliance import devstack, miner
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 BOUNDS = {
@@ -210,3 +211,51 @@ def test_no_unit_of_the_shared_user_can_read_another_units_credentials() -> None
             continue
         assert unit.get("TemporaryFileSystem") == ["/run/credentials:ro"], path.name
         assert unit.get("BindReadOnlyPaths") == ["-/run/credentials/%n"], path.name
+
+
+def _environment(leg: str) -> dict[str, str]:
+    assignments = " ".join(_unit(f"appliance-{leg}.service")["Environment"]).split()
+    return dict(a.split("=", 1) for a in assignments)
+
+
+@pytest.mark.parametrize("leg", [*BOX_LEGS, *SIDE_LEGS, "sink"])
+def test_each_leg_runs_with_two_malloc_arenas_as_the_devstack_legs_do(
+    leg: str,
+) -> None:
+    environment = _environment(leg)
+    assert environment["MALLOC_ARENA_MAX"] == "2"
+    assert devstack.LEG_ENVIRONMENT.items() <= environment.items()
+
+
+class _Spawned:
+    pid = 2**22 + 1  # above pid_max: never a live process
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        self.args = args
+        self.env: dict[str, str] = kwargs["env"]
+
+
+def test_the_devstack_starts_a_leg_with_the_units_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devstack.subprocess, "Popen", _Spawned)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    services = devstack.Services("127.0.0.1:9", "127.0.0.1", 9, "u", tmp_path / "p")
+    stack = devstack.Stack(services, tmp_path)
+    spawned = stack.spawn_leg("enricher").process
+    assert isinstance(spawned, _Spawned)
+    assert spawned.env["MALLOC_ARENA_MAX"] == "2"
+    assert "NOTIFY_SOCKET" not in spawned.env
+    assert spawned.args[-2:] == ["run", "enricher"]
+
+
+def test_a_value_the_caller_exports_wins_over_the_legs_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devstack.subprocess, "Popen", _Spawned)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "16")
+    services = devstack.Services("127.0.0.1:9", "127.0.0.1", 9, "u", tmp_path / "p")
+    spawned = devstack.Stack(services, tmp_path).spawn_leg("sink").process
+    assert isinstance(spawned, _Spawned)
+    assert spawned.env["MALLOC_ARENA_MAX"] == "16"
