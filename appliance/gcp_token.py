@@ -66,12 +66,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from appliance.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:
+    # Imported where a key is loaded or used: cryptography's modules cost
+    # every leg that imports this one (the shipper, the sink) about 7 MB
+    # resident, and most boxes never sign a token (issue 9's memory target).
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +244,9 @@ def _key_from(path: Path, info: dict[str, Any]) -> ServiceAccountKey:
 
 
 def _private_key(path: Path, pem: str) -> rsa.RSAPrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     loaded: Any = None
     with contextlib.suppress(ValueError, TypeError):  # raised below, unchained
         loaded = serialization.load_pem_private_key(pem.encode(), password=None)
@@ -304,6 +310,9 @@ class ServiceAccountMinter:
             "exp": issued + ASSERTION_LIFETIME_S,
         }
         signing_input = f"{_json_part(header)}.{_json_part(claims)}".encode()
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         signature = self.key.private_key.sign(
             signing_input, padding.PKCS1v15(), hashes.SHA256()
         )
