@@ -143,11 +143,13 @@ def stop_leg(relay: Stack, name: str) -> None:
 
 def start_leg(relay: Stack, name: str) -> Any:
     """Start one box leg again, as systemd would after a stop."""
-    from appliance.devstack import LegProcess
+    from appliance.devstack import LEG_ENVIRONMENT, LegProcess
 
     log = relay.workdir / "logs" / f"{name}.log"
     exe = Path(sys.executable).parent / "appliance"
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env = LEG_ENVIRONMENT | {
+        k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"
+    }
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(exe), "--config", str(relay.box_config), "run", name],
