@@ -363,20 +363,8 @@ class EnricherLeg:
         packer = copy.deepcopy(self._packer)
         try:
             with self._reads_only:
-                first_id = next_id = self._next_outbox_id()
-                rows: list[tuple[Any, ...]] = []
-                parked: list[Change] = []
-                for change in changes:
-                    row = (
-                        None
-                        if change.error
-                        else self._outbox_row(change, seqs, next_id, now)
-                    )
-                    if row is None:
-                        parked.append(change)
-                        continue
-                    rows.append(row)
-                    next_id += 1
+                first_id = self._next_outbox_id()
+                rows, parked = self._outbox_rows(changes, seqs, first_id, now)
                 packed = self._pack(packer, rows)
                 used = {row[-1] for row in packed}
                 samples = self._samples(used)
@@ -476,24 +464,15 @@ class EnricherLeg:
         when ``meta`` disagrees with memory.
         """
         now = time.time()
-        rows: list[tuple[Any, ...]] = []
-        parked = 0
         with store.transaction(self.conn):
             fresh = reread or not self._seqs_hold()
             seqs = self._reread_seqs() if fresh else dict(self.lane_seqs)
-            next_id = self._next_outbox_id()
-            for change in changes:
-                row = (
-                    None
-                    if change.error
-                    else self._outbox_row(change, seqs, next_id, now)
-                )
-                if row is None:
-                    self._park(change)
-                    parked += 1
-                    continue
-                rows.append(row)
-                next_id += 1
+            first_id = self._next_outbox_id()
+            rows, unfit = self._outbox_rows(changes, seqs, first_id, now)
+            for change in unfit:
+                self._park(change)
+            parked = len(unfit)
+            next_id = first_id + len(rows)
             self.conn.executemany(_INSERT_OUTBOX, self._pack(self._packer, rows))
             self.conn.executemany(
                 "UPDATE changes SET state = 1 WHERE id = ?", [(c.id,) for c in changes]
@@ -504,6 +483,24 @@ class EnricherLeg:
         self.lane_seqs = seqs
         self._messages += len(rows) + len(guardian)
         self._parked += parked
+
+    def _outbox_rows(
+        self, changes: list[Change], seqs: dict[int, int], first_id: int, now: float
+    ) -> tuple[list[tuple[Any, ...]], list[Change]]:
+        """Outbox rows of the changes fit to send (ids from ``first_id``, lane
+        counts taken from ``seqs``), and the changes to park instead."""
+        rows: list[tuple[Any, ...]] = []
+        unfit: list[Change] = []
+        for change in changes:
+            outbox_id = first_id + len(rows)
+            row = (
+                None if change.error else self._outbox_row(change, seqs, outbox_id, now)
+            )
+            if row is None:
+                unfit.append(change)
+            else:
+                rows.append(row)
+        return rows, unfit
 
     def _reread_seqs(self) -> dict[int, int]:
         """Inside the transaction: the lane counts as the database has them.
