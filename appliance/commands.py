@@ -662,19 +662,20 @@ def requested(
 _SQLITE_INT = 2**63
 
 
-def _check_numbers(value: Any) -> None:
+def _check_numbers(value: Any, name: str = "") -> None:
     """Refuse numbers no leg can use: NaN, infinities, integers past 64 bits.
 
     Found by a breaker run: such arguments were queued, then raised
-    OverflowError inside the leg that took the command.
+    OverflowError inside the leg that took the command. The error names
+    the argument (``sequence``, ``tables[2]``).
     """
     if isinstance(value, dict):
-        for item in value.values():
-            _check_numbers(item)
+        for key, item in value.items():
+            _check_numbers(item, f"{name}.{key}" if name else str(key))
     elif isinstance(value, list):
-        for item in value:
-            _check_numbers(item)
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{name}[{i}]")
     elif isinstance(value, float) and not math.isfinite(value):
-        raise CommandError(f"argument {value!r}: expected a finite number")
+        raise CommandError(f"argument {name} {value!r}: expected a finite number")
     elif isinstance(value, int) and not -_SQLITE_INT <= value < _SQLITE_INT:
-        raise CommandError("argument: expected an integer that fits 64 bits")
+        raise CommandError(f"argument {name}: expected an integer that fits 64 bits")

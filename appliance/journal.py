@@ -398,7 +398,7 @@ class EntryError(SourceError):
         self.after = after
         self.end = end
         self.field = field
-        self.value = repr(value)[:64]
+        self.value = "NULL" if value is None else repr(value)[:64]
         self.expected = expected
         where = "unknown" if sequence is None else str(sequence)
         window = f"{after + 1}..{'' if end is None else end}"

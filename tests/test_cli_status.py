@@ -40,7 +40,7 @@ def test_status_shows_the_bad_entry_alarm_until_the_miner_clears_it(
         "receiver": "MAG/QSQJRN0001",
         "sequence": None,
         "field": "SEQUENCE_NUMBER",
-        "value": "None",
+        "value": "NULL",
     }
     assert (alarm["last_stored"], alarm["window_end"], alarm["attempt"]) == (
         100,

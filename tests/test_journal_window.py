@@ -166,11 +166,12 @@ def test_a_row_without_what_the_relay_needs_refuses_the_window(
         19,
         name,
     )
-    assert (error.value, error.expected) == (repr(value), expected)
+    shown = "NULL" if value is None else repr(value)  # SQL's word, not Python's
+    assert (error.value, error.expected) == (shown, expected)
     assert str(error) == (
         "journal entry unusable receiver=MAG/QSQJRN0003"
         f" sequence={'unknown' if sequence is None else 13} window=10..19"
-        f" last_stored=9 field={name} value={value!r} expected={expected}"
+        f" last_stored=9 field={name} value={shown} expected={expected}"
     )
     assert isinstance(error, SourceError)  # retried like any source fault
 

@@ -393,10 +393,10 @@ def test_hidden_entries_are_gaps_never_losses_and_skipped_when_shown(
     leg.close()
 
 
-def test_thirty_windows_of_1000_are_mined_whole(site: Site, capsys: Any) -> None:
-    """30,000 entries in windows of 1,000: every one stored, one window a step.
+def test_thirty_windows_of_1000_are_mined_whole(site: Site) -> None:
+    """30,000 entries in windows of 1,000: every one stored, in journal order.
 
-    The rate is printed for information; speed is the benchmark's business.
+    Speed is the benchmark's business (``appliance bench``, the IBM i row).
     """
     site.emu.create_store_tables()
     obj = f"{'PRIX':<10}{'MAG':<10}{'PRIX':<10}"
@@ -408,17 +408,10 @@ def test_thirty_windows_of_1000_are_mined_whole(site: Site, capsys: Any) -> None
         with site.emu.transaction() as cur:
             site.emu.emit(cur, "123456/POS/CAISSE01", 0, entries)
     leg = site.leg(window=1000)
-    started = time.monotonic()
     while leg.step():  # one window per step until the head
         pass
-    elapsed = time.monotonic() - started
     got = mined(site.db_path)
     assert len(got) == len(site.journal())
-    rate = len(got) / elapsed
-    with capsys.disabled():
-        print(
-            f"\nminer throughput: {len(got)} entries in {elapsed:.2f}s = {rate:.0f}/s"
-        )
     assert [(r[0], r[1]) for r in got] == [(r[0], r[1]) for r in site.journal()]
     leg.close()
 

@@ -142,7 +142,7 @@ def test_null_sequence_stops_its_window_until_the_row_is_whole(
         "last_stored": start - 1,
         "window_end": start + 99,
         "field": "SEQUENCE_NUMBER",
-        "value": "None",
+        "value": "NULL",
         "expected": "a whole number, DECIMAL(21,0)",
         "attempt": 1,
     }
@@ -153,7 +153,7 @@ def test_null_sequence_stops_its_window_until_the_row_is_whole(
     assert bookmark is not None and bookmark.sequence == start - 1
     assert leg.status() == (
         f"unusable entry MAG/{receiver}:? (stored up to {start - 1}), retrying:"
-        " SEQUENCE_NUMBER=None expected a whole number, DECIMAL(21,0)"
+        " SEQUENCE_NUMBER=NULL expected a whole number, DECIMAL(21,0)"
     )
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1  # once per fault, not once per retry
@@ -210,7 +210,7 @@ def test_null_in_a_needed_column_is_named_with_its_position(
     assert (found["field"], found["expected"], found["value"]) == (
         name,
         expected,
-        "None",
+        "NULL",
     )
     assert (found["receiver"], found["sequence"]) == (f"MAG/{receiver}", seq)
     assert found["last_stored"] == start - 1

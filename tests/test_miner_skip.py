@@ -193,7 +193,7 @@ def test_skip_of_the_named_entry_parks_it_and_mines_every_other_once(
     )
     assert letter["state"] == "parked"
     assert letter["reason"].startswith("skipped by operator marie (command ")
-    assert f"{column}=None expected" in letter["reason"]
+    assert f"{column}=NULL expected" in letter["reason"]
     assert row[column] is None
     assert row["SEQUENCE_NUMBER"] == str(seq)
     assert row["RECEIVER_NAME"].rstrip() == receiver

@@ -58,7 +58,7 @@ def test_a_bad_journal_entry_is_an_alarm_naming_it_until_it_clears(
             "sequence": "?",
             "last_stored": "100",
             "field": "SEQUENCE_NUMBER",
-            "value": "None",
+            "value": "NULL",
             "expected": "a whole number, DECIMAL(21,0)",
         },
     } in alarms

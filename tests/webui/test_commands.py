@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -215,15 +216,20 @@ def test_dead_letter_retry_and_discard(conn: sqlite3.Connection) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
-    [{"id": float("inf")}, {"id": 10**23}, {"since": float("nan")}, {"x": [1e999]}],
+    ("args", "named"),
+    [
+        ({"id": float("inf")}, "argument id inf"),
+        ({"id": 10**23}, "argument id:"),
+        ({"since": float("nan")}, "argument since nan"),
+        ({"x": [1e999]}, "argument x[0] inf"),
+    ],
 )
 def test_numbers_no_leg_can_use_are_refused_when_queued(
-    tmp_path: Path, args: dict[str, object]
+    tmp_path: Path, args: dict[str, object], named: str
 ) -> None:
     """Breaker run: such arguments were queued, then crashed the leg."""
     conn = store.connect(tmp_path / "p.db")
     commands.ensure_schema(conn)
-    with pytest.raises(commands.CommandError):
+    with pytest.raises(commands.CommandError, match=re.escape(named)):
         commands.request(conn, "transformer", "retry_dead_letter", args, "tech")
     assert conn.execute("SELECT count(*) FROM commands").fetchone()[0] == 0
