@@ -598,8 +598,8 @@ def _dead_letters(conn: Any, *, as_json: bool, limit: int) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
         _echo(
             f"#{r['id']} {when} [{r['state']}] stage={r['stage']} "
-            f"table={r['table_name']} position={r['position']} field={r['field']} "
-            f"offset={r['byte_offset']}"
+            f"table={r['table_name']} position={r['position']} field={r['field']}"
+            + ("" if r["byte_offset"] is None else f" offset={r['byte_offset']}")
         )
         _echo(f"    reason: {r['reason']}")
         if r["expected"]:

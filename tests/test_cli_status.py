@@ -60,3 +60,44 @@ def test_status_shows_the_bad_entry_alarm_until_the_miner_clears_it(
     assert cli.main(["--config", str(config), "status", "--json"]) == 0
     assert "alarm.bad_entry" not in json.loads(capsys.readouterr().out)["journal"]
     leg.conn.close()
+
+
+def test_dead_letters_list_shows_an_offset_only_where_there_is_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A miner letter has no byte offset: no ``offset=None`` in the text."""
+    db = tmp_path / "pipeline.db"
+    conn = store.connect(db)
+    with store.transaction(conn):
+        store.park(
+            conn,
+            stage="transformer",
+            reason="bad packed decimal",
+            table="PRIX",
+            position="MAG/QSQJRN0001:42",
+            field="PRIX",
+            byte_offset=16,
+            data=b"\x12\x3f",
+            expected="packed decimal (7,2)",
+        )
+        store.park(
+            conn,
+            stage="miner",
+            reason="skipped by operator",
+            table="STOCK",
+            position="MAG/QSQJRN0001:? after 100",
+            field="SEQUENCE_NUMBER",
+            expected="a whole number",
+        )
+    config = tmp_path / "box.toml"
+    config.write_text(f'[store]\nid = "MQ01"\n[pipeline]\ndb_path = "{db}"\n')
+
+    assert cli.main(["--config", str(config), "dead-letters", "list"]) == 0
+    heads = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("#")
+    ]
+    assert [h.split("] ", 1)[1] for h in heads] == [
+        "stage=miner table=STOCK position=MAG/QSQJRN0001:? after 100"
+        " field=SEQUENCE_NUMBER",
+        "stage=transformer table=PRIX position=MAG/QSQJRN0001:42 field=PRIX offset=16",
+    ]
