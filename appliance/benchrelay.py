@@ -212,6 +212,7 @@ def _catch_up(stack: Stack) -> dict[str, Any]:
         "first_to_last_s": round(span, 1),
         "confirmed_per_s": round((confirmed - 1) / span, 1) if span else 0.0,
         "rss_peak_mb": round(rss.peak_kb / 1024, 1),
+        "pss_peak_mb": round(rss.peak_pss_kb / 1024, 1),
         "rss_peak_by_leg_mb": {
             k: round(v / 1024, 1) for k, v in rss.peak_by_leg.items()
         },

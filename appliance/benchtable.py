@@ -132,6 +132,7 @@ def table(found: dict[str, Any]) -> list[dict[str, Any]]:
                      TARGETS["p99_waiting_ms"], chain),
         _row("memory, all legs peak RSS", catch["rss_peak_mb"], "MB",
              (at_most, TARGETS["rss_mb"])),
+        _row("memory, all legs peak PSS", catch.get("pss_peak_mb"), "MB"),
         _row("outbox bytes per pending message", out["bytes_per_pending"], "B",
              (at_most, TARGETS["outbox_bytes"]), bare),
         _row("outbox table alone, per message",

@@ -32,6 +32,7 @@ SCENARIOS = (
     "latency p99, polling read",
     "latency p99, waiting read",
     "memory, all legs peak RSS",
+    "memory, all legs peak PSS",
     "outbox bytes per pending message",
     "outbox table alone, per message",
     "IBM i: miner entries/s at 50 ms/call",
@@ -86,6 +87,8 @@ def test_relay_bench_runs_every_scenario(
             assert row["note"].startswith("not available")
             continue
         assert row["figure"] > 0, name
+    # PSS shares the libraries' pages out among the legs: never above RSS.
+    assert 0 < catch["pss_peak_mb"] <= catch["rss_peak_mb"]
     assert found["outbox"]["pending"] > 0
     # CPU went to the legs and the services, and the machine saw it.
     cpu = catch["cpu"]
