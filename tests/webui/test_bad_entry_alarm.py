@@ -65,7 +65,7 @@ def test_a_bad_journal_entry_is_an_alarm_naming_it_until_it_clears(
     page = client.get("/", base_url=BASE).get_data(as_text=True)
     assert (
         "récepteur MAG/QSQJRN0001, séquence ? (enregistré jusqu'à 100),"
-        " colonne SEQUENCE_NUMBER = None, attendu : a whole number, DECIMAL(21,0)"
+        " colonne SEQUENCE_NUMBER = NULL, attendu : a whole number, DECIMAL(21,0)"
     ) in page.replace("&#39;", "'")
     assert "DSPJRN sur ce récepteur" in page
     # Other alarms keep their shape: no facts.
@@ -98,7 +98,7 @@ def test_the_alarm_in_english_names_the_sequence_and_column(
     page = client.get("/", base_url=BASE).get_data(as_text=True)
     assert (
         "receiver MAG/QSQJRN0002, sequence 4711 (stored up to 4700), column"
-        " OBJECT = None, expected: the journaled object on R, D and F entries"
+        " OBJECT = NULL, expected: the journaled object on R, D and F entries"
     ) in page
 
 
