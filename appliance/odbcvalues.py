@@ -22,6 +22,12 @@ from appliance.layouts import Column
 _REAL = floating(4)
 
 
+def _text(text: str) -> str | None:
+    """Null for a text holding U+0000: the decoder refuses it (a field error,
+    the field null; :func:`appliance.decoding.text.refusing_nul`)."""
+    return None if "\x00" in text else text
+
+
 def json_value(column: Column, value: Any, hex_column: bool = False) -> Any:
     """One fetched value as the decoder writes the same field in JSON."""
     if value is None:
@@ -30,9 +36,9 @@ def json_value(column: Column, value: Any, hex_column: bool = False) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex().upper()
     if kind in ("CHAR", "GRAPHIC"):
-        return str(value).rstrip(" ")
+        return _text(str(value).rstrip(" "))
     if kind in ("VARCHAR", "VARG"):
-        return str(value)
+        return _text(str(value))
     if kind in ("BINARY", "VARBIN") or hex_column:
         return str(value)
     if kind in ("DECIMAL", "NUMERIC") or (

@@ -366,9 +366,10 @@ def read_pairs(
             pairs.append((rrn, {"RRN": rrn}))
             continue
         values = [json_value(c, v) for c, v in zip(columns, found[1:], strict=True)]
-        if any(isinstance(v, str) and "\x00" in v for v in values):
-            # The decoder refuses U+0000 in text: such a key is unknown, so
-            # its slot stays empty and an image-less delete there is parked.
+        if any(v is None for v in values):
+            # A key column is never NULL on the source: a value the decoder
+            # refuses (U+0000 in text). The key is unknown, so its slot stays
+            # empty and an image-less delete there is parked.
             continue
         pairs.append((rrn, dict(zip(layout.keys, values, strict=True))))
     return pairs

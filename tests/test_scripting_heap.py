@@ -72,7 +72,8 @@ def sections(tmp_path: Path, *languages: str) -> list[ScriptSection]:
         ext, source = SOURCES[language]
         path = tmp_path / f"{language}.{ext}"
         path.write_text(source, encoding="utf-8")
-        out.append(ScriptSection(name=language, language=language, path=path))  # type: ignore[arg-type]
+        section = {"name": language, "language": language, "path": path}
+        out.append(ScriptSection.model_validate(section))
     return out
 
 

@@ -7,10 +7,10 @@ field (contracts.md "Values in JSON"): CHAR without trailing blanks, DECIMAL
 as text with ``scale`` decimals, dates and times formatted, binary as
 upper-case hex, REAL as the shortest decimal of its float32. Hidden columns
 are named in the select list, so they are read as the journal images have
-them. A text holding U+0000 is null, as the decoder makes it (a field error
-there, :func:`appliance.decoding.text.refusing_nul`): otherwise every check
-would find the row different and every repair would send a value the hub
-parks. A row whose key holds U+0000 is left out of the pages (counted in
+them. A text holding U+0000 is null, as the decoder makes it
+(:func:`appliance.odbcvalues.json_value`): otherwise every check would find
+the row different and every repair would send a value the hub parks. A row
+whose key holds U+0000 is left out of the pages (counted in
 :attr:`TableReader.unkeyed`): its changes are parked by the transformer, so
 the hub never has it, and with a null key several such rows would be one.
 
@@ -45,7 +45,6 @@ from appliance.odbcvalues import json_value
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Z_#@$][A-Z0-9_#@$]{0,127}$")
-_TEXT_TYPES = frozenset({"CHAR", "VARCHAR", "GRAPHIC", "VARG"})
 _REAL = floating(4)
 QUERY_TIMEOUT_S = 120  # the miner's; systemd's watchdog outlasts it
 Row = dict[str, Any]
@@ -102,12 +101,6 @@ class TableReader:
             for c in layout.columns
             if c.data_type in ("CHAR", "VARCHAR") and c.ccsid == HEX_CCSID
         }
-        # Read as text (not hex): U+0000 in them is null, as the decoder has it.
-        self._text = tuple(
-            c.name
-            for c in layout.columns
-            if c.data_type in _TEXT_TYPES and c.name not in self._hex
-        )
         # Rows of the last page left out: their key holds U+0000 (module doc);
         # ``unkeyed_first`` is the first one's key as fetched.
         self.unkeyed = 0
@@ -180,15 +173,10 @@ class TableReader:
         return self.to_json(fetched[0]) if fetched else None
 
     def to_json(self, row: Sequence[Any]) -> Row:
-        out = {
+        return {
             column.name: json_value(column, value, column.name in self._hex)
             for column, value in zip(self.columns, row, strict=True)
         }
-        for name in self._text:
-            value = out[name]
-            if value is not None and "\x00" in value:
-                out[name] = None  # the decoder's field error (module doc)
-        return out
 
     def key_of(self, row: Row) -> dict[str, Any]:
         return {c.name: row[c.name] for c in self.keys}

@@ -170,3 +170,8 @@ def test_values_follow_the_json_rules() -> None:
     )
     assert odbcvalues.json_value(real, 0.10000000149011612) == 0.1
     assert odbcvalues.json_value(char, b"\x01\xab") == "01AB"
+    # U+0000 in text is null, as the decoder has it; bytes stay hex.
+    varchar = Field("V", "VARCHAR", 8)
+    assert odbcvalues.json_value(char, "a\x00b  ") is None
+    assert odbcvalues.json_value(varchar, "\x00") is None
+    assert odbcvalues.json_value(char, b"\x00\x01") == "0001"
