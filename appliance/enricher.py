@@ -90,10 +90,6 @@ DEFAULT_INTEREST = 50
 GUARDIAN_LANE = 0
 GUARDIAN_INTEREST = 100
 _META_SEQ = "enricher.lane_seq."
-_INSERT_OUTBOX = (
-    f"INSERT INTO outbox ({outbox.INSERT_COLUMNS}, dict_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 @dataclass
@@ -365,7 +361,7 @@ class EnricherLeg:
             with self._reads_only:
                 first_id = self._next_outbox_id()
                 rows, parked = self._outbox_rows(changes, seqs, first_id, now)
-                packed = self._pack(packer, rows)
+                packed = outbox.pack(self.conn, packer, rows)
                 used = {row[-1] for row in packed}
                 samples = self._samples(used)
         except Exception:
@@ -394,7 +390,7 @@ class EnricherLeg:
                     raise _Stale(stale)
                 for change in composed.parked:
                     self._park(change)
-                self.conn.executemany(_INSERT_OUTBOX, composed.rows)
+                outbox.insert_packed(self.conn, composed.rows)
                 marked = self.conn.execute(
                     "UPDATE changes SET state = 1"
                     " WHERE state = 0 AND id BETWEEN ? AND ?",
@@ -473,7 +469,7 @@ class EnricherLeg:
                 self._park(change)
             parked = len(unfit)
             next_id = first_id + len(rows)
-            self.conn.executemany(_INSERT_OUTBOX, self._pack(self._packer, rows))
+            outbox.insert(self.conn, rows, self._packer)
             self.conn.executemany(
                 "UPDATE changes SET state = 1 WHERE id = ?", [(c.id,) for c in changes]
             )
@@ -521,19 +517,6 @@ class EnricherLeg:
                 ",".join(f"{k}:{v}" for k, v in sorted(seqs.items())),
             )
         return seqs
-
-    def _pack(
-        self, packer: payloads.Packer, rows: list[tuple[Any, ...]]
-    ) -> list[tuple[Any, ...]]:
-        """Rows in ``outbox.INSERT_COLUMNS`` order -> the same, payload deflated
-        (:mod:`appliance.payloads`) and ``dict_id`` added."""
-        if not rows:
-            return []
-        packed = packer.pack(self.conn, [(str(r[5]), str(r[7])) for r in rows])
-        return [
-            (*row[:7], stored, *row[8:10], dict_id)
-            for row, (stored, dict_id) in zip(rows, packed, strict=True)
-        ]
 
     # -- guardian parts --------------------------------------------------------
 

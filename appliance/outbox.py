@@ -22,8 +22,8 @@ Invariants:
 
 Payloads are stored deflated against a per-table dictionary (the layout and
 its invariants are in :mod:`appliance.payloads`): rows are written by
-:func:`insert` (the enricher packs with its own packer and inserts the same
-columns itself, see :mod:`appliance.enricher`) and read back by
+:func:`insert` (the enricher, which deflates before taking the write lock,
+calls its two halves, :func:`pack` and :func:`insert_packed`) and read back by
 :func:`next_batch`, which hands the shipper the exact JSON bytes the enricher
 made.
 
@@ -107,30 +107,56 @@ _PACKERS_KEPT = 8
 _packers: dict[int, tuple[sqlite3.Connection, payloads.Packer]] = {}
 
 
-def insert(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+_INSERT = (
+    f"INSERT INTO outbox ({INSERT_COLUMNS}, dict_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def pack(
+    conn: sqlite3.Connection,
+    packer: payloads.Packer,
+    rows: Sequence[Sequence[Any]],
+) -> list[tuple[Any, ...]]:
+    """Rows in ``INSERT_COLUMNS`` order -> the same, payload deflated and
+    ``dict_id`` added, ready for :func:`insert_packed` (see
+    :meth:`appliance.payloads.Packer.pack` for the transaction it wants)."""
+    if not rows:
+        return []
+    packed = packer.pack(conn, [(str(r[5]), str(r[7])) for r in rows])
+    return [
+        (*row[:7], stored, *row[8:10], dict_id)
+        for row, (stored, dict_id) in zip(rows, packed, strict=True)
+    ]
+
+
+def insert_packed(conn: sqlite3.Connection, packed: Sequence[Sequence[Any]]) -> None:
+    """Insert rows :func:`pack` made (inside the caller's transaction)."""
+    conn.executemany(_INSERT, packed)
+
+
+def insert(
+    conn: sqlite3.Connection,
+    rows: Sequence[Sequence[Any]],
+    packer: payloads.Packer | None = None,
+) -> None:
     """Insert outbox rows, payloads compressed (inside the caller's transaction).
 
-    Each row is a tuple in ``INSERT_COLUMNS`` order. The connection's
-    :class:`appliance.payloads.Packer` is kept between calls (its dictionaries
-    are checked against the database at each call, so a lost or stale one
-    costs a reload, never a wrong row).
+    Each row is a tuple in ``INSERT_COLUMNS`` order. Without ``packer``, the
+    connection's :class:`appliance.payloads.Packer` is kept between calls
+    (its dictionaries are checked against the database at each call, so a
+    lost or stale one costs a reload, never a wrong row).
     """
     if not rows:
         return
-    held = _packers.get(id(conn))
-    if held is None or held[0] is not conn:
-        if len(_packers) >= _PACKERS_KEPT:
-            _packers.clear()
-        held = _packers[id(conn)] = (conn, payloads.Packer())
-    packed = held[1].pack(conn, [(str(r[5]), str(r[7])) for r in rows])
-    conn.executemany(
-        f"INSERT INTO outbox ({INSERT_COLUMNS}, dict_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (*row[:7], stored, *row[8:10], dict_id)
-            for row, (stored, dict_id) in zip(rows, packed, strict=True)
-        ],
-    )
+    if packer is None:
+        held = _packers.get(id(conn))
+        if held is None or held[0] is not conn:
+            if len(_packers) >= _PACKERS_KEPT:
+                _packers.clear()
+            held = _packers[id(conn)] = (conn, payloads.Packer())
+        packer = held[1]
+    insert_packed(conn, pack(conn, packer, rows))
 
 
 def next_batch(

@@ -62,25 +62,34 @@ def batch_of(config: BoxSettings, size: int) -> BoxSettings:
     )
 
 
+@pytest.fixture(autouse=True)
+def outbox_pack_restored() -> Iterator[None]:
+    """``while_composing`` may hook ``outbox.pack``: never past one test."""
+    original = outbox_rows.pack
+    yield
+    outbox_rows.pack = original  # type: ignore[assignment]
+
+
 def while_composing(
     leg: EnricherLeg,
     action: Callable[[], None],
-    method: str = "_pack",
+    method: str = "pack",
     after: bool = False,
 ) -> Callable[[], list[bool]]:
     """Run ``action`` once, inside the next batch's compose (before its lock):
-    before (or ``after``) the leg's ``method`` (``_pack``: the payloads are
-    deflated; ``_samples``: they were, the dictionaries are read).
+    before (or ``after``) ``method``: ``pack`` (:func:`appliance.outbox.pack`,
+    the payloads are deflated) or the leg's ``_samples`` (they were, the
+    dictionaries are read).
 
     Returns a function giving, per call of the hook, whether the read phase
     was active at that point.
     """
     seen: list[bool] = []
-    original = getattr(leg, method)
+    target: Any = outbox_rows if method == "pack" else leg
+    original = getattr(target, method)
 
     def hooked(*args: Any) -> Any:
-        if seen:
-            return original(*args)
+        setattr(target, method, original)  # once: the next batch's compose
         seen.append(leg._reads_only.active)
         if not after:
             action()
@@ -89,7 +98,7 @@ def while_composing(
         action()
         return result
 
-    setattr(leg, method, hooked)
+    setattr(target, method, hooked)
     return lambda: seen
 
 
@@ -328,7 +337,7 @@ def test_a_dead_letter_retried_meanwhile_waits_for_the_next_step(
 
 @pytest.mark.parametrize(
     ("method", "after"),
-    [("_pack", False), ("_samples", False), ("_samples", True)],
+    [("pack", False), ("_samples", False), ("_samples", True)],
     ids=["before-packing", "after-packing", "after-reading-dictionaries"],
 )
 def test_a_dictionary_gone_meanwhile_redoes_the_batch(
