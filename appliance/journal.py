@@ -528,7 +528,7 @@ def check_rows(
     )
 
 
-# -- an operator's skip of one unusable row ------------------------------------
+# -- a row as it came (kept whole when an operator skips it) -------------------
 
 # The names of :func:`window_sql`'s columns, in order (a skipped row is kept
 # in dead letters under these names).
@@ -558,46 +558,6 @@ def row_sequence(row: Sequence[Any]) -> int | None:
     """The row's SEQUENCE_NUMBER, None when it does not read as one."""
     value = row[1]
     return _sequence_value(value) if _reads(_sequence_value, value) else None
-
-
-class SkipRefused(ValueError):
-    """The named row cannot be passed over without risking another entry."""
-
-
-def null_row_end(known: Sequence[int], read: Read) -> int:
-    """Where the bookmark goes once a row without a sequence is dropped.
-
-    ``known`` are the sequences of the window's other rows (``read`` is the
-    window). Those rows are kept only when they run on from the bookmark
-    with at most one sequence missing: that one is the dropped row's place,
-    or with none missing its place is after the last. More than one missing
-    means the dropped row could sit in any of them, so another entry lost at
-    the source could hide behind it: refused. Behind the head the window's
-    end is settled (:func:`after_window`); at the head the bookmark takes
-    the last sequence that came back, or the window's end when the dropped
-    row can only be that one; with more than one place after the last
-    sequence at the head, refused (later entries settle it).
-    """
-    before = read.start - 1
-    last = max(known, default=before)
-    missing = sorted(set(range(before + 1, last + 1)).difference(known))
-    if len(missing) > 1:
-        shown = ", ".join(map(str, missing[:10]))
-        more = "" if len(missing) <= 10 else f" (+{len(missing) - 10} more)"
-        raise SkipRefused(
-            f"sequences {shown}{more} are missing between {before + 1} and {last}:"
-            " the row without a sequence could be any of them, so an entry lost"
-            " at the source could hide behind it"
-        )
-    if not read.at_head:
-        return read.end
-    if missing or read.end == last + 1:
-        return last if missing else read.end
-    raise SkipRefused(
-        f"at the journal head the row without a sequence follows {last} but"
-        f" could be any of {last + 1}..{read.end}; ask again once later entries"
-        " are journaled"
-    )
 
 
 def entries_from_rows(

@@ -33,7 +33,8 @@ Invariants:
   ``miner.alarm.bad_entry``, the status line and one ERROR log name the
   receiver, sequence, window, column, raw value and expectation (counter
   ``miner.unusable_windows``).
-- Only an operator's ``skip_entry`` command passes over such an entry, and
+- Only an operator's ``skip_entry`` command passes over such an entry
+  (:mod:`appliance.entryskip` decides, the leg reads and writes), and
   only the one the alarm names (receiver and sequence, or the row without a
   sequence after the last one stored); the leg reads the window again and,
   in one transaction, stores the other entries, parks the row whole as a
@@ -83,7 +84,16 @@ from zoneinfo import ZoneInfo
 
 import pyodbc
 
-from appliance import catalog, checks, journal, outbox, preflight, source, store
+from appliance import (
+    catalog,
+    checks,
+    entryskip,
+    journal,
+    outbox,
+    preflight,
+    source,
+    store,
+)
 from appliance.config import BoxSettings, IbmiSection
 from appliance.doorbell import Doorbell
 from appliance.errors import DataGapError, SourceError
@@ -99,7 +109,7 @@ QUERY_TIMEOUT_S = 120
 LAG_EVERY_S = 2.0
 LAG_KEY = "miner.lag"
 DENIED_KEY = "miner.alarm.source_denied"
-BAD_ENTRY_KEY = "miner.alarm.bad_entry"
+BAD_ENTRY_KEY = entryskip.BAD_ENTRY_KEY
 GAP_KEY = "miner.data_gap"
 # A waiting call is cancelled this long after its EOF_DELAY should have ended,
 # or this long after its latest row once rows flow (a streaming cursor).
@@ -572,59 +582,30 @@ class MinerLeg:
     # -- an operator's skip ----------------------------------------------------
 
     def _skip(self, args: dict[str, Any], given: dict[str, Any]) -> str:
-        """``skip_entry``: pass over exactly the entry the alarm names.
-
-        Refused (nothing changed) unless the alarm is up and names that entry
-        and the bookmark is where the alarm left it. The window is read again
-        here, by the leg, so the decision rests on what the source says now:
-        the row must come back once and still be unusable, and every other
-        row it would store must be usable. One transaction then stores the
-        other entries, parks the row (every column, as text or hex) as a
-        dead letter of stage miner, queues the guardian check(s), counts
-        ``miner.skipped_entries``, moves the bookmark and clears the alarm.
-
-        With a sequence, the window is cut at that entry: the entries before
-        it are stored, the bookmark takes its sequence, the next step reads
-        on from there (a further unusable entry raises its own alarm). A row
-        without a sequence is dropped only when the other rows leave it one
-        place (:func:`appliance.journal.null_row_end`).
-        """
+        """``skip_entry``: pass over exactly the entry the alarm names
+        (:mod:`appliance.entryskip` decides; the window is read again here,
+        so the decision rests on what the source says now)."""
         from appliance import commands
 
-        bad = self._bad
-        asked = _skip_name(
-            args["receiver"], args.get("sequence"), args.get("null_after")
+        named, bookmark, bad = entryskip.check(
+            self._bad, self._bad_alarm, self._bookmark, args
         )
-        if bad is None:
-            earlier = (
-                " (the alarm shown is from before the miner's restart: it reads"
-                " that window again within seconds, then ask again)"
-                if self._bad_alarm
-                else ""
-            )
-            raise commands.CommandError(
-                f"no unusable-entry alarm is up{earlier}: {asked} not skipped"
-            )
-        named = _skip_name(bad.receiver, bad.sequence, bad.after)
-        if asked != named:
-            raise commands.CommandError(
-                f"the alarm names {named}, not {asked}: nothing skipped"
-            )
-        bookmark = self._bookmark
-        if (
-            bookmark is None
-            or _receiver_name(bookmark) != bad.receiver
-            or bookmark.next_sequence != bad.after + 1
-        ):
-            where = bookmark.position() if bookmark else "none"
-            raise commands.CommandError(
-                f"the bookmark ({where}) moved since the alarm: nothing skipped"
-            )
         found = commands.requested(self.conn, self.name, "skip_entry", given)
         command_id, user = found if found is not None else (0, "?")
         try:
-            return self._pass_over(bookmark, bad, named, command_id, user)
-        except journal.SkipRefused as exc:
+            read, rows = self._reread(bookmark, bad)
+            skip = entryskip.plan(
+                bookmark,
+                bad,
+                read,
+                rows,
+                journal_id=self.journal,
+                ibmi=self.ibmi,
+                user=user,
+                command_id=command_id,
+                now=time.time(),
+            )
+        except entryskip.SkipRefused as exc:
             raise commands.CommandError(f"{named} not skipped: {exc}") from exc
         except SourceError as exc:
             self._drop_source()
@@ -632,101 +613,14 @@ class MinerLeg:
             raise commands.CommandError(
                 f"{named} not skipped: {str(exc)[:300]}"
             ) from exc
-
-    def _pass_over(
-        self,
-        bookmark: Bookmark,
-        bad: journal.EntryError,
-        named: str,
-        command_id: int,
-        user: str,
-    ) -> str:
-        """Read the alarm's window again and store it without the named row."""
-        read, rows = self._reread(bookmark, bad)
-        rcv, start = read.receiver, read.start
-        mine = [r for r in rows if journal.row_sequence(r) == bad.sequence]
-        rest = [r for r in rows if journal.row_sequence(r) != bad.sequence]
-        if not mine:
-            raise journal.SkipRefused(
-                f"the source returned no such row in {start}..{read.end} now"
-                " (the next read stores the window if it reads whole)"
-            )
-        if len(mine) > 1:
-            raise journal.SkipRefused(
-                f"the source returned {len(mine)} such rows in"
-                f" {start}..{read.end}, expected one"
-            )
-        now = time.time()
-        try:
-            journal.entries_from_rows(mine, self.journal, now, read)
-        except journal.EntryError as exc:
-            fault = exc
-        else:
-            raise journal.SkipRefused(
-                "it reads whole now; the next read stores it with its window"
-            )
-        try:
-            entries = journal.entries_from_rows(rest, self.journal, now, read)
-        except journal.EntryError as exc:
-            raise journal.SkipRefused(
-                f"another row the window would store is unusable too ({exc})"
-            ) from exc
-        journal.check_window(entries, read)
-        if bad.sequence is None:
-            known = [e[journal.SEQUENCE_AT] for e in entries]
-            end = journal.null_row_end(known, read)
-            read = Read(rcv, start, end, at_head=False)
-        row = mine[0]
-        row_ts = journal.timestamp(row[0]) if row[0] is not None else None
-        last_ts = entries[-1][journal.TS_AT] if entries else ""
-        entry_ts = row_ts if bad.sequence is not None and row_ts else last_ts
-        after = journal.after_window(bookmark, read, read.end, entry_ts)
-        keep, hidden = journal.select(
-            entries, self.ibmi.table_library, self.ibmi.tables
-        )
-        table, tables = self._skipped_tables(row)
-        if bad.sequence is None:
-            position = f"{bad.receiver}:? after {bad.after}"
-        else:
-            position = f"{bad.receiver}:{bad.sequence}"
-        reason = (
-            f"skipped by operator {user} (command {command_id}):"
-            f" {fault.field}={fault.value} expected {fault.expected}"
-        )
-        payload = {
-            "row": journal.row_text(row),
-            "skipped_by": user,
-            "command": command_id,
-            "window": f"{start}..{read.end}",
-            "bookmark_before": bookmark.position(),
-            "bookmark_after": after.position(),
-            "checks": tables,
-        }
-        data = row[17]
         letter: list[int] = []
-
-        def also() -> None:
-            letter.append(
-                store.park(
-                    self.conn,
-                    stage=self.name,
-                    reason=reason[:1000],
-                    table=table,
-                    position=position,
-                    field=fault.field,
-                    data=bytes(data) if isinstance(data, bytes | bytearray) else b"",
-                    expected=fault.expected,
-                    payload=payload,
-                )
-            )
-            store.bump(self.conn, "miner.skipped_entries")
-            for name in tables:
-                origin = f"miner skipped_entry {position} {name}"
-                checks.queue(self.conn, name, "skipped_entry", origin)
-            self.conn.execute("DELETE FROM meta WHERE key = ?", (BAD_ENTRY_KEY,))
-
-        self._store(keep, after, hidden, also=also)
-        self._bookmark = after
+        self._store(
+            skip.entries,
+            skip.after,
+            skip.hidden,
+            also=lambda: letter.append(entryskip.write(self.conn, skip)),
+        )
+        self._bookmark = skip.after
         self._pending_move = None
         self._stale = True
         self._bad, self._bad_alarm = None, False
@@ -735,18 +629,14 @@ class MinerLeg:
         logger.warning(
             "journal entry skipped by an operator, row parked stage=miner"
             " position=%s user=%s command=%d field=%s count=%d table=%s",
-            position,
+            skip.position,
             user,
             command_id,
-            fault.field,
-            len(keep),
-            ",".join(tables) or "-",
+            skip.field,
+            len(skip.entries),
+            ",".join(skip.tables) or "-",
         )
-        return (
-            f"skipped {named}: dead letter {letter[0]}, {len(keep)} other entries"
-            f" stored, bookmark {after.position()}, guardian checks"
-            f" {', '.join(tables) or 'none'}"
-        )
+        return entryskip.answer(named, skip, letter[0])
 
     def _reread(
         self, bookmark: Bookmark, bad: journal.EntryError
@@ -756,7 +646,7 @@ class MinerLeg:
         self._refresh(src)
         rcv = journal.index(self._receivers).get(bookmark.key)
         if rcv is None:
-            raise journal.SkipRefused(f"receiver {bad.receiver} is no longer listed")
+            raise entryskip.SkipRefused(f"receiver {bad.receiver} is no longer listed")
         start = bookmark.next_sequence
         read = journal.plan(bookmark, self._receivers, self.ibmi.window)
         if not (
@@ -764,36 +654,11 @@ class MinerLeg:
         ):
             # The alarm came from a waiting read or a probe past the end.
             read = Read(rcv, start, start + self.ibmi.window - 1, at_head=True)
-        if bad.sequence is not None:
-            end = read.end if bad.end is None else bad.end
-            if not start <= bad.sequence <= end:
-                raise journal.SkipRefused(
-                    f"its sequence is outside the window {start}..{end}"
-                )
-            read = Read(rcv, start, bad.sequence, at_head=False)
+        read = entryskip.cut(bad, read)
         params = journal.window_params(
             self.ibmi.journal_library, self.ibmi.journal_name, read
         )
         return read, self._query(src, self._sql, params, "reading the window again")
-
-    def _skipped_tables(self, row: Sequence[Any]) -> tuple[str, list[str]]:
-        """(the row's table or '', tables to check) of a skipped journal row.
-
-        A row change of a known relayed table: that table. A row without its
-        object or code, or a commit boundary (the cycle's changes it would
-        release are unknown here): every relayed table, as after a data gap.
-        A journal-level entry or another table's: none.
-        """
-        relayed = sorted({t.strip().upper() for t in self.ibmi.tables})
-        code = journal.text(row[2]) if row[2] is not None else ""
-        obj = journal.text(row[6]) if row[6] is not None else ""
-        name, library = obj[0:10].strip(), obj[10:20].strip()
-        if code == "C" or (not obj and code in ("", *journal.OBJECT_CODES)):
-            return name, relayed
-        if code in journal.OBJECT_CODES or not code:
-            ours = library == self.ibmi.table_library.strip().upper()
-            return name, [name] if ours and name in relayed else []
-        return name, []
 
     # -- head, backlog, failures -----------------------------------------------
 
@@ -1060,17 +925,6 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> tuple[Any, ...]:
         "mined_at": time.time(),
     }
     return tuple(mark[name] for name in journal.ENTRY_FIELDS)
-
-
-def _receiver_name(bookmark: Bookmark) -> str:
-    return f"{bookmark.receiver_library}/{bookmark.receiver_name}"
-
-
-def _skip_name(receiver: str, sequence: int | None, after: int | None) -> str:
-    """An entry as the alarm names it (and a ``skip_entry`` command)."""
-    if sequence is not None:
-        return f"{receiver}:{sequence}"
-    return f"{receiver}: the row without a sequence after {after}"
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import pytest
 from test_miner import Site, drain, mined, pg, site  # noqa: F401
 from test_miner_nulls import alarm, null_field, r_entries, refused, wrap_display_journal
 
-from appliance import checks, cli, commands, journal, miner, store
+from appliance import checks, cli, commands, entryskip, journal, miner, store
 from appliance.emulator import workload
 
 integration = pytest.mark.integration
@@ -401,14 +401,14 @@ def test_null_row_place_one_hole_or_after_the_last() -> None:
     """One place left for the dropped row: the bookmark moves, else refused."""
     behind = _read(101, 200, at_head=False)
     hole = [s for s in range(101, 201) if s != 150]
-    assert journal.null_row_end(hole, behind) == 200
-    assert journal.null_row_end(list(range(101, 180)), behind) == 200
-    assert journal.null_row_end([], behind) == 200
+    assert entryskip.null_row_end(hole, behind) == 200
+    assert entryskip.null_row_end(list(range(101, 180)), behind) == 200
+    assert entryskip.null_row_end([], behind) == 200
     head = _read(101, 200, at_head=True)
-    assert journal.null_row_end(hole[:-10], head) == 190  # the hole is its place
-    assert journal.null_row_end(list(range(101, 200)), head) == 200
-    with pytest.raises(journal.SkipRefused, match=r"could be any of 180\.\.200"):
-        journal.null_row_end(list(range(101, 180)), head)
+    assert entryskip.null_row_end(hole[:-10], head) == 190  # the hole is its place
+    assert entryskip.null_row_end(list(range(101, 200)), head) == 200
+    with pytest.raises(entryskip.SkipRefused, match=r"could be any of 180\.\.200"):
+        entryskip.null_row_end(list(range(101, 180)), head)
     two = [s for s in range(101, 201) if s not in (120, 150)]
-    with pytest.raises(journal.SkipRefused, match="sequences 120, 150 are missing"):
-        journal.null_row_end(two, behind)
+    with pytest.raises(entryskip.SkipRefused, match="sequences 120, 150 are missing"):
+        entryskip.null_row_end(two, behind)

@@ -1,0 +1,276 @@
+"""An operator's skip of one unusable journal row (command ``skip_entry``).
+
+The miner stores no entry of a window that holds a row it cannot use
+(:func:`appliance.journal.check_rows`): it raises the alarm
+``miner.alarm.bad_entry`` and reads the window again until it goes through.
+Only an operator passes over such a row. This module decides the skip; the
+miner does its I/O (reading the window again, the one transaction):
+
+- :func:`check`: the request names the entry the alarm names, and the
+  bookmark is where the alarm left it; anything else is refused with nothing
+  changed.
+- :func:`plan`: from the window as the source gives it NOW, what is stored
+  and where the bookmark goes. The row must come back exactly once and still
+  be unusable, every other row must be usable; a row without a sequence is
+  dropped only where the other rows leave it one place (:func:`null_row_end`).
+- :func:`write`, inside the miner's transaction that stores the other
+  entries and moves the bookmark: the row parked whole (every column, as
+  text or hex) as a dead letter of stage miner naming who asked, counter
+  ``miner.skipped_entries``, the guardian check(s) of the table(s) the row
+  may have changed (:func:`skipped_tables`), and the alarm cleared.
+
+Worked example: the alarm names ``MAG/QSQJRN0002:4711`` (its ENTRY_TYPE is
+NULL), the bookmark is at 4700. The window is read again cut at 4711
+(4701..4711): entries 4701..4710 are stored, row 4711 goes to dead letters,
+the bookmark takes 4711 and a check of its table is queued; the next step
+reads on from 4712.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance import checks, journal, store
+from appliance.commands import CommandError
+from appliance.config import IbmiSection
+from appliance.journal import Bookmark, EntryError, Read
+
+STAGE = "miner"
+BAD_ENTRY_KEY = "miner.alarm.bad_entry"
+SKIPPED = "miner.skipped_entries"
+
+
+class SkipRefused(ValueError):
+    """The named row cannot be passed over without risking another entry."""
+
+
+def name(receiver: str, sequence: int | None, after: int | None) -> str:
+    """An entry as the alarm names it (and a ``skip_entry`` command)."""
+    if sequence is not None:
+        return f"{receiver}:{sequence}"
+    return f"{receiver}: the row without a sequence after {after}"
+
+
+def check(
+    bad: EntryError | None,
+    alarm_before_restart: bool,
+    bookmark: Bookmark | None,
+    args: dict[str, Any],
+) -> tuple[str, Bookmark, EntryError]:
+    """(the alarm's name for the entry, the bookmark, the alarm), when
+    ``args`` may skip it now.
+
+    ``args`` are checked ``skip_entry`` arguments; ``bad`` the miner's
+    current alarm (None when none is up in this run of the leg, with
+    ``alarm_before_restart`` when one is still shown from the last run).
+    """
+    asked = name(args["receiver"], args.get("sequence"), args.get("null_after"))
+    if bad is None:
+        earlier = (
+            " (the alarm shown is from before the miner's restart: it reads"
+            " that window again within seconds, then ask again)"
+            if alarm_before_restart
+            else ""
+        )
+        raise CommandError(
+            f"no unusable-entry alarm is up{earlier}: {asked} not skipped"
+        )
+    named = name(bad.receiver, bad.sequence, bad.after)
+    if asked != named:
+        raise CommandError(f"the alarm names {named}, not {asked}: nothing skipped")
+    if (
+        bookmark is None
+        or f"{bookmark.receiver_library}/{bookmark.receiver_name}" != bad.receiver
+        or bookmark.next_sequence != bad.after + 1
+    ):
+        where = bookmark.position() if bookmark else "none"
+        raise CommandError(
+            f"the bookmark ({where}) moved since the alarm: nothing skipped"
+        )
+    return named, bookmark, bad
+
+
+def cut(bad: EntryError, read: Read) -> Read:
+    """The window to read again: ``read`` (starting at the bookmark), cut at
+    the entry when it has a sequence, so the entries after it are left to
+    the next step."""
+    if bad.sequence is None:
+        return read
+    end = read.end if bad.end is None else bad.end
+    if not read.start <= bad.sequence <= end:
+        raise SkipRefused(f"its sequence is outside the window {read.start}..{end}")
+    return Read(read.receiver, read.start, bad.sequence, at_head=False)
+
+
+@dataclass
+class Skip:
+    """What one skip stores, parks and asks for."""
+
+    entries: list[tuple[Any, ...]]
+    hidden: int
+    after: Bookmark
+    position: str
+    field: str
+    tables: list[str]
+    letter: dict[str, Any]
+
+
+def plan(
+    bookmark: Bookmark,
+    bad: EntryError,
+    read: Read,
+    rows: Sequence[Sequence[Any]],
+    *,
+    journal_id: str,
+    ibmi: IbmiSection,
+    user: str,
+    command_id: int,
+    now: float,
+) -> Skip:
+    """The skip of ``bad``'s row from ``rows``, the window ``read`` as the
+    source gave it again; :class:`SkipRefused` when it cannot be done safely."""
+    mine = [r for r in rows if journal.row_sequence(r) == bad.sequence]
+    rest = [r for r in rows if journal.row_sequence(r) != bad.sequence]
+    start = read.start
+    if not mine:
+        raise SkipRefused(
+            f"the source returned no such row in {start}..{read.end} now"
+            " (the next read stores the window if it reads whole)"
+        )
+    if len(mine) > 1:
+        raise SkipRefused(
+            f"the source returned {len(mine)} such rows in"
+            f" {start}..{read.end}, expected one"
+        )
+    try:
+        journal.entries_from_rows(mine, journal_id, now, read)
+    except EntryError as exc:
+        fault = exc
+    else:
+        raise SkipRefused("it reads whole now; the next read stores it with its window")
+    try:
+        entries = journal.entries_from_rows(rest, journal_id, now, read)
+    except EntryError as exc:
+        raise SkipRefused(
+            f"another row the window would store is unusable too ({exc})"
+        ) from exc
+    journal.check_window(entries, read)
+    if bad.sequence is None:
+        known = [e[journal.SEQUENCE_AT] for e in entries]
+        read = Read(read.receiver, start, null_row_end(known, read), at_head=False)
+    row = mine[0]
+    row_ts = journal.timestamp(row[0]) if row[0] is not None else None
+    last_ts = entries[-1][journal.TS_AT] if entries else ""
+    entry_ts = row_ts if bad.sequence is not None and row_ts else last_ts
+    after = journal.after_window(bookmark, read, read.end, entry_ts)
+    keep, hidden = journal.select(entries, ibmi.table_library, ibmi.tables)
+    table, tables = skipped_tables(row, ibmi)
+    if bad.sequence is None:
+        position = f"{bad.receiver}:? after {bad.after}"
+    else:
+        position = f"{bad.receiver}:{bad.sequence}"
+    reason = (
+        f"skipped by operator {user} (command {command_id}):"
+        f" {fault.field}={fault.value} expected {fault.expected}"
+    )
+    payload = {
+        "row": journal.row_text(row),
+        "skipped_by": user,
+        "command": command_id,
+        "window": f"{start}..{read.end}",
+        "bookmark_before": bookmark.position(),
+        "bookmark_after": after.position(),
+        "checks": tables,
+    }
+    data = row[17]
+    letter = {
+        "stage": STAGE,
+        "reason": reason[:1000],
+        "table": table,
+        "position": position,
+        "field": fault.field,
+        "data": bytes(data) if isinstance(data, bytes | bytearray) else b"",
+        "expected": fault.expected,
+        "payload": payload,
+    }
+    return Skip(keep, hidden, after, position, fault.field, tables, letter)
+
+
+def null_row_end(known: Sequence[int], read: Read) -> int:
+    """Where the bookmark goes once a row without a sequence is dropped.
+
+    ``known`` are the sequences of the window's other rows (``read`` is the
+    window). Those rows are kept only when they run on from the bookmark
+    with at most one sequence missing: that one is the dropped row's place,
+    or with none missing its place is after the last. More than one missing
+    means the dropped row could sit in any of them, so another entry lost at
+    the source could hide behind it: refused. Behind the head the window's
+    end is settled (:func:`appliance.journal.after_window`); at the head the
+    bookmark takes the last sequence that came back, or the window's end
+    when the dropped row can only be that one; with more than one place
+    after the last sequence at the head, refused (later entries settle it).
+    """
+    before = read.start - 1
+    last = max(known, default=before)
+    missing = sorted(set(range(before + 1, last + 1)).difference(known))
+    if len(missing) > 1:
+        shown = ", ".join(map(str, missing[:10]))
+        more = "" if len(missing) <= 10 else f" (+{len(missing) - 10} more)"
+        raise SkipRefused(
+            f"sequences {shown}{more} are missing between {before + 1} and {last}:"
+            " the row without a sequence could be any of them, so an entry lost"
+            " at the source could hide behind it"
+        )
+    if not read.at_head:
+        return read.end
+    if missing or read.end == last + 1:
+        return last if missing else read.end
+    raise SkipRefused(
+        f"at the journal head the row without a sequence follows {last} but"
+        f" could be any of {last + 1}..{read.end}; ask again once later entries"
+        " are journaled"
+    )
+
+
+def skipped_tables(row: Sequence[Any], ibmi: IbmiSection) -> tuple[str, list[str]]:
+    """(the row's table or '', tables to check) of a skipped journal row.
+
+    A row change of a known relayed table: that table. A row without its
+    object or code, or a commit boundary (the cycle's changes it would
+    release are unknown here): every relayed table, as after a data gap.
+    A journal-level entry or another table's: none.
+    """
+    relayed = sorted({t.strip().upper() for t in ibmi.tables})
+    code = journal.text(row[2]) if row[2] is not None else ""
+    obj = journal.text(row[6]) if row[6] is not None else ""
+    table, library = obj[0:10].strip(), obj[10:20].strip()
+    if code == "C" or (not obj and code in ("", *journal.OBJECT_CODES)):
+        return table, relayed
+    if code in journal.OBJECT_CODES or not code:
+        ours = library == ibmi.table_library.strip().upper()
+        return table, [table] if ours and table in relayed else []
+    return table, []
+
+
+def write(conn: sqlite3.Connection, skip: Skip) -> int:
+    """Inside the transaction that stores ``skip.entries``: park the row, count
+    it, queue the checks, clear the alarm. The dead letter's id."""
+    letter = store.park(conn, **skip.letter)
+    store.bump(conn, SKIPPED)
+    for table in skip.tables:
+        origin = f"miner skipped_entry {skip.position} {table}"
+        checks.queue(conn, table, "skipped_entry", origin)
+    conn.execute("DELETE FROM meta WHERE key = ?", (BAD_ENTRY_KEY,))
+    return letter
+
+
+def answer(named: str, skip: Skip, letter: int) -> str:
+    """The command's answer to the operator."""
+    return (
+        f"skipped {named}: dead letter {letter}, {len(skip.entries)} other entries"
+        f" stored, bookmark {skip.after.position()}, guardian checks"
+        f" {', '.join(skip.tables) or 'none'}"
+    )
