@@ -76,7 +76,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         " mineur n'enregistre rien de cette fenêtre et la relit ; le relais du"
         " magasin attend. À faire : si l'alarme dure, signalez cette entrée à"
         " l'équipe IBM i (DSPJRN sur ce récepteur) et appelez le support"
-        " central ; aucune action de cette page ne la saute.",
+        " central ; si elle ne peut pas être corrigée, le support peut vous"
+        " demander de la sauter.",
         "alarm.leg_stalled": "L'étape {detail} ne donne plus signe de vie."
         " À faire : vérifiez le boîtier (systemctl status appliance-{detail});"
         " systemd la redémarre seule en quelques minutes.",
@@ -214,6 +215,42 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.submit": "Changer",
         "account.changed": "Mot de passe changé ; les autres sessions sont fermées.",
         "account.same": "Le nouveau mot de passe doit différer de l'actuel.",
+        "skip.link": "Sauter cette entrée",
+        "skip.title": "Confirmer le saut d'une entrée du journal",
+        "skip.name_sequence": "l'entrée {sequence} du récepteur {receiver}",
+        "skip.name_null": "la ligne sans séquence qui suit l'entrée {after} du"
+        " récepteur {receiver}",
+        "skip.states_entry": "Le mineur va passer {entry}, qu'il ne peut pas"
+        " utiliser : colonne {field} = {value}, attendu : {expected}.",
+        "skip.states_effect": "Il relit la fenêtre du journal, enregistre les"
+        " autres entrées et met cette ligne entière (toutes ses colonnes) de côté"
+        " comme rejet de l'étape miner (page Rejets) : elle n'est pas relayée"
+        " vers le hub central. Un contrôle du gardien est demandé pour chaque"
+        " table que la ligne touche (toutes les tables relayées si sa table est"
+        " inconnue ou si c'est une entrée de contrôle de validation) ; il répare"
+        " ce que la ligne aurait changé. Le mineur reprend ensuite la lecture et"
+        " l'alarme disparaît.",
+        "skip.states_final": "C'est définitif : le mineur poursuit sa lecture"
+        " après cette entrée sans y revenir, et son rejet ne peut pas être"
+        " relancé.",
+        "skip.states_check": "Le mineur vérifie encore avant de sauter : si"
+        " l'alarme a changé entre-temps, si la ligne se lit de nouveau entière ou"
+        " (ligne sans séquence) si les autres lignes de la fenêtre lui laissent"
+        " plus d'une place, rien n'est sauté. Sa réponse s'affiche dans le"
+        " journal d'audit.",
+        "skip.submit": "Oui, sauter cette entrée",
+        "skip.no_alarm": "Aucune alarme d'entrée inutilisable : rien à sauter.",
+        "skip.gone": "L'alarme a disparu depuis votre confirmation : rien n'a été"
+        " demandé.",
+        "skip.changed": "L'alarme nomme maintenant une autre entrée ({named}) que"
+        " celle confirmée : rien n'a été demandé. Lisez la nouvelle alarme, puis"
+        " recommencez.",
+        "skip.cli_only": "Les faits de cette alarme sont incomplets : cette page"
+        " ne peut pas dire quelle entrée sauter. Le mineur les réécrit à sa"
+        " prochaine lecture ; s'ils restent incomplets, lisez l'entrée par DSPJRN"
+        " et sautez-la en ligne de commande sur le boîtier : appliance skip-entry"
+        " --receiver LIB/NOM --sequence N (ou --null-after N pour une ligne sans"
+        " séquence).",
         "lang.switch": "English",
         "error.csrf": "Formulaire expiré ou invalide : rechargez la page.",
     },
@@ -278,7 +315,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         " {field} = {value}, expected: {expected}. The miner stores nothing of"
         " this window and reads it again; the store's relay waits. To do: if"
         " the alarm lasts, report this entry to the IBM i team (DSPJRN on this"
-        " receiver) and call central support; no action of this page skips it.",
+        " receiver) and call central support; if it cannot be mended, support"
+        " may ask you to skip it.",
         "alarm.leg_stalled": "Leg {detail} shows no sign of life. To do: check"
         " the box (systemctl status appliance-{detail}); systemd restarts it.",
         "alarm.leg_stopped": "Leg {detail} is stopped. To do: systemctl start"
@@ -411,6 +449,38 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.submit": "Change",
         "account.changed": "Password changed; the other sessions are ended.",
         "account.same": "The new password must differ from the current one.",
+        "skip.link": "Skip this entry",
+        "skip.title": "Confirm skipping a journal entry",
+        "skip.name_sequence": "entry {sequence} of receiver {receiver}",
+        "skip.name_null": "the row with no sequence after entry {after} of"
+        " receiver {receiver}",
+        "skip.states_entry": "The miner will pass over {entry}, which it cannot"
+        " use: column {field} = {value}, expected: {expected}.",
+        "skip.states_effect": "It reads the journal window again, stores the"
+        " other entries and parks this row whole (every column) as a dead letter"
+        " of stage miner (Dead letters page): it is not relayed to the central"
+        " hub. A guardian check is queued for each table the row touches (every"
+        " relayed table when its table is unknown or it is a commitment control"
+        " entry); it repairs what the row would have changed. The miner then"
+        " reads on and the alarm clears.",
+        "skip.states_final": "This cannot be undone: the miner reads on past this"
+        " entry without coming back to it, and its dead letter cannot be"
+        " retried.",
+        "skip.states_check": "The miner checks once more before it skips: if the"
+        " alarm changed meanwhile, the row reads whole again or (a row with no"
+        " sequence) the window's other rows leave it more than one place, nothing"
+        " is skipped. Its answer shows in the audit log.",
+        "skip.submit": "Yes, skip this entry",
+        "skip.no_alarm": "No unusable journal entry alarm is up: nothing to skip.",
+        "skip.gone": "The alarm cleared since you confirmed: nothing was requested.",
+        "skip.changed": "The alarm now names another entry ({named}) than the one"
+        " you confirmed: nothing was requested. Read the new alarm, then ask"
+        " again.",
+        "skip.cli_only": "This alarm's facts are incomplete: this page cannot"
+        " tell which entry to skip. The miner writes them again at its next read;"
+        " if they stay incomplete, read the entry with DSPJRN and skip it from"
+        " the box's command line: appliance skip-entry --receiver LIB/NAME"
+        " --sequence N (or --null-after N for a row with no sequence).",
         "lang.switch": "Français",
         "error.csrf": "Form expired or invalid: reload the page.",
     },

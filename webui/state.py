@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.commands import LEGS
+from appliance.commands import LEGS, CommandError, skip_entry_args
 from webui import guardian
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def overview(
         # The IBM i refuses the relay's user: the miner's login or journal
         # reads, or the transformer's catalog reads (both retry meanwhile).
         alarms.append(Alarm("source_denied", ""))
-    bad = bad_entry(_one(conn, "SELECT value FROM meta WHERE key = ?", BAD_ENTRY_KEY))
+    bad = bad_entry(bad_entry_row(conn))
     if bad is not None:
         alarms.append(bad)
     alarms += [Alarm(c, t) for c, t in guardian.alarms(guardian.guardian(conn))]
@@ -306,6 +306,48 @@ def bad_entry(stored: object) -> Alarm | None:
         text = "?" if fact is None or isinstance(fact, (dict, list)) else str(fact)
         facts[name] = text[:FACT_SHOWN]
     return Alarm("bad_entry", f"{facts['receiver']}:{facts['sequence']}", facts)
+
+
+def bad_entry_row(conn: sqlite3.Connection) -> object:
+    """The stored value of the miner's unusable-entry alarm, or None."""
+    return _one(conn, "SELECT value FROM meta WHERE key = ?", BAD_ENTRY_KEY)
+
+
+def skip_args(stored: object) -> dict[str, Any] | None:
+    """The ``skip_entry`` arguments of the entry the alarm names, or None.
+
+    Only from the miner's own shape: ``sequence`` present, a whole number
+    (``{"receiver", "sequence"}``) or null (the row without a sequence:
+    ``{"receiver", "null_after": last_stored}``), and a receiver the command
+    takes as written. Anything else (the odd shapes :func:`bad_entry` shows
+    as ``?``, a receiver the command would upper-case) names no entry the
+    miner would agree on, so the page offers no skip.
+    """
+    try:
+        value = json.loads(stored) if isinstance(stored, (str, bytes)) else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or "sequence" not in value:
+        return None
+    if value["sequence"] is None:
+        name, number = "null_after", value.get("last_stored")
+    else:
+        name, number = "sequence", value["sequence"]
+    if isinstance(number, bool) or not isinstance(number, int):
+        return None
+    try:
+        args = skip_entry_args({"receiver": value.get("receiver"), name: number})
+    except CommandError:
+        return None
+    return args if args["receiver"] == value["receiver"] else None
+
+
+def skip_key(args: dict[str, Any]) -> str:
+    """The entry of ``skip_entry`` arguments as one ASCII word: the name a
+    confirmation form carries back, compared with the alarm's at POST."""
+    if "sequence" in args:
+        return f"{args['receiver']}:{args['sequence']}"
+    return f"{args['receiver']}:null-after-{args['null_after']}"
 
 
 def _alarms(  # noqa: PLR0917 - one call site, each fact named

@@ -1,5 +1,5 @@
 """The pages: setup, login, account, overview, journal, outbox, dead letters,
-guardian, actions, audit.
+guardian, actions (skip of an unusable journal entry included), audit.
 
 Each action page only requests a command (:func:`request_command`) and says
 that it was queued; the leg carries it out and the audit page shows the
@@ -134,7 +134,8 @@ def stalled_after() -> float:
 @bp.route("/")
 def overview() -> str:
     facts = state.overview(db(), ext()["rates"], stalled_after())
-    return render_template("overview.html", o=facts)
+    skip = state.skip_args(state.bad_entry_row(db()))
+    return render_template("overview.html", o=facts, skip=skip)
 
 
 @bp.route("/journal")
@@ -259,6 +260,46 @@ def rewind() -> str | BaseResponse:
         "count": int(bookmark["sequence"]) - sequence + 1,
     }
     return render_template("rewind.html", plan=plan)
+
+
+@bp.route("/actions/skip-entry", methods=["GET", "POST"])
+def skip_entry() -> str | BaseResponse:
+    """GET: what skipping the alarm's journal entry does; POST: queue it.
+
+    The command's arguments are the alarm's as stored at the POST, never the
+    form's: the form carries back only the name of the entry confirmed
+    (:func:`webui.state.skip_key`), and an alarm that cleared or now names
+    another entry is refused with nothing queued. The miner checks the alarm
+    once more when it carries the command out.
+    """
+    stored = state.bad_entry_row(db())
+    alarm = state.bad_entry(stored)
+    args = state.skip_args(stored)
+    if alarm is None or args is None:
+        gone = "skip.gone" if request.method == "POST" else "skip.no_alarm"
+        flash(text(gone if alarm is None else "skip.cli_only"), "error")
+        return redirect(url("ui.overview"))
+    if request.method == "POST":
+        if request.form.get("entry", "") != state.skip_key(args):
+            flash(text("skip.changed", named=_entry_words(args)), "error")
+            return redirect(url("ui.overview"))
+        # Queued or a twin still pending: the audit log shows the command
+        # and, once the miner has carried it out, its answer.
+        request_command("miner", "skip_entry", args)
+        return redirect(url("ui.audit"))
+    return render_template(
+        "skip_entry.html",
+        facts=alarm.facts,
+        entry=_entry_words(args),
+        key=state.skip_key(args),
+    )
+
+
+def _entry_words(args: dict[str, Any]) -> str:
+    """The entry of ``skip_entry`` arguments in the page's language."""
+    if "sequence" in args:
+        return text("skip.name_sequence", **args)
+    return text("skip.name_null", receiver=args["receiver"], after=args["null_after"])
 
 
 @bp.route("/guardian")
