@@ -1,7 +1,7 @@
 """An operator's skip of one unusable journal row (command ``skip_entry``).
 
 The miner stores no entry of a window that holds a row it cannot use
-(:func:`appliance.journal.check_rows`): it raises the alarm
+(:func:`appliance.journalrows.check_rows`): it raises the alarm
 ``miner.alarm.bad_entry`` and reads the window again until it goes through.
 Only an operator passes over such a row. This module decides the skip; the
 miner does its I/O (reading the window again, the one transaction):
@@ -33,10 +33,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import checks, journal, store
+from appliance import checks, journal, journalrows, store
 from appliance.commands import CommandError
 from appliance.config import IbmiSection
-from appliance.journal import Bookmark, EntryError, Read
+from appliance.journal import Bookmark, Read
+from appliance.journalrows import EntryError
 
 STAGE = "miner"
 BAD_ENTRY_KEY = "miner.alarm.bad_entry"
@@ -132,8 +133,8 @@ def plan(
 ) -> Skip:
     """The skip of ``bad``'s row from ``rows``, the window ``read`` as the
     source gave it again; :class:`SkipRefused` when it cannot be done safely."""
-    mine = [r for r in rows if journal.row_sequence(r) == bad.sequence]
-    rest = [r for r in rows if journal.row_sequence(r) != bad.sequence]
+    mine = [r for r in rows if journalrows.row_sequence(r) == bad.sequence]
+    rest = [r for r in rows if journalrows.row_sequence(r) != bad.sequence]
     start = read.start
     if not mine:
         raise SkipRefused(
@@ -146,27 +147,27 @@ def plan(
             f" {start}..{read.end}, expected one"
         )
     try:
-        journal.entries_from_rows(mine, journal_id, now, read)
+        journalrows.entries_from_rows(mine, journal_id, now, read)
     except EntryError as exc:
         fault = exc
     else:
         raise SkipRefused("it reads whole now; the next read stores it with its window")
     try:
-        entries = journal.entries_from_rows(rest, journal_id, now, read)
+        entries = journalrows.entries_from_rows(rest, journal_id, now, read)
     except EntryError as exc:
         raise SkipRefused(
             f"another row the window would store is unusable too ({exc})"
         ) from exc
-    journal.check_window(entries, read)
+    journalrows.check_window(entries, read)
     if bad.sequence is None:
-        known = [e[journal.SEQUENCE_AT] for e in entries]
+        known = [e[journalrows.SEQUENCE_AT] for e in entries]
         read = Read(read.receiver, start, null_row_end(known, read), at_head=False)
     row = mine[0]
     row_ts = journal.timestamp(row[0]) if row[0] is not None else None
-    last_ts = entries[-1][journal.TS_AT] if entries else ""
+    last_ts = entries[-1][journalrows.TS_AT] if entries else ""
     entry_ts = row_ts if bad.sequence is not None and row_ts else last_ts
     after = journal.after_window(bookmark, read, read.end, entry_ts)
-    keep, hidden = journal.select(entries, ibmi.table_library, ibmi.tables)
+    keep, hidden = journalrows.select(entries, ibmi.table_library, ibmi.tables)
     table, tables = skipped_tables(row, ibmi)
     if bad.sequence is None:
         position = f"{bad.receiver}:? after {bad.after}"
@@ -177,7 +178,7 @@ def plan(
         f" {fault.field}={fault.value} expected {fault.expected}"
     )
     payload = {
-        "row": journal.row_text(row),
+        "row": journalrows.row_text(row),
         "skipped_by": user,
         "command": command_id,
         "window": f"{start}..{read.end}",

@@ -27,7 +27,7 @@ Invariants:
   backoff; gaps are only ever decided from a fresh receiver list.
 - A window holding a row without a value the relay needs (a NULL sequence,
   code, type, entry time, receiver; a NULL object, RRN or commit cycle on an
-  entry that needs one; :func:`appliance.journal.check_rows`) is stored in
+  entry that needs one; :func:`appliance.journalrows.check_rows`) is stored in
   none of its entries: the bookmark stays, the window is read again with the
   same backoff, and until it goes through the ``meta`` row
   ``miner.alarm.bad_entry``, the status line and one ERROR log name the
@@ -57,7 +57,7 @@ Invariants:
   after ``wait_s + WAIT_GRACE_S``, or ``WAIT_SETTLE_S`` after its latest
   row (:func:`appliance.source.fetch_bounded`), so a real IBM i cursor
   that never ends cannot hold the leg; rows fetched before a cancel are
-  kept (journal.check_window still checks them), and after a cancel that brought
+  kept (journalrows.check_window still checks them), and after a cancel that brought
   nothing the next head read is a plain one. A waiting call that came back
   empty counts as the pause (``step`` returns True); one that came back
   empty too early (the source ignored EOF_DELAY) does not, so the IBM i is
@@ -89,6 +89,7 @@ from appliance import (
     checks,
     entryskip,
     journal,
+    journalrows,
     outbox,
     preflight,
     source,
@@ -121,10 +122,10 @@ WAIT_SETTLE_S = 0.1
 # latency.
 WAIT_MIN_GAP_S = 0.1
 
-# Positional, in journal.ENTRY_FIELDS order: a window goes in as one
+# Positional, in journalrows.ENTRY_FIELDS order: a window goes in as one
 # executemany of plain tuples.
 _INSERT_ENTRY = "INSERT INTO raw_entries ({}) VALUES ({})".format(
-    ", ".join(journal.ENTRY_FIELDS), ", ".join("?" * len(journal.ENTRY_FIELDS))
+    ", ".join(journalrows.ENTRY_FIELDS), ", ".join("?" * len(journalrows.ENTRY_FIELDS))
 )
 _SAVE_BOOKMARK = (
     "INSERT INTO bookmark (journal, receiver_library, receiver_name, sequence,"
@@ -196,7 +197,7 @@ class MinerLeg:
         self._cancel_logged = False
         self._last_wait = 0.0
         self._denied = False
-        self._bad: journal.EntryError | None = None
+        self._bad: journalrows.EntryError | None = None
         self._bad_alarm = False
 
     # -- Leg protocol ----------------------------------------------------------
@@ -242,7 +243,7 @@ class MinerLeg:
             worked = self._work()
         except DataGapError:
             raise
-        except journal.EntryError as exc:
+        except journalrows.EntryError as exc:
             self._unusable(exc)
             self._failed(exc)
             return False
@@ -544,13 +545,13 @@ class MinerLeg:
         else:
             rows = self._query(src, self._sql, params, "reading journal")
         self._tally["miner.rows"] += len(rows)
-        entries = journal.entries_from_rows(rows, self.journal, time.time(), read)
-        journal.check_window(entries, read)
-        keep, hidden = journal.select(
+        entries = journalrows.entries_from_rows(rows, self.journal, time.time(), read)
+        journalrows.check_window(entries, read)
+        keep, hidden = journalrows.select(
             entries, self.ibmi.table_library, self.ibmi.tables
         )
-        last_seen = entries[-1][journal.SEQUENCE_AT] if entries else None
-        last_ts = entries[-1][journal.TS_AT] if entries else ""
+        last_seen = entries[-1][journalrows.SEQUENCE_AT] if entries else None
+        last_ts = entries[-1][journalrows.TS_AT] if entries else ""
         after = journal.after_window(bookmark, read, last_seen, last_ts)
         self._store(keep, after, hidden)
         self._bookmark = after
@@ -639,7 +640,7 @@ class MinerLeg:
         return entryskip.answer(named, skip, letter[0])
 
     def _reread(
-        self, bookmark: Bookmark, bad: journal.EntryError
+        self, bookmark: Bookmark, bad: journalrows.EntryError
     ) -> tuple[Read, list[Any]]:
         """The alarm's window as the source gives it now (cut at a sequence)."""
         src = self._ensure_source()
@@ -731,7 +732,7 @@ class MinerLeg:
                 exc,
             )
 
-    def _unusable(self, exc: journal.EntryError) -> None:
+    def _unusable(self, exc: journalrows.EntryError) -> None:
         """A window holds a row without a value the relay needs: nothing stored.
 
         The bookmark stays before the window, so no entry is skipped: the
@@ -924,7 +925,7 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> tuple[Any, ...]:
         "data": None,
         "mined_at": time.time(),
     }
-    return tuple(mark[name] for name in journal.ENTRY_FIELDS)
+    return tuple(mark[name] for name in journalrows.ENTRY_FIELDS)
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import cli, journal, miner, store
+from appliance import cli, journalrows, miner, store
 from appliance.config import BoxSettings
 
 
@@ -21,7 +21,7 @@ def test_status_shows_the_bad_entry_alarm_until_the_miner_clears_it(
     leg = miner.MinerLeg(settings, store.connect(db))
     # The miner's own writer of the row, as a refused window runs it.
     leg._unusable(
-        journal.EntryError(
+        journalrows.EntryError(
             receiver="MAG/QSQJRN0001",
             sequence=None,
             after=100,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from appliance import journal
+from appliance import journal, journalrows
 from appliance.journal import Bookmark, Gap, Move, Read, Receiver, Wait
 
 T0 = "2026-12-04T08:00:00.000000"
@@ -165,7 +165,7 @@ def test_entry_row_follows_the_raw_entries_contract() -> None:
         "0010",
         b"\xc1\xc2",
     )
-    entry = journal.entry_from_row(row, "MAG/QSQJRN")
+    entry = journalrows.entry_from_row(row, "MAG/QSQJRN")
     assert entry["sequence"] == 1234 and isinstance(entry["sequence"], int)
     assert entry["entry_ts"] == "2026-12-04T08:30:01.000120"
     assert entry["object"] == obj.ljust(30) and len(entry["object"]) == 30
@@ -182,13 +182,17 @@ def test_filter_keeps_commit_entries_and_only_configured_tables() -> None:
         return {"code": code, "object": obj.ljust(30) if obj else ""}
 
     tables = ["PRIX", "STOCK"]
-    assert journal.wanted(entry("C", ""), "MAG", tables)
-    assert journal.wanted(entry("J", ""), "MAG", tables)
-    assert journal.wanted(entry("R", "PRIX      MAG       PRIX"), "MAG", tables)
-    assert journal.wanted(entry("D", "STOCK     MAG       STOCK"), "MAG", tables)
-    assert not journal.wanted(entry("R", "CLIENT    MAG       CLIENT"), "MAG", tables)
-    assert not journal.wanted(entry("R", "PRIX      AUTRE     PRIX"), "MAG", tables)
-    assert not journal.wanted(entry("F", "VENTE     MAG       VENTE"), "MAG", tables)
+    assert journalrows.wanted(entry("C", ""), "MAG", tables)
+    assert journalrows.wanted(entry("J", ""), "MAG", tables)
+    assert journalrows.wanted(entry("R", "PRIX      MAG       PRIX"), "MAG", tables)
+    assert journalrows.wanted(entry("D", "STOCK     MAG       STOCK"), "MAG", tables)
+    assert not journalrows.wanted(
+        entry("R", "CLIENT    MAG       CLIENT"), "MAG", tables
+    )
+    assert not journalrows.wanted(entry("R", "PRIX      AUTRE     PRIX"), "MAG", tables)
+    assert not journalrows.wanted(
+        entry("F", "VENTE     MAG       VENTE"), "MAG", tables
+    )
 
 
 # -- chain and plan -----------------------------------------------------------

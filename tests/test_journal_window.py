@@ -1,7 +1,7 @@
 """A window of DISPLAY_JOURNAL rows as raw entries, column by column (issue 9).
 
-``journal.entries_from_rows`` converts a whole window at once; it must give,
-row for row, what the one-row reference ``journal.entry_from_row`` gives,
+``journalrows.entries_from_rows`` converts a whole window at once; it must give,
+row for row, what the one-row reference ``journalrows.entry_from_row`` gives,
 for the values a driver normally returns and for the odd ones (NULLs,
 integers, text timestamps, padded names). ``check_window`` and ``select``
 must decide as the per-entry rules do.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from appliance import journal
+from appliance import journalrows
 from appliance.errors import SourceError
 from appliance.journal import Read, Receiver
 
@@ -61,13 +61,13 @@ def reference(rows: list[Any]) -> list[tuple[Any, ...]]:
     """What entry_from_row gives, as tuples, mined_at left out."""
     out = []
     for row in rows:
-        entry = journal.entry_from_row(row, JOURNAL)
-        out.append(tuple(entry[name] for name in journal.ENTRY_FIELDS[:-1]))
+        entry = journalrows.entry_from_row(row, JOURNAL)
+        out.append(tuple(entry[name] for name in journalrows.ENTRY_FIELDS[:-1]))
     return out
 
 
 def windowed(rows: list[Any], mined_at: float = 12.5) -> list[tuple[Any, ...]]:
-    entries = journal.entries_from_rows(rows, JOURNAL, mined_at)
+    entries = journalrows.entries_from_rows(rows, JOURNAL, mined_at)
     assert all(e[-1] == mined_at for e in entries)
     return [e[:-1] for e in entries]
 
@@ -77,7 +77,7 @@ def test_window_of_driver_rows_equals_the_row_by_row_conversion() -> None:
     rows = [driver_row(seq, rng) for seq in range(1, 501)]
     got = windowed(rows)
     assert got == reference(rows)
-    first = dict(zip(journal.ENTRY_FIELDS, got[0], strict=False))
+    first = dict(zip(journalrows.ENTRY_FIELDS, got[0], strict=False))
     assert first["receiver_name"] == "QSQJRN0003"
     assert first["job"] == "123456/CAISSE/QPADEV0001"
     assert first["program"] == "PGMPRIX" and first["object_type"] == "*QDDS"
@@ -155,8 +155,8 @@ def test_a_row_without_what_the_relay_needs_refuses_the_window(
     rows[3][6] = OBJECTS[0]
     rows[3][column] = value
     read = Read(rcv(), 10, 19, at_head=False)
-    with pytest.raises(journal.EntryError) as caught:
-        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    with pytest.raises(journalrows.EntryError) as caught:
+        journalrows.entries_from_rows(rows, JOURNAL, 1.0, read)
     error = caught.value
     sequence = None if column == 1 else 13
     assert (error.receiver, error.sequence, error.after, error.end, error.field) == (
@@ -183,11 +183,13 @@ def test_the_first_bad_row_is_named() -> None:
     rows[6][1] = None
     rows[2][15] = None
     read = Read(rcv(), 10, 19, at_head=False)
-    with pytest.raises(journal.EntryError, match=r"sequence=12 window=10\.\.19 last_"):
-        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    with pytest.raises(
+        journalrows.EntryError, match=r"sequence=12 window=10\.\.19 last_"
+    ):
+        journalrows.entries_from_rows(rows, JOURNAL, 1.0, read)
     rows[2][15] = "QSQJRN0003"
-    with pytest.raises(journal.EntryError) as caught:
-        journal.entries_from_rows(rows, JOURNAL, 1.0, read)
+    with pytest.raises(journalrows.EntryError) as caught:
+        journalrows.entries_from_rows(rows, JOURNAL, 1.0, read)
     assert (caught.value.sequence, caught.value.field) == (None, "SEQUENCE_NUMBER")
 
 
@@ -202,10 +204,10 @@ def test_blank_object_rrn_and_cycle_pass_on_entries_that_need_none() -> None:
 
 
 def test_empty_window_gives_no_entries_and_a_short_row_is_refused() -> None:
-    assert journal.entries_from_rows([], JOURNAL, 1.0) == []
+    assert journalrows.entries_from_rows([], JOURNAL, 1.0) == []
     row = driver_row(1, random.Random(1))
     with pytest.raises(IndexError):
-        journal.entries_from_rows([row, row[:17]], JOURNAL, 1.0)
+        journalrows.entries_from_rows([row, row[:17]], JOURNAL, 1.0)
 
 
 # -- check_window ------------------------------------------------------------
@@ -221,13 +223,13 @@ def entries(sequences: list[int], names: list[str] | None = None) -> list[tuple]
         driver_row(seq, rng, (names or [])[i] if names else "QSQJRN0003")
         for i, seq in enumerate(sequences)
     ]
-    return journal.entries_from_rows(rows, JOURNAL, 1.0)
+    return journalrows.entries_from_rows(rows, JOURNAL, 1.0)
 
 
 def test_check_window_accepts_gaps_and_the_window_edges() -> None:
     read = Read(rcv(), 100, 199, at_head=False)
-    journal.check_window(entries([100, 103, 150, 199]), read)
-    journal.check_window([], read)
+    journalrows.check_window(entries([100, 103, 150, 199]), read)
+    journalrows.check_window([], read)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +245,7 @@ def test_check_window_names_the_first_entry_out_of_range_or_order(
     sequences: list[int], message: str
 ) -> None:
     with pytest.raises(SourceError, match=message):
-        journal.check_window(entries(sequences), Read(rcv(), 100, 199, False))
+        journalrows.check_window(entries(sequences), Read(rcv(), 100, 199, False))
 
 
 def test_check_window_refuses_an_entry_of_another_receiver() -> None:
@@ -253,7 +255,7 @@ def test_check_window_refuses_an_entry_of_another_receiver() -> None:
         SourceError,
         match="entry from receiver 'QSQJRN0002', expected 'QSQJRN0003' at sequence 101",
     ):
-        journal.check_window(window, Read(rcv(), 100, 199, False))
+        journalrows.check_window(window, Read(rcv(), 100, 199, False))
 
 
 # -- select -------------------------------------------------------------------
@@ -262,17 +264,19 @@ def test_check_window_refuses_an_entry_of_another_receiver() -> None:
 def test_select_decides_as_internal_and_wanted_do_per_entry() -> None:
     rng = random.Random(11)
     rows = [driver_row(seq, rng) for seq in range(1, 801)]
-    window = journal.entries_from_rows(rows, JOURNAL, 1.0)
+    window = journalrows.entries_from_rows(rows, JOURNAL, 1.0)
     tables = [" prix", "STOCK "]
-    keep, hidden = journal.select(window, "mag", tables)
-    as_dicts = [dict(zip(journal.ENTRY_FIELDS, e, strict=True)) for e in window]
+    keep, hidden = journalrows.select(window, "mag", tables)
+    as_dicts = [dict(zip(journalrows.ENTRY_FIELDS, e, strict=True)) for e in window]
     expected = [
         e
         for e, d in zip(window, as_dicts, strict=True)
-        if not journal.internal(d) and journal.wanted(d, "mag", tables)
+        if not journalrows.internal(d) and journalrows.wanted(d, "mag", tables)
     ]
     assert keep == expected
-    assert hidden == sum(1 for d in as_dicts if journal.internal(d))
+    assert hidden == sum(1 for d in as_dicts if journalrows.internal(d))
     assert 0 < hidden < len(window) and 0 < len(keep) < len(window) - hidden
-    kept_objects = {e[journal.OBJECT_AT] for e in keep if e[journal.CODE_AT] == "R"}
+    kept_objects = {
+        e[journalrows.OBJECT_AT] for e in keep if e[journalrows.CODE_AT] == "R"
+    }
     assert kept_objects == {OBJECTS[0], OBJECTS[1]}

@@ -13,14 +13,16 @@ from pathlib import Path
 from flask import Flask
 from webui_support import BASE, csrf, login
 
-from appliance import journal, miner, store
+from appliance import journalrows, miner, store
 from appliance.config import BoxSettings
 from webui import state
 
 HOSTILE = "<b>x</b>\x1b[31m\u202e"
 
 
-def raise_alarm(settings: BoxSettings, exc: journal.EntryError) -> sqlite3.Connection:
+def raise_alarm(
+    settings: BoxSettings, exc: journalrows.EntryError
+) -> sqlite3.Connection:
     """The miner's meta row for ``exc``, written as a refused window writes it."""
     conn = store.connect(settings.pipeline.db_path)
     leg = miner.MinerLeg(settings, store.connect(settings.pipeline.db_path))
@@ -29,8 +31,8 @@ def raise_alarm(settings: BoxSettings, exc: journal.EntryError) -> sqlite3.Conne
     return conn
 
 
-def null_sequence() -> journal.EntryError:
-    return journal.EntryError(
+def null_sequence() -> journalrows.EntryError:
+    return journalrows.EntryError(
         receiver="MAG/QSQJRN0001",
         sequence=None,
         after=100,
@@ -81,7 +83,7 @@ def test_the_alarm_in_english_names_the_sequence_and_column(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
     app, _, _ = configured
-    exc = journal.EntryError(
+    exc = journalrows.EntryError(
         receiver="MAG/QSQJRN0002",
         sequence=4711,
         after=4700,
