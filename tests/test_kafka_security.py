@@ -138,7 +138,10 @@ def test_untrusted_ca_is_refused(broker: dict[str, Any], tmp_path: Path) -> None
     error, elapsed = first_error(conf)
 
     assert error is not None, f"no error within {REFUSAL_BOUND_S}s"
-    assert error.code() == KafkaError._SSL, error
+    # The verify failure comes as _SSL, or as _TRANSPORT when librdkafka sees
+    # the broker drop the handshake first (librdkafka PR #3378; seen once in a
+    # full run here). Either way the text names the failed verification.
+    assert error.code() in (KafkaError._SSL, KafkaError._TRANSPORT), error
     assert "certificate verify failed" in error.str()
     assert elapsed < REFUSAL_BOUND_S
 
