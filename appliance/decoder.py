@@ -22,7 +22,10 @@ Invariants (domain brief §4.6-§4.8):
 - a null map of the wrong length, or holding ``9`` (not recorded: a
   minimized entry), refuses the whole image too;
 - a field flagged null (``byte & 0x0F == 1``, true of ``'1'`` and ``0xF1``)
-  is never decoded, its bytes are unspecified;
+  is never decoded, its bytes are unspecified; on a column that is not
+  null-capable (DB2 for i never flags one) the flag marks a damaged entry:
+  the field is null and described in :attr:`Decoded.errors` (the
+  transformer parks a change whose key field is in error);
 - a field whose bytes are not a valid value (a bad nibble, 31 February, a
   VARCHAR prefix past its maximum) is null in the result and described in
   :attr:`Decoded.errors`; the other fields are decoded as usual, so one bad
@@ -224,6 +227,8 @@ class RecordDecoder:
         decoded = Decoded({})
         out = decoded.values
         plan = self._plan if flags is None else self._flagged(flags)
+        if flags is not None:
+            self._flag_problems(decoded, flags, image, null_map)
         for name, start, end, function, memo in plan:
             if function is None:  # flagged null
                 out[name] = None
@@ -246,6 +251,30 @@ class RecordDecoder:
                     memo.clear()
                 memo[raw] = value
         return decoded
+
+    def _flag_problems(
+        self,
+        decoded: Decoded,
+        flags: Sequence[bool],
+        image: bytes,
+        null_map: bytes | str | None,
+    ) -> None:
+        """A field error for each column flagged null that cannot be null."""
+        for column, flag in zip(self.layout.columns, flags, strict=True):
+            if not flag or column.nullable:
+                continue
+            indicator = _indicator(null_map, self.layout.columns.index(column))
+            end = column.offset + column.size
+            decoded.errors.append(
+                {
+                    "field": column.name,
+                    "offset": column.offset,
+                    "bytes_hex": image[column.offset : end].hex().upper(),
+                    "reason": f"null indicator {indicator} on a column that is"
+                    " not null-capable (a damaged entry)",
+                    "expected": "indicator 0: the column is NOT NULL",
+                }
+            )
 
     def _flagged(self, flags: Sequence[bool]) -> list[_Step]:
         """The plan with the function of each field flagged null taken out."""
@@ -334,6 +363,13 @@ class RecordDecoder:
         if 1 not in low:
             return None
         return [value == 1 for value in low]
+
+
+def _indicator(null_map: bytes | str | None, index: int) -> str:
+    """The null indicator of field ``index`` as it came, in hex."""
+    if isinstance(null_map, str):
+        null_map = null_map.encode("latin-1", errors="replace")
+    return f"x'{(null_map or b'')[index : index + 1].hex().upper()}'"
 
 
 def compile_layout(

@@ -405,7 +405,14 @@ class TransformerLeg:
             self._rrns.drop(table, row["rrn"])
 
     def _imageless_delete(self, row: Entry, exc: DecodeError) -> list[Event]:
-        """A DL with no usable image: delete the key mapped to its RRN."""
+        """A DL with no usable image: delete the key mapped to its RRN.
+
+        A DL that came WITH an image the decoder refused (damaged, or of
+        another length) is not an ``IMAGES(*AFTER)`` delete: the delete by
+        RRN still goes (the map knows the key), and the refused bytes travel
+        in its ``errors`` (counter ``transformer.damaged_delete_images``); a
+        slot the map cannot vouch for parks the entry with those bytes.
+        """
         library, table = _object_names(row)
         # The layout in force, without the image-length check the DL fails.
         unsized = {**row, "code": "", "data": b""}
@@ -419,18 +426,34 @@ class TransformerLeg:
         if window is not None and self._rrns.uncertain(
             f"{library}/{table}", row["rrn"], dict(row)
         ):
-            self._park(row, rrnmap.uncertain_rrn(library, table, row["rrn"], window))
+            uncertain = rrnmap.uncertain_rrn(library, table, row["rrn"], window)
+            self._park(row, _with_image(uncertain, exc) if row["data"] else uncertain)
             origin = f"transformer RG {window.rg_position} {library}/{table}"
             checks.queue(self.conn, table, "RG", origin)
             self._count("transformer.deletes_uncertain")
             return []
         key = self._rrns.take(f"{library}/{table}", row["rrn"])
         if key is None:
-            self._park(row, rrnmap.unknown_rrn(library, table, row["rrn"]))
+            unknown = rrnmap.unknown_rrn(library, table, row["rrn"])
+            self._park(row, _with_image(unknown, exc) if row["data"] else unknown)
             return []
         self._count("transformer.deletes_by_rrn")
         base = {"table": decoder.layout.sql_name, "raw_id": row["id"], **source_info}
-        return [row_event(base, "delete", key, None, None)]
+        errors: list[dict[str, Any]] = []
+        if row["data"]:
+            self._count("transformer.damaged_delete_images")
+            errors = [_image_error(exc)]
+            logger.warning(
+                "delete image refused, row deleted by its RRN stage=%s table=%s"
+                " position=%s field=%s offset=%s reason=%s",
+                STAGE,
+                decoder.layout.sql_name,
+                _position(row),
+                exc.field,
+                exc.offset,
+                exc.reason,
+            )
+        return [row_event(base, "delete", key, None, None, errors=errors)]
 
     def _reorganized(self, row: Entry) -> None:
         """RGZPFM renumbered every RRN: re-read the table's map from the source.
@@ -871,3 +894,28 @@ def build(settings: BoxSettings) -> TransformerLeg:
     """The leg as the service runs it: the pipeline database and ODBC catalog."""
     conn = store.connect(settings.pipeline.db_path)
     return TransformerLeg(settings, conn, OdbcCatalog(settings.ibmi))
+
+
+def _with_image(unknown: DecodeError, image: DecodeError) -> DecodeError:
+    """An unknown-RRN refusal that also names the DL's refused image."""
+    return DecodeError(
+        f"{unknown.reason}; its image was refused too: {image.reason}",
+        table=unknown.table,
+        position=image.position,
+        field=image.field,
+        offset=image.offset,
+        data=image.data,
+        expected=image.expected,
+    )
+
+
+def _image_error(exc: DecodeError) -> dict[str, Any]:
+    """A refused delete image as a change's field error (before image)."""
+    return {
+        "field": exc.field,
+        "offset": exc.offset,
+        "bytes_hex": exc.data.hex().upper(),
+        "reason": f"delete image refused, row deleted by its RRN: {exc.reason}",
+        "expected": exc.expected,
+        "image": "before",
+    }
