@@ -524,12 +524,17 @@ def _launch_kafka(state_dir: Path, libs: Path) -> tuple[int, int, bool]:
     log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     # posix_spawn rather than Popen: the broker must outlive this process, and
     # a Popen object dropped while its child runs raises a ResourceWarning
-    # (an error under pytest's "warnings as errors").
+    # (an error under pytest's "warnings as errors"). Unlike Popen it hands the
+    # child every inheritable descriptor: those are closed, or a lock held by
+    # whoever started us (flock(1) around `make bench`) would live as long as
+    # the broker.
+    closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
     pid = os.posix_spawn(
         argv[0],
         argv,
         dict(os.environ),
         file_actions=[
+            *closes,
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(paths["log"]), log_flags, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
@@ -538,6 +543,21 @@ def _launch_kafka(state_dir: Path, libs: Path) -> tuple[int, int, bool]:
     )
     paths["pidfile"].write_text(f"{pid}\n")
     return pid, broker, formatted
+
+
+def _inheritable_fds() -> list[int]:
+    """This process's open descriptors above 2 that a child would inherit."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return found
 
 
 def _wait_kafka(state_dir: Path, pid: int, port: int) -> None:
