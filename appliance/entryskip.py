@@ -36,12 +36,17 @@ from typing import Any
 from appliance import checks, journal, journalrows, store
 from appliance.commands import CommandError
 from appliance.config import IbmiSection
-from appliance.journal import Bookmark, Read
+from appliance.journal import SKIP_MARK, Bookmark, Read
 from appliance.journalrows import EntryError
 
 STAGE = "miner"
 BAD_ENTRY_KEY = "miner.alarm.bad_entry"
 SKIPPED = "miner.skipped_entries"
+
+
+_INSERT_MARK = "INSERT INTO raw_entries ({}) VALUES ({})".format(
+    ", ".join(journalrows.ENTRY_FIELDS), ", ".join("?" * len(journalrows.ENTRY_FIELDS))
+)
 
 
 class SkipRefused(ValueError):
@@ -117,6 +122,8 @@ class Skip:
     field: str
     tables: list[str]
     letter: dict[str, Any]
+    # The SKIP_MARK stored after the entries (a commit boundary skipped).
+    mark: tuple[Any, ...] | None = None
 
 
 def plan(
@@ -168,6 +175,10 @@ def plan(
     entry_ts = row_ts if bad.sequence is not None and row_ts else last_ts
     after = journal.after_window(bookmark, read, read.end, entry_ts)
     keep, hidden = journalrows.select(entries, ibmi.table_library, ibmi.tables)
+    cycle = boundary_cycle(row)
+    mark = None
+    if cycle is not None:
+        mark = journalrows.mark(journal_id, after, SKIP_MARK, commit_cycle=cycle)
     table, tables = skipped_tables(row, ibmi)
     if bad.sequence is None:
         position = f"{bad.receiver}:? after {bad.after}"
@@ -197,7 +208,7 @@ def plan(
         "expected": fault.expected,
         "payload": payload,
     }
-    return Skip(keep, hidden, after, position, fault.field, tables, letter)
+    return Skip(keep, hidden, after, position, fault.field, tables, letter, mark)
 
 
 def null_row_end(known: Sequence[int], read: Read) -> int:
@@ -236,6 +247,29 @@ def null_row_end(known: Sequence[int], read: Read) -> int:
     )
 
 
+def boundary_cycle(row: Sequence[Any]) -> int | None:
+    """The commit cycle a skipped row may have ended, or None.
+
+    A commit boundary (code C) or a row whose code is unknown may have been
+    the end of a cycle: the transformer would hold that cycle's changes for
+    ever, and the guardian, taking held keys as in flight, would never
+    repair them. The skip stores a ``SKIP_MARK`` there with the row's cycle
+    (0 when it does not read: every open cycle is cut, as after a data
+    gap); the transformer parks what the cycle held, and the checks the skip
+    queued (every relayed table) set those rows from the source.
+    """
+    code = journal.text(row[2]) if row[2] is not None else ""
+    if code not in ("C", ""):
+        return None
+    value = row[5]
+    if value is None or isinstance(value, bool):
+        return 0
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError, ArithmeticError):
+        return 0
+
+
 def skipped_tables(row: Sequence[Any], ibmi: IbmiSection) -> tuple[str, list[str]]:
     """(the row's table or '', tables to check) of a skipped journal row.
 
@@ -257,8 +291,11 @@ def skipped_tables(row: Sequence[Any], ibmi: IbmiSection) -> tuple[str, list[str
 
 
 def write(conn: sqlite3.Connection, skip: Skip) -> int:
-    """Inside the transaction that stores ``skip.entries``: park the row, count
-    it, queue the checks, clear the alarm. The dead letter's id."""
+    """Inside the transaction that stores ``skip.entries``, after them: the
+    mark of a skipped commit boundary, the row parked, counted, the checks
+    queued, the alarm cleared. The dead letter's id."""
+    if skip.mark is not None:
+        conn.execute(_INSERT_MARK, skip.mark)
     letter = store.park(conn, **skip.letter)
     store.bump(conn, SKIPPED)
     for table in skip.tables:

@@ -62,6 +62,9 @@ INTERNAL_TYPES = frozenset({("J", "IE")})
 # The relay's own marker in raw_entries where a data gap was passed over
 # (``on_data_gap = "resend"``); no IBM journal code is '*'.
 GAP_MARK = ("*", "DG")
+# ... and where an operator skipped a commit boundary (or an entry of unknown
+# code): its ``commit_cycle`` is the cycle that can no longer end (0: unknown).
+SKIP_MARK = ("*", "SK")
 READABLE = frozenset({"ATTACHED", "ONLINE", "SAVED"})
 ATTACHED = "ATTACHED"
 

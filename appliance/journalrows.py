@@ -34,6 +34,7 @@ from appliance.journal import (
     INTERNAL_TYPES,
     OBJECT_CODES,
     WINDOW_COLUMNS,
+    Bookmark,
     Read,
     number,
     text,
@@ -259,6 +260,39 @@ def check_rows(
         value=value,
         expected=expected,
     )
+
+
+def mark(
+    journal: str,
+    at: Bookmark,
+    kind: tuple[str, str],
+    *,
+    commit_cycle: int = 0,
+) -> tuple[Any, ...]:
+    """A relay's own marker entry (``GAP_MARK``, ``SKIP_MARK``) at ``at``'s
+    receiver, sequence and entry time, as a ``raw_entries`` tuple."""
+    code, entry_type = kind
+    values = {
+        "journal": journal,
+        "receiver_library": at.receiver_library,
+        "receiver_name": at.receiver_name,
+        "sequence": at.sequence,
+        "code": code,
+        "entry_type": entry_type,
+        "entry_ts": at.entry_ts,
+        "commit_cycle": commit_cycle,
+        "object": "",
+        "object_type": "",
+        "rrn": 0,
+        "job": "",
+        "program": "",
+        "user_name": "",
+        "indicator_flag": "",
+        "null_map": None,
+        "data": None,
+        "mined_at": time.time(),
+    }
+    return tuple(values[name] for name in ENTRY_FIELDS)
 
 
 # -- a row as it came (kept whole when an operator skips it) -------------------

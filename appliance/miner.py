@@ -72,6 +72,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -568,11 +569,11 @@ class MinerLeg:
         also: Callable[[], None] | None = None,
     ) -> None:
         with store.transaction(self.conn):
-            if also is not None:
-                also()
             if entries:
                 self.conn.executemany(_INSERT_ENTRY, entries)
                 store.bump(self.conn, "miner.entries", len(entries))
+            if also is not None:
+                also()  # after the entries: a mark it stores follows them
             if hidden:
                 store.bump(self.conn, "miner.internal_skipped", hidden)
             store.bump(self.conn, "miner.windows")
@@ -904,28 +905,8 @@ def _gap_mark(journal_id: str, resumed: Bookmark) -> tuple[Any, ...]:
     sequence one less), so the transformer drops what it holds of commit
     cycles whose end was lost (their rows go to the guardian's repair).
     """
-    code, kind = journal.GAP_MARK
-    mark = {
-        "journal": journal_id,
-        "receiver_library": resumed.receiver_library,
-        "receiver_name": resumed.receiver_name,
-        "sequence": resumed.sequence - 1,
-        "code": code,
-        "entry_type": kind,
-        "entry_ts": resumed.entry_ts,
-        "commit_cycle": 0,
-        "object": "",
-        "object_type": "",
-        "rrn": 0,
-        "job": "",
-        "program": "",
-        "user_name": "",
-        "indicator_flag": "",
-        "null_map": None,
-        "data": None,
-        "mined_at": time.time(),
-    }
-    return tuple(mark[name] for name in journalrows.ENTRY_FIELDS)
+    before = dataclasses.replace(resumed, sequence=resumed.sequence - 1)
+    return journalrows.mark(journal_id, before, journal.GAP_MARK)
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: dict[str, Any]) -> None:

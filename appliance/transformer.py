@@ -48,7 +48,7 @@ from appliance.decoding.versions import CatalogReader, DecoderVersions
 from appliance.doorbell import Doorbell
 from appliance.errors import DecodeError, SourceError
 from appliance.heldrows import HeldRows
-from appliance.journal import GAP_MARK
+from appliance.journal import GAP_MARK, SKIP_MARK
 from appliance.netting import (
     Event,
     canonical,
@@ -342,6 +342,8 @@ class TransformerLeg:
             self._journaling_started(row)
         elif (code, kind) == GAP_MARK:
             self._cut_cycles(row)
+        elif (code, kind) == SKIP_MARK:
+            self._cut_skipped(row)
         elif code == "F" and kind == "RG" and self._relayed(row):
             self._reorganized(row)
         else:
@@ -710,33 +712,80 @@ class TransformerLeg:
             events.extend(change)
         return events
 
-    def _cut_cycles(self, row: Entry) -> None:
-        """A data gap was passed over: held cycles lost their end or changes.
+    def _cut_skipped(self, row: Entry) -> None:
+        """An operator skipped a commit boundary here (``SKIP_MARK``).
 
-        Parked (the repair checks asked with the gap set those rows right).
+        The cycle it may have ended (the mark's ``commit_cycle``) can never
+        end: what it holds is parked, and the checks the skip queued set
+        those rows from the source (held keys would be taken as in flight).
+        Cycle 0, unknown: every open cycle is cut, as after a data gap.
+        """
+        if not row["commit_cycle"]:
+            self._cut_cycles(
+                row,
+                "commit cycle cut: an entry of unknown cycle, maybe its end,"
+                " was skipped by an operator",
+                "transformer.cycles_cut_by_skip",
+            )
+            return
+        cycle = self._cycle_of(row)
+        if cycle is None:
+            return  # nothing held: the cycle ended or never started here
+        events = self._close_cycle(row, cycle)
+        self._park_events(
+            row,
+            events,
+            f"commit cycle {row['commit_cycle']} cut: its boundary was skipped"
+            " by an operator",
+            "the guardian's repair check of the table (asked with the skip)",
+        )
+        self._count("transformer.cycles_cut_by_skip")
+        logger.warning(
+            "skipped commit boundary, its cycle dropped stage=%s position=%s"
+            " cycle=%s count=%d",
+            STAGE,
+            _position(row),
+            row["commit_cycle"],
+            len(events),
+        )
+
+    def _cut_cycles(
+        self,
+        row: Entry,
+        reason: str = "commit cycle cut by a data gap: its end was lost",
+        counter: str = "transformer.cycles_cut_by_gap",
+    ) -> None:
+        """A data gap (or a skip of an entry of unknown cycle) was passed over:
+        held cycles lost their end or changes.
+
+        Parked (the repair checks asked with the gap or skip set those rows
+        right).
         """
         self._held.write_back()  # the pattern deletes below see the table itself
         held = self.conn.execute(
             "DELETE FROM held_changes WHERE cycle_key LIKE 'cycle:%'"
-            " RETURNING raw_id, change"
+            " RETURNING raw_id, change, cycle_key"
         ).fetchall()
         self.conn.execute(
             "DELETE FROM held_changes WHERE cycle_key LIKE 'open:%'"
             " OR cycle_key LIKE 'before:%'"
         )
-        events = [e for _, change in sorted(held) for e in json.loads(change)]
+        # In raw id order (rows, not tuples: sorted() cannot compare them).
+        in_order = sorted(held, key=lambda row: int(row[0]))
+        events = [e for row in in_order for e in json.loads(row[1])]
         self._park_events(
             row,
             events,
-            "commit cycle cut by a data gap: its end was lost",
+            reason,
             "the guardian's repair check of the table (asked)",
         )
-        self._count("transformer.cycles_cut_by_gap", len(held))
+        self._count(counter, len({row[2] for row in held}))
         logger.warning(
-            "data gap passed, open cycles dropped stage=%s position=%s count=%d",
+            "open cycles dropped stage=%s position=%s count=%d reason=%s",
             STAGE,
             _position(row),
             len(events),
+            reason,
         )
 
     def _park_events(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -412,3 +413,20 @@ def test_null_row_place_one_hole_or_after_the_last() -> None:
     two = [s for s in range(101, 201) if s not in (120, 150)]
     with pytest.raises(entryskip.SkipRefused, match="sequences 120, 150 are missing"):
         entryskip.null_row_end(two, behind)
+
+
+def test_a_skipped_boundary_marks_the_cycle_it_may_have_ended() -> None:
+    """A C entry, or one whose code is unknown, may have ended a cycle: the
+    skip stores a SKIP_MARK with that cycle (0 when it does not read)."""
+    row: list[Any] = [None] * 18
+    row[2], row[5] = "C", Decimal(42)
+    assert entryskip.boundary_cycle(row) == 42
+    row[2] = None  # unknown code, its cycle readable
+    assert entryskip.boundary_cycle(row) == 42
+    row[5] = None  # neither: every open cycle is cut
+    assert entryskip.boundary_cycle(row) == 0
+    row[5] = b"\x00"
+    assert entryskip.boundary_cycle(row) == 0
+    for code in ("R", "J", "F", "D"):
+        row[2] = code
+        assert entryskip.boundary_cycle(row) is None

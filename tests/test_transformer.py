@@ -1038,6 +1038,51 @@ def test_journaling_restart_after_ej_asks_one_check_mr_asks_at_once(
     assert [r[:4] for r in reasons(conn)] == ["F EJ", "F MR"]
 
 
+def test_skip_mark_parks_only_the_cycle_whose_boundary_was_skipped(box: Any) -> None:
+    """An operator skipped cycle A's C CM: A's changes are parked (the skip's
+    checks repair them), B, open beside it, commits as usual."""
+    conf, conn, journal = box
+    first = journal.start()
+    journal.add("R", "PT", cycle=first, rrn=1, data=image("000001", 100))
+    other = journal.start(job=JOB2)
+    journal.add("R", "PT", cycle=other, rrn=2, job=JOB2, data=image("000002", 200))
+    journal.add("*", "SK", cycle=first, table="")  # where the C CM was skipped
+    journal.add("R", "PT", cycle=other, rrn=3, job=JOB2, data=image("000003", 300))
+    journal.add("C", "CM", cycle=other, table="", job=JOB2)
+    drain(leg_for(conf, conn))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [
+        ("c", "000002"),
+        ("c", "000003"),
+    ]
+    assert reasons(conn) == [
+        f"commit cycle {first} cut: its boundary was skipped by an operator"
+    ]
+    assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
+    assert store.counters(conn)["transformer.cycles_cut_by_skip"] == 1
+
+
+def test_skip_mark_of_an_unknown_cycle_cuts_every_open_cycle(box: Any) -> None:
+    conf, conn, journal = box
+    first = journal.start()
+    journal.add("R", "PT", cycle=first, rrn=1, data=image("000001", 100))
+    other = journal.start(job=JOB2)
+    journal.add("R", "PT", cycle=other, rrn=2, job=JOB2, data=image("000002", 200))
+    journal.add("*", "SK", cycle=0, table="")
+    later = journal.start()
+    journal.add("R", "PT", cycle=later, rrn=3, data=image("000003", 300))
+    journal.add("C", "CM", cycle=later, table="")
+    drain(leg_for(conf, conn))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [("c", "000003")]
+    cut = (
+        "commit cycle cut: an entry of unknown cycle, maybe its end, was skipped"
+        " by an operator"
+    )
+    assert reasons(conn) == [cut, cut]
+    assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
+
+
 def test_data_gap_mark_parks_the_cycles_it_cut(box: Any) -> None:
     """The miner's gap mark: held cycles are parked, later cycles go on."""
     conf, conn, journal = box
