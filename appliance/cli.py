@@ -226,7 +226,12 @@ def _whole(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1 (got {text})"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (got {text})")
     return value

@@ -637,7 +637,7 @@ def skip_entry_args(args: dict[str, Any]) -> dict[str, Any]:
         ) from None
     if number < (1 if name == "sequence" else 0):
         raise CommandError(f"{name} {number}: expected a sequence number")
-    _check_numbers(number)
+    _check_numbers(number, name)
     return {"receiver": "/".join(parts), name: number}
 
 

@@ -264,7 +264,10 @@ class EnricherLeg:
 
     def status(self) -> str:
         lanes = ",".join(f"{k}:{v}" for k, v in sorted(self.lane_seqs.items()))
-        return f"messages={self._messages} parked={self._parked} lane_seq={lanes}"
+        return (
+            f"this run: messages={self._messages} parked={self._parked}"
+            f" lane_seq={lanes}"
+        )
 
     # -- reading ---------------------------------------------------------------
 

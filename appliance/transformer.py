@@ -171,7 +171,7 @@ class TransformerLeg:
     def status(self) -> str:
         tally = self._tally
         text = (
-            f"entries={tally['entries']} changes={tally['changes']}"
+            f"this run: entries={tally['entries']} changes={tally['changes']}"
             f" parked={tally['parked']}"
         )
         if self._failures:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import commands, store
+from appliance import cli, commands, store
 
 
 @pytest.mark.parametrize(
@@ -108,3 +108,22 @@ def test_a_guardian_dead_letter_is_discarded_by_its_own_leg_only(
     assert "is of stage 'control'" in rows[0][2]
     state = conn.execute("SELECT state FROM dead_letters WHERE id = ?", (letter,))
     assert state.fetchone()[0] == "discarded"
+
+
+def test_a_skip_past_64_bits_names_its_argument() -> None:
+    huge = "9" * 30
+    with pytest.raises(commands.CommandError) as refused:
+        commands.skip_entry_args({"receiver": "MAG/QSQJRN0001", "sequence": huge})
+    assert (
+        str(refused.value) == "argument sequence: expected an integer that fits 64 bits"
+    )
+
+
+def test_the_cli_names_a_sequence_that_is_not_whole(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["skip-entry", "--receiver", "MAG/QSQJRN0001", "--sequence", "1e3"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --sequence: expected a whole number >= 1 (got 1e3)" in err

@@ -543,7 +543,7 @@ def test_build_wires_the_pipeline_database(tmp_path: Path) -> None:
     try:
         assert leg.name == "transformer"
         assert leg.step() is False
-        assert leg.status() == "entries=0 changes=0 parked=0"
+        assert leg.status() == "this run: entries=0 changes=0 parked=0"
     finally:
         leg.close()
 
