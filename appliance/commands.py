@@ -11,7 +11,10 @@ Invariants:
   ``pending`` to ``running`` before calling the handler and to ``done`` or
   ``failed`` after. A leg killed in between leaves it ``running``; the next
   start marks it ``failed`` ("interrupted") rather than repeat it, and the
-  operator sees that in the audit page and asks again if needed.
+  operator sees that in the audit page and asks again if needed. A handler
+  that cannot decide yet raises :class:`CommandLater`: the command goes back
+  to ``pending`` unrun and is taken again at the next poll (the miner's
+  ``skip_entry`` right after a restart).
 - ``pause`` and ``resume`` are handled here for every leg: the flag is kept
   in ``leg_flags`` so a paused leg stays paused across a restart.
 - Only the enricher writes ``outbox.lane_seq``: a re-send (:func:`resend`)
@@ -109,6 +112,11 @@ CREATE TABLE IF NOT EXISTS audit (
 
 class CommandError(ApplianceError):
     """A command that cannot be requested or carried out (message says why)."""
+
+
+class CommandLater(ApplianceError):
+    """The leg cannot decide yet (it has not read what the command is about
+    since its start): the command goes back to pending for the next poll."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,11 @@ class Runner:
             logger.warning("commands not read stage=%s error=%s", self.name, exc)
             return 0
         for command in todo:
-            ok, result = self._run(command)
+            try:
+                ok, result = self._run(command)
+            except CommandLater as exc:
+                self._put_back(command.id, str(exc))
+                continue
             self._finish(command.id, ok, result)
             log = logger.info if ok else logger.warning
             log(
@@ -297,6 +309,16 @@ class Runner:
                 command.id,
             )
         return len(todo)
+
+    def _put_back(self, command_id: int, why: str) -> None:
+        """Pending again, for the next poll (taken again then)."""
+        with store.transaction(self.conn):
+            self.conn.execute(
+                "UPDATE commands SET state = 'pending'"
+                " WHERE id = ? AND state = 'running'",
+                (command_id,),
+            )
+        logger.debug("command waits stage=%s id=%d why=%s", self.name, command_id, why)
 
     def _finish(self, command_id: int, ok: bool, result: str) -> None:
         """Record the outcome, retried while the database stays busy."""
@@ -331,6 +353,8 @@ class Runner:
             if handler is None:
                 raise CommandError(f"leg {self.name} carries out no {command.kind}")
             return True, str(handler(command.kind, command.args))
+        except CommandLater:
+            raise
         except (
             ApplianceError,
             KeyError,

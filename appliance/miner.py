@@ -122,6 +122,9 @@ WAIT_SETTLE_S = 0.1
 # see ~90 calls/s at 200 changes/s. 0.1 s caps it at 10/s for <= 0.1 s more
 # latency.
 WAIT_MIN_GAP_S = 0.1
+# A skip asked while the miner was down waits this long after its start for
+# the alarm's window to be read again, then is refused as any other.
+SKIP_WAIT_S = 60.0
 
 # Positional, in journalrows.ENTRY_FIELDS order: a window goes in as one
 # executemany of plain tuples.
@@ -198,6 +201,7 @@ class MinerLeg:
         self._cancel_logged = False
         self._last_wait = 0.0
         self._denied = False
+        self._started = time.monotonic()
         self._bad: journalrows.EntryError | None = None
         self._bad_alarm = False
 
@@ -589,6 +593,14 @@ class MinerLeg:
         so the decision rests on what the source says now)."""
         from appliance import commands
 
+        if (
+            self._bad is None
+            and self._bad_alarm
+            and time.monotonic() - self._started < SKIP_WAIT_S
+        ):
+            # The alarm shown is from before a restart: the first read of its
+            # window raises it again (or clears it) within seconds.
+            raise commands.CommandLater("the alarm's window is not read again yet")
         named, bookmark, bad = entryskip.check(
             self._bad, self._bad_alarm, self._bookmark, args
         )

@@ -123,6 +123,51 @@ def test_skip_is_refused_without_an_alarm_or_for_another_entry(
 
 
 @integration
+def test_a_skip_asked_while_the_miner_was_down_waits_for_its_window(
+    site: Site,  # noqa: F811
+) -> None:
+    """Queued before a restarted miner has read the alarm's window again, the
+    skip goes back to pending, then is carried out once the read raised the
+    alarm again; past ``SKIP_WAIT_S`` it is refused as stale."""
+    receiver, seq = prepared(site, "commit_cycle", above=150, seed=17)
+    first = site.leg(window=100)
+    refused(first)
+    first.close()  # the miner stops; the alarm stays on the page
+    leg = site.leg(window=100)
+    named = {"receiver": f"MAG/{receiver}", "sequence": seq}
+    conn = store.connect(leg.settings.pipeline.db_path)
+    try:
+        command_id = commands.request(conn, "miner", "skip_entry", named, "tech")
+        runner = commands.Runner(
+            conn, leg, "miner", clock=iter(range(0, 99, 1)).__next__
+        )
+        assert runner.run_pending() == 1
+        state = conn.execute(
+            "SELECT state FROM commands WHERE id = ?", (command_id,)
+        ).fetchone()[0]
+        assert state == "pending"  # put back: the window is not read yet
+        refused(leg)
+        assert runner.run_pending() == 1
+        state, result = conn.execute(
+            "SELECT state, result FROM commands WHERE id = ?", (command_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    assert state == "done", result
+    assert result.startswith(f"skipped MAG/{receiver}:{seq}: dead letter ")
+    assert store.counters(leg.conn)["miner.skipped_entries"] == 1
+    leg.close()
+
+    again = site.leg(window=100)
+    again._bad_alarm = True  # an alarm left from before this start ...
+    again._started -= miner.SKIP_WAIT_S  # ... and the wait is over
+    state, result = carry_out(again, named)
+    assert state == "failed"
+    assert "the alarm shown is from before the miner's restart" in result
+    again.close()
+
+
+@integration
 def test_skip_is_refused_when_the_entry_reads_whole_again(
     site: Site,  # noqa: F811
 ) -> None:
