@@ -19,9 +19,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from test_miner_nulls import null_field, wrap_display_journal
@@ -50,10 +51,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.close()
 
 
-def until(what: str, found: object, timeout_s: float = 120.0) -> None:
+def until(what: str, found: Callable[[], object], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if found():  # type: ignore[operator]
+        if found():
             return
         time.sleep(0.5)
     raise AssertionError(f"never: {what}")
@@ -63,11 +64,11 @@ def test_skipped_commit_is_repaired_by_the_checks_it_queues(relay: Stack) -> Non
     emu = relay.emulator()
     workload.seed_store(emu, articles=20, seed=3)
     relay.wait_drained(timeout_s=120)
-    site = SimpleNamespace(
+    site: Any = SimpleNamespace(
         admin=relay.services.conninfo(relay.ibmi_db),
         ibmi=SimpleNamespace(user=f"relay_{relay.name}"),
     )
-    wrap_display_journal(site)  # type: ignore[arg-type]
+    wrap_display_journal(site)
     miner = next(leg.process.pid for leg in relay.legs if leg.name == "miner")
     os.kill(miner, signal.SIGSTOP)  # so the CM is shown NULL on first read
     try:
@@ -77,7 +78,7 @@ def test_skipped_commit_is_repaired_by_the_checks_it_queues(relay: Stack) -> Non
             job.commit()
         head = emu.head()
         assert head.sequence is not None
-        null_field(site, head.receiver_name, head.sequence, "journal_entry_type")  # type: ignore[arg-type]
+        null_field(site, head.receiver_name, head.sequence, "journal_entry_type")
     finally:
         os.kill(miner, signal.SIGCONT)
 
