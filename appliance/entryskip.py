@@ -137,9 +137,12 @@ def plan(
     user: str,
     command_id: int,
     now: float,
+    internal: set[int] | None = None,
 ) -> Skip:
     """The skip of ``bad``'s row from ``rows``, the window ``read`` as the
-    source gave it again; :class:`SkipRefused` when it cannot be done safely."""
+    source gave it again; :class:`SkipRefused` when it cannot be done safely.
+    ``internal``: sequences of the window's hidden internal entries
+    (:func:`hidden_sequences`), which are no holes a row could sit in."""
     mine = [r for r in rows if journalrows.row_sequence(r) == bad.sequence]
     rest = [r for r in rows if journalrows.row_sequence(r) != bad.sequence]
     start = read.start
@@ -167,7 +170,7 @@ def plan(
         ) from exc
     journalrows.check_window(entries, read)
     if bad.sequence is None:
-        known = [e[journalrows.SEQUENCE_AT] for e in entries]
+        known = [e[journalrows.SEQUENCE_AT] for e in entries] + sorted(internal or ())
         read = Read(read.receiver, start, null_row_end(known, read), at_head=False)
     row = mine[0]
     row_ts = journal.timestamp(row[0]) if row[0] is not None else None
@@ -209,6 +212,26 @@ def plan(
         "payload": payload,
     }
     return Skip(keep, hidden, after, position, fault.field, tables, letter, mark)
+
+
+def hidden_sequences(
+    shown: Sequence[Sequence[Any]], rows: Sequence[Sequence[Any]]
+) -> set[int]:
+    """Sequences of the window's hidden internal entries.
+
+    ``shown`` is the window read with ``INCLUDE_INTERNAL`` first, ``rows``
+    the plain read after it. A sequence in ``shown`` and not in ``rows`` is
+    an internal entry's, when it is below the plain read's last: an entry
+    journaled between the two reads has a higher sequence than any of
+    ``shown``, so it can only be in ``rows``; sequences past the plain
+    read's last are left out, so nothing at the head is taken for hidden.
+    """
+    plain = {n for n in map(journalrows.row_sequence, rows) if n is not None}
+    if not plain:
+        return set()
+    last = max(plain)
+    found = {n for n in map(journalrows.row_sequence, shown) if n is not None}
+    return {n for n in found - plain if n < last}
 
 
 def null_row_end(known: Sequence[int], read: Read) -> int:

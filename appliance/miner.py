@@ -178,6 +178,9 @@ class MinerLeg:
         self._own_store = own_store
         self._source: Any = None
         self._sql = journal.window_sql(self.ibmi.dialect)
+        self._internal_sql = journal.window_sql(
+            self.ibmi.dialect, include_internal=True
+        )
         self._wait_sql = journal.window_sql(
             self.ibmi.dialect, eof_delay=self.ibmi.wait_s
         )
@@ -607,7 +610,7 @@ class MinerLeg:
         found = commands.requested(self.conn, self.name, "skip_entry", given)
         command_id, user = found if found is not None else (0, "?")
         try:
-            read, rows = self._reread(bookmark, bad)
+            read, rows, hidden = self._reread(bookmark, bad)
             skip = entryskip.plan(
                 bookmark,
                 bad,
@@ -618,6 +621,7 @@ class MinerLeg:
                 user=user,
                 command_id=command_id,
                 now=time.time(),
+                internal=hidden,
             )
         except entryskip.SkipRefused as exc:
             raise commands.CommandError(f"{named} not skipped: {exc}") from exc
@@ -654,8 +658,10 @@ class MinerLeg:
 
     def _reread(
         self, bookmark: Bookmark, bad: journalrows.EntryError
-    ) -> tuple[Read, list[Any]]:
-        """The alarm's window as the source gives it now (cut at a sequence)."""
+    ) -> tuple[Read, list[Any], set[int]]:
+        """The alarm's window as the source gives it now (cut at a sequence),
+        and for a row without a sequence the sequences of the window's hidden
+        internal entries (:func:`entryskip.hidden_sequences`)."""
         src = self._ensure_source()
         self._refresh(src)
         rcv = journal.index(self._receivers).get(bookmark.key)
@@ -672,7 +678,22 @@ class MinerLeg:
         params = journal.window_params(
             self.ibmi.journal_library, self.ibmi.journal_name, read
         )
-        return read, self._query(src, self._sql, params, "reading the window again")
+        shown: list[Any] | None = None
+        if bad.sequence is None:
+            # Read first, so an entry journaled meanwhile is in the plain read.
+            try:
+                shown = self._query(
+                    src, self._internal_sql, params, "reading internal entries"
+                )
+            except SourceError as exc:  # a release without INCLUDE_INTERNAL
+                logger.info(
+                    "internal entries not shown, holes stay unknown stage=miner"
+                    " error=%s",
+                    exc,
+                )
+        rows = self._query(src, self._sql, params, "reading the window again")
+        hidden = set() if shown is None else entryskip.hidden_sequences(shown, rows)
+        return read, rows, hidden
 
     # -- head, backlog, failures -----------------------------------------------
 

@@ -341,16 +341,13 @@ def test_null_sequence_row_is_dropped_when_the_window_leaves_it_one_place(
     leg.close()
 
 
-@integration
-def test_null_sequence_row_among_hidden_gaps_is_refused_and_says_why(
-    site: Site,  # noqa: F811
-) -> None:
-    """Hidden entries leave holes: the NULL row's place is not known, refused."""
+def hidden_gap_row(site: Site) -> tuple[str, int]:  # noqa: F811
+    """An R entry past 100 whose window holds 3 or more hidden entries."""
     workload.seed_store(site.emu, 25, seed=41)  # the fixture's 5 % hidden gaps
     workload.run(site.emu, 0, changes=60, seed=42)
     wrap_display_journal(site)
     visible = {(e[0], e[1]) for e in site.journal()}
-    receiver, seq = next(
+    return next(
         (rcv, s)
         for rcv, s in r_entries(site)
         if s > 100
@@ -360,8 +357,45 @@ def test_null_sequence_row_among_hidden_gaps_is_refused_and_says_why(
         )
         >= 3
     )
+
+
+@integration
+def test_null_sequence_row_among_hidden_entries_is_placed_by_reading_them(
+    site: Site,  # noqa: F811
+) -> None:
+    """Hidden entries leave holes in the plain read; read with
+    INCLUDE_INTERNAL they fill them, so the row's one place is known."""
+    receiver, seq = hidden_gap_row(site)
     null_field(site, receiver, seq, "sequence_number")
     leg = site.leg(window=100)
+    found = refused(leg)
+    after = int(found["last_stored"])
+    state, result = carry_out(leg, {"receiver": f"MAG/{receiver}", "null_after": after})
+    assert state == "done", result
+    [letter] = letters(leg)
+    assert letter["position"] == f"MAG/{receiver}:? after {after}"
+    bookmark = miner.load_bookmark(leg.conn, "MAG/QSQJRN")
+    assert bookmark is not None and bookmark.sequence == window_start(seq, 100) + 99
+
+    null_field(site, receiver, seq, None)
+    leg._retry_at = 0.0
+    drain(leg)
+    assert mined(site.db_path) == [
+        e for e in site.journal() if e[:2] != (receiver, seq)
+    ]
+    leg.close()
+
+
+@integration
+def test_null_sequence_row_among_hidden_gaps_is_refused_and_says_why(
+    site: Site,  # noqa: F811
+) -> None:
+    """A source that cannot show internal entries (before 7.5 TR5 / 7.4
+    TR26) leaves the holes unknown: the row could be any of them, refused."""
+    receiver, seq = hidden_gap_row(site)
+    null_field(site, receiver, seq, "sequence_number")
+    leg = site.leg(window=100)
+    leg._internal_sql = "SELECT no_such_column FROM no_such_table"
     found = refused(leg)
     after = int(found["last_stored"])
     state, result = carry_out(leg, {"receiver": f"MAG/{receiver}", "null_after": after})
@@ -475,3 +509,15 @@ def test_a_skipped_boundary_marks_the_cycle_it_may_have_ended() -> None:
     for code in ("R", "J", "F", "D"):
         row[2] = code
         assert entryskip.boundary_cycle(row) is None
+
+
+def test_hidden_sequences_are_holes_of_the_plain_read_below_its_last() -> None:
+    def rows(*sequences: int | None) -> list[list[Any]]:
+        return [[None, None if n is None else Decimal(n)] for n in sequences]
+
+    shown = rows(101, 102, 103, 104, 105, None, 106, 107, 109)
+    plain = rows(101, 102, 104, None, 106, 108)  # 108: journaled between the reads
+    # 103, 105, 107 are internal; 109 is past the plain read's last, not taken.
+    assert entryskip.hidden_sequences(shown, plain) == {103, 105, 107}
+    assert entryskip.hidden_sequences(shown, rows(None)) == set()
+    assert entryskip.hidden_sequences([], plain) == set()
