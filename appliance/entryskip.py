@@ -36,7 +36,7 @@ from typing import Any
 from appliance import checks, journal, journalrows, store
 from appliance.commands import CommandError
 from appliance.config import IbmiSection
-from appliance.journal import SKIP_MARK, Bookmark, Read
+from appliance.journal import SKIP_MARK, SKIP_ROW_MARK, Bookmark, Read
 from appliance.journalrows import EntryError
 
 STAGE = "miner"
@@ -47,6 +47,10 @@ SKIPPED = "miner.skipped_entries"
 _INSERT_MARK = "INSERT INTO raw_entries ({}) VALUES ({})".format(
     ", ".join(journalrows.ENTRY_FIELDS), ", ".join("?" * len(journalrows.ENTRY_FIELDS))
 )
+
+
+# Entry types of row changes (an entry of one is never a commit boundary).
+ROW_TYPES = frozenset({"PT", "PX", "UB", "UP", "DL", "BR", "UR", "DR"})
 
 
 class SkipRefused(ValueError):
@@ -122,7 +126,8 @@ class Skip:
     field: str
     tables: list[str]
     letter: dict[str, Any]
-    # The SKIP_MARK stored after the entries (a commit boundary skipped).
+    # The mark stored after the entries: SKIP_MARK (a commit boundary
+    # skipped) or SKIP_ROW_MARK (a row change of a cycle skipped).
     mark: tuple[Any, ...] | None = None
 
 
@@ -178,10 +183,24 @@ def plan(
     entry_ts = row_ts if bad.sequence is not None and row_ts else last_ts
     after = journal.after_window(bookmark, read, read.end, entry_ts)
     keep, hidden = journalrows.select(entries, ibmi.table_library, ibmi.tables)
-    cycle = boundary_cycle(row)
-    mark = None
+    cycle, mark = boundary_cycle(row), None
     if cycle is not None:
         mark = journalrows.mark(journal_id, after, SKIP_MARK, commit_cycle=cycle)
+    elif (own := row_cycle(row)) is not None:
+        # Its object, RRN and job: the transformer frees a before image held
+        # for it (the UB of a skipped UP), which no UP would ever take.
+        obj = journal.text(row[6]) if row[6] is not None else ""
+        rrn = journal.number(row[4]) if _whole(row[4]) else 0
+        job = "/".join(journal.text(row[i]) for i in (11, 10, 9))
+        mark = journalrows.mark(
+            journal_id,
+            after,
+            SKIP_ROW_MARK,
+            commit_cycle=own,
+            obj=obj.ljust(30) if obj else "",
+            rrn=rrn or 0,
+            job=job,
+        )
     table, tables = skipped_tables(row, ibmi)
     if bad.sequence is None:
         position = f"{bad.receiver}:? after {bad.after}"
@@ -273,8 +292,9 @@ def null_row_end(known: Sequence[int], read: Read) -> int:
 def boundary_cycle(row: Sequence[Any]) -> int | None:
     """The commit cycle a skipped row may have ended, or None.
 
-    A commit boundary (code C) or a row whose code is unknown may have been
-    the end of a cycle: the transformer would hold that cycle's changes for
+    A commit boundary (code C), or a row whose code is unknown and that has
+    neither an object nor a row change's type, may have been the end of a
+    cycle: the transformer would hold that cycle's changes for
     ever, and the guardian, taking held keys as in flight, would never
     repair them. The skip stores a ``SKIP_MARK`` there with the row's cycle
     (0 when it does not read: every open cycle is cut, as after a data
@@ -284,6 +304,10 @@ def boundary_cycle(row: Sequence[Any]) -> int | None:
     code = journal.text(row[2]) if row[2] is not None else ""
     if code not in ("C", ""):
         return None
+    kind = journal.text(row[3]) if row[3] is not None else ""
+    obj = journal.text(row[6]) if row[6] is not None else ""
+    if not code and (kind in ROW_TYPES or obj):
+        return None  # a row change whose code reads NULL: not a boundary
     value = row[5]
     if value is None or isinstance(value, bool):
         return 0
@@ -291,6 +315,34 @@ def boundary_cycle(row: Sequence[Any]) -> int | None:
         return max(int(value), 0)
     except (TypeError, ValueError, ArithmeticError):
         return 0
+
+
+def _whole(value: Any) -> bool:
+    """``value`` reads as a whole number (a DECIMAL(21,0) column)."""
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        int(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    return True
+
+
+def row_cycle(row: Sequence[Any]) -> int | None:
+    """The commit cycle of a skipped row change, or None (none, or unknown).
+
+    Its cycle may still be open at the source when the skip's checks read
+    the table: the skip stores a ``SKIP_ROW_MARK`` with the cycle, and the
+    transformer queues the checks again when the cycle ends (CM or RB).
+    """
+    value = row[5]
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        cycle = int(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    return cycle if cycle > 0 else None
 
 
 def skipped_tables(row: Sequence[Any], ibmi: IbmiSection) -> tuple[str, list[str]]:

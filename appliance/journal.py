@@ -65,6 +65,10 @@ GAP_MARK = ("*", "DG")
 # ... and where an operator skipped a commit boundary (or an entry of unknown
 # code): its ``commit_cycle`` is the cycle that can no longer end (0: unknown).
 SKIP_MARK = ("*", "SK")
+# ... and where it skipped a row change of cycle ``commit_cycle``, still
+# open then: its table (``object``; blank: every relayed table) is checked
+# again once that cycle ends, when the source shows how it ended.
+SKIP_ROW_MARK = ("*", "SR")
 READABLE = frozenset({"ATTACHED", "ONLINE", "SAVED"})
 ATTACHED = "ATTACHED"
 

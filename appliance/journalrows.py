@@ -268,9 +268,13 @@ def mark(
     kind: tuple[str, str],
     *,
     commit_cycle: int = 0,
+    obj: str = "",
+    rrn: int = 0,
+    job: str = "",
 ) -> tuple[Any, ...]:
-    """A relay's own marker entry (``GAP_MARK``, ``SKIP_MARK``) at ``at``'s
-    receiver, sequence and entry time, as a ``raw_entries`` tuple."""
+    """A relay's own marker entry (``GAP_MARK``, ``SKIP_MARK``,
+    ``SKIP_ROW_MARK``) at ``at``'s receiver, sequence and entry time, as a
+    ``raw_entries`` tuple."""
     code, entry_type = kind
     values = {
         "journal": journal,
@@ -281,10 +285,10 @@ def mark(
         "entry_type": entry_type,
         "entry_ts": at.entry_ts,
         "commit_cycle": commit_cycle,
-        "object": "",
+        "object": obj,
         "object_type": "",
-        "rrn": 0,
-        "job": "",
+        "rrn": rrn,
+        "job": job,
         "program": "",
         "user_name": "",
         "indicator_flag": "",

@@ -48,7 +48,7 @@ from appliance.decoding.versions import CatalogReader, DecoderVersions
 from appliance.doorbell import Doorbell
 from appliance.errors import DecodeError, SourceError
 from appliance.heldrows import HeldRows
-from appliance.journal import GAP_MARK, SKIP_MARK
+from appliance.journal import GAP_MARK, SKIP_MARK, SKIP_ROW_MARK
 from appliance.netting import (
     Event,
     canonical,
@@ -344,6 +344,8 @@ class TransformerLeg:
             self._cut_cycles(row)
         elif (code, kind) == SKIP_MARK:
             self._cut_skipped(row)
+        elif (code, kind) == SKIP_ROW_MARK:
+            self._skipped_row(row)
         elif code == "F" and kind == "RG" and self._relayed(row):
             self._reorganized(row)
         else:
@@ -692,6 +694,7 @@ class TransformerLeg:
         if kind == "SC":
             self._open_cycle(row)
             return
+        self._release_checks(row)
         cycle = self._cycle_of(row)
         if cycle is None:
             self._count("transformer.ignored")
@@ -712,6 +715,47 @@ class TransformerLeg:
             events.extend(change)
         return events
 
+    def _skipped_row(self, row: Entry) -> None:
+        """The miner skipped a row change of cycle ``commit_cycle`` here: its
+        table is checked again when the cycle ends, and a before image held
+        for it (the UB of a skipped UP: same object, RRN and job) is dropped,
+        as no UP will ever take it."""
+        self._check_after(
+            row["journal"], row["commit_cycle"], row, self._mark_tables(row)
+        )
+        slot = f"before:{row['object']}|{row['rrn']}|{row['job']}"
+        if row["object"] and self._held.take(slot):
+            self._count("transformer.unpaired_before")
+
+    def _mark_tables(self, row: Entry) -> list[str]:
+        """The relayed table a ``SKIP_ROW_MARK`` names (every one when blank)."""
+        library, table = _object_names(row)
+        if not table:
+            return sorted(self._tables)
+        return [table] if library == self._library and table in self._tables else []
+
+    def _check_after(
+        self, journal: str, cycle: int, row: Entry, tables: list[str]
+    ) -> None:
+        """Check ``tables`` again when cycle ``cycle`` ends (CM or RB).
+
+        A skip's checks may read the source while a cycle it touched is
+        still open there; read again once it ended, they see how it ended.
+        Kept in ``held_changes`` (key ``check_after:<journal>:<cycle>``).
+        """
+        if tables:
+            value = {"tables": tables, "position": _position(row)}
+            self._held.put(f"check_after:{journal}:{cycle}", row["id"], value)
+
+    def _release_checks(self, row: Entry) -> None:
+        """The cycle of this C CM or RB ended: queue the checks waiting for it."""
+        key = f"check_after:{row['journal']}:{row['commit_cycle']}"
+        for _, value in self._held.take(key):
+            for table in value["tables"]:
+                origin = f"transformer cycle_end {value['position']} {table}"
+                checks.queue(self.conn, table, "skipped_entry", origin)
+            self._count("transformer.checks_after_cycle")
+
     def _cut_skipped(self, row: Entry) -> None:
         """An operator skipped a commit boundary here (``SKIP_MARK``).
 
@@ -721,6 +765,10 @@ class TransformerLeg:
         Cycle 0, unknown: every open cycle is cut, as after a data gap.
         """
         if not row["commit_cycle"]:
+            # Whichever of the open cycles it ended, the others end later at
+            # the source: their tables are checked again then.
+            for journal, number in self._open_cycles():
+                self._check_after(journal, number, row, sorted(self._tables))
             self._cut_cycles(
                 row,
                 "commit cycle cut: an entry of unknown cycle, maybe its end,"
@@ -748,6 +796,17 @@ class TransformerLeg:
             row["commit_cycle"],
             len(events),
         )
+
+    def _open_cycles(self) -> list[tuple[str, int]]:
+        """(journal, cycle number) of every cycle held open now."""
+        self._held.write_back()
+        found = []
+        for (key,) in self.conn.execute(
+            "SELECT DISTINCT cycle_key FROM held_changes WHERE cycle_key LIKE 'open:%'"
+        ):
+            journal, _, cycle = str(key).removeprefix("open:").rpartition(":")
+            found.append((journal, int(cycle)))
+        return sorted(found)
 
     def _cut_cycles(
         self,

@@ -47,6 +47,16 @@ def carry_out(
     return str(row[0]), str(row[1])
 
 
+def entries_mined(db_path: Path) -> list[tuple[Any, ...]]:
+    """The journal entries mined, without the relay's own marks (code '*')."""
+    return [e for e in mined(db_path) if e[2] != "*"]
+
+
+def marks(db_path: Path) -> list[tuple[Any, ...]]:
+    """(sequence, type) of the relay's own marks among the mined rows."""
+    return [(e[1], e[3]) for e in mined(db_path) if e[2] == "*"]
+
+
 def letters(leg: miner.MinerLeg) -> list[dict[str, Any]]:
     rows = leg.conn.execute(
         "SELECT stage, table_name, position, field, bytes_hex, expected, reason,"
@@ -226,7 +236,7 @@ def test_skip_of_the_named_entry_parks_it_and_mines_every_other_once(
 
     leg._retry_at = 0.0
     drain(leg)
-    got = mined(site.db_path)
+    got = entries_mined(site.db_path)
     assert got == [e for e in whole if e != skipped]
     assert len(set(got)) == len(got)
 
@@ -293,7 +303,7 @@ def test_a_second_unusable_entry_of_the_window_raises_its_own_alarm(
     leg._retry_at = 0.0
     drain(leg)
     gone = {(receiver, first), (receiver, second)}
-    assert mined(site.db_path) == [e for e in whole if (e[0], e[1]) not in gone]
+    assert entries_mined(site.db_path) == [e for e in whole if (e[0], e[1]) not in gone]
     assert [x["position"] for x in letters(leg)] == [
         f"MAG/{receiver}:{first}",
         f"MAG/{receiver}:{second}",
@@ -328,7 +338,7 @@ def test_null_sequence_row_is_dropped_when_the_window_leaves_it_one_place(
     assert state == "done", result
     leg._retry_at = 0.0
     drain(leg)
-    assert mined(site.db_path) == [e for e in whole if e != skipped]
+    assert entries_mined(site.db_path) == [e for e in whole if e != skipped]
     [letter] = letters(leg)
     assert letter["position"] == f"MAG/{receiver}:? after {after}"
     assert letter["field"] == "SEQUENCE_NUMBER"
@@ -380,7 +390,7 @@ def test_null_sequence_row_among_hidden_entries_is_placed_by_reading_them(
     null_field(site, receiver, seq, None)
     leg._retry_at = 0.0
     drain(leg)
-    assert mined(site.db_path) == [
+    assert entries_mined(site.db_path) == [
         e for e in site.journal() if e[:2] != (receiver, seq)
     ]
     leg.close()
@@ -509,6 +519,15 @@ def test_a_skipped_boundary_marks_the_cycle_it_may_have_ended() -> None:
     for code in ("R", "J", "F", "D"):
         row[2] = code
         assert entryskip.boundary_cycle(row) is None
+    # A row change whose code reads NULL is no boundary: its type or object
+    # says so; its cycle is checked again when it ends (SKIP_ROW_MARK).
+    row[2], row[3], row[5], row[6] = None, "UP", Decimal(42), "PRIX      MAG"
+    assert entryskip.boundary_cycle(row) is None
+    assert entryskip.row_cycle(row) == 42
+    row[3] = None
+    assert entryskip.boundary_cycle(row) is None
+    row[5] = Decimal(0)
+    assert entryskip.row_cycle(row) is None
 
 
 def test_hidden_sequences_are_holes_of_the_plain_read_below_its_last() -> None:

@@ -1080,6 +1080,46 @@ def test_skip_mark_of_an_unknown_cycle_cuts_every_open_cycle(box: Any) -> None:
         " by an operator"
     )
     assert reasons(conn) == [cut, cut]
+    assert store.counters(conn)["transformer.cycles_cut_by_skip"] == 2
+    # Whichever it ended, the other ends later at the source: both are
+    # waited for, and the table is checked again when one ends.
+    held = conn.execute("SELECT cycle_key FROM held_changes ORDER BY 1").fetchall()
+    assert [k for (k,) in held] == [
+        f"check_after:MAG/QSQJRN:{first}",
+        f"check_after:MAG/QSQJRN:{other}",
+    ]
+    journal.add("C", "RB", cycle=other, table="", job=JOB2)
+    drain(leg_for(conf, conn))
+    assert queued_checks(conn) == [("PRIX", "skipped_entry")]
+    assert store.counters(conn)["transformer.checks_after_cycle"] == 1
+
+
+def queued_checks(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Repair checks asked (filed or queued) for a skipped entry."""
+    return [a for a in checks.asked(conn) if a[1] == "skipped_entry"]
+
+
+def test_skipped_row_of_an_open_cycle_checks_its_table_when_it_ends(
+    box: Any,
+) -> None:
+    """The miner skipped a row change of a cycle still open at the source: the
+    cycle's other changes go with its CM as usual, and the table is checked
+    again then (the skip's own check may have read it before the end)."""
+    conf, conn, journal = box
+    cycle = journal.start()
+    journal.add("R", "PT", cycle=cycle, rrn=1, data=image("000001", 100))
+    journal.add("*", "SR", cycle=cycle, table="PRIX")  # the skipped UP's place
+    journal.add("R", "PT", cycle=cycle, rrn=2, data=image("000002", 200))
+    drain(leg_for(conf, conn))
+    assert queued_checks(conn) == []  # the cycle is still open
+    journal.add("C", "CM", cycle=cycle, table="")
+    drain(leg_for(conf, conn))
+
+    assert [(op, art) for op, art, _, _ in ops(conn)] == [
+        ("c", "000001"),
+        ("c", "000002"),
+    ]
+    assert queued_checks(conn) == [("PRIX", "skipped_entry")]
     assert conn.execute("SELECT count(*) FROM held_changes").fetchone()[0] == 0
 
 
