@@ -224,7 +224,12 @@ def _session_live(user: str) -> bool:
 def _check_csrf() -> None:
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
     expected = session.get("csrf", "")
-    if not expected or not sent or not hmac.compare_digest(str(expected), sent):
+    # As bytes: compare_digest refuses a str with non-ASCII characters
+    # (TypeError, a 500), and a forged token may hold any.
+    if not expected or not sent:
+        logger.warning("form refused reason=csrf endpoint=%s", request.endpoint)
+        abort(400, description="csrf")
+    if not hmac.compare_digest(str(expected).encode(), sent.encode("utf-8", "replace")):
         logger.warning("form refused reason=csrf endpoint=%s", request.endpoint)
         abort(400, description="csrf")
 

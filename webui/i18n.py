@@ -245,6 +245,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "skip.changed": "L'alarme nomme maintenant une autre entrée ({named}) que"
         " celle confirmée : rien n'a été demandé. Lisez la nouvelle alarme, puis"
         " recommencez.",
+        "skip.changed_fault": "L'entrée ({named}) est maintenant inutilisable pour"
+        " une autre raison (colonne {field}) que celle confirmée : rien n'a été"
+        " demandé. Lisez la nouvelle alarme, puis recommencez.",
         "skip.cli_only": "Les faits de cette alarme sont incomplets : cette page"
         " ne peut pas dire quelle entrée sauter. Le mineur les réécrit à sa"
         " prochaine lecture ; s'ils restent incomplets, lisez l'entrée par DSPJRN"
@@ -476,6 +479,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "skip.changed": "The alarm now names another entry ({named}) than the one"
         " you confirmed: nothing was requested. Read the new alarm, then ask"
         " again.",
+        "skip.changed_fault": "The entry ({named}) is now unusable for another"
+        " reason (column {field}) than the one you confirmed: nothing was"
+        " requested. Read the new alarm, then ask again.",
         "skip.cli_only": "This alarm's facts are incomplete: this page cannot"
         " tell which entry to skip. The miner writes them again at its next read;"
         " if they stay incomplete, read the entry with DSPJRN and skip it from"

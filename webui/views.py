@@ -280,8 +280,15 @@ def skip_entry() -> str | BaseResponse:
         flash(text(gone if alarm is None else "skip.cli_only"), "error")
         return redirect(url("ui.overview"))
     if request.method == "POST":
+        # The entry AND the fault confirmed: the same entry unusable for
+        # another column is another decision.
+        named = _entry_words(args)
         if request.form.get("entry", "") != state.skip_key(args):
-            flash(text("skip.changed", named=_entry_words(args)), "error")
+            flash(text("skip.changed", named=named), "error")
+            return redirect(url("ui.overview"))
+        if request.form.get("field", "") != alarm.facts["field"]:
+            field = alarm.facts["field"]
+            flash(text("skip.changed_fault", named=named, field=field), "error")
             return redirect(url("ui.overview"))
         # Queued or a twin still pending: the audit log shows the command
         # and, once the miner has carried it out, its answer.

@@ -72,8 +72,10 @@ def queued(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
 
 
 def post_skip(client: FlaskClient, entry: str, **extra: str) -> Any:
+    """The confirmation's POST; ``field`` defaults to the fixture alarms'."""
     token = csrf(client, "/")
-    data = {"csrf_token": token, "entry": entry} | extra
+    field = "SEQUENCE_NUMBER" if "null-after" in entry else "OBJECT"
+    data = {"csrf_token": token, "entry": entry, "field": field} | extra
     return client.post("/actions/skip-entry", base_url=BASE, data=data)
 
 
@@ -380,3 +382,40 @@ def test_the_page_names_the_entry_as_the_command_line_does(tmp_path: Path) -> No
         other = args | {"receiver": "MAG/QSQJRN0009"}
         with pytest.raises(commands.CommandError, match="the alarm names"):
             cli._alarm_names(conn, other)
+
+
+def test_the_same_entry_unusable_for_another_column_is_not_taken_as_confirmed(
+    configured: tuple[Flask, dict[str, str], str],
+) -> None:
+    """Confirmed for OBJECT, the alarm names entry 4711 for COMMIT_CYCLE by
+    the POST (found by a tester): another decision, nothing is queued."""
+    app, _, _ = configured
+    conn = pipeline(app)
+    raise_alarm(conn, SEQUENCE_ALARM)
+    client = app.test_client()
+    login(client)
+    assert 'name="field" value="OBJECT"' in page(client, "/actions/skip-entry")
+    raise_alarm(
+        conn,
+        SEQUENCE_ALARM
+        | {"field": "COMMIT_CYCLE", "expected": "a cycle number (0: none)"},
+    )
+    reply = post_skip(client, "MAG/QSQJRN0002:4711", field="OBJECT")
+    assert reply.headers["Location"].endswith("/")
+    assert queued(conn) == []
+    assert "pour une autre raison (colonne COMMIT_CYCLE)" in page(client, "/")
+
+
+def test_a_forged_non_ascii_csrf_token_is_a_400_not_a_500(
+    configured: tuple[Flask, dict[str, str], str],
+) -> None:
+    app, _, _ = configured
+    conn = pipeline(app)
+    raise_alarm(conn, SEQUENCE_ALARM)
+    client = app.test_client()
+    login(client)
+    page(client, "/actions/skip-entry")  # the session has its token
+    data = {"csrf_token": "\u00e9t\u00e9", "entry": "MAG/QSQJRN0002:4711"}
+    reply = client.post("/actions/skip-entry", base_url=BASE, data=data)
+    assert reply.status_code == 400
+    assert queued(conn) == []
