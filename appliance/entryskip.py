@@ -49,8 +49,8 @@ _INSERT_MARK = "INSERT INTO raw_entries ({}) VALUES ({})".format(
 )
 
 
-# Entry types of row changes (an entry of one is never a commit boundary).
-ROW_TYPES = frozenset({"PT", "PX", "UB", "UP", "DL", "BR", "UR", "DR"})
+# The entry types that end a commit cycle (C CM, C RB).
+ENDS = frozenset({"CM", "RB"})
 
 
 class SkipRefused(ValueError):
@@ -306,15 +306,16 @@ def boundary_cycle(row: Sequence[Any]) -> int | None:
         return None
     kind = journal.text(row[3]) if row[3] is not None else ""
     obj = journal.text(row[6]) if row[6] is not None else ""
-    if not code and (kind in ROW_TYPES or obj):
-        return None  # a row change whose code reads NULL: not a boundary
-    value = row[5]
-    if value is None or isinstance(value, bool):
-        return 0
-    try:
-        return max(int(value), 0)
-    except (TypeError, ValueError, ArithmeticError):
-        return 0
+    if not code and (obj or (kind and kind not in ENDS)):
+        return None  # a row change or another entry whose code reads NULL
+    if not _whole(row[5]):
+        return 0  # the cycle does not read: unknown
+    cycle = int(row[5])
+    if cycle > 0:
+        return cycle
+    # Cycle 0 is "none": an entry outside commitment control, no boundary;
+    # on a C entry (which always has one) it says nothing: unknown.
+    return 0 if code == "C" else None
 
 
 def _whole(value: Any) -> bool:

@@ -163,6 +163,15 @@ class RrnMap:
         self._pending.clear()
         self._read_tables = None
 
+    def knows(self, table: str, rrn: int) -> bool:
+        """Whether a key is mapped at ``rrn`` (reading only)."""
+        if (table, rrn) in self._pending:
+            return self._pending[(table, rrn)] is not None
+        found = self.conn.execute(
+            "SELECT 1 FROM rrn_keys WHERE table_name = ? AND rrn = ?", (table, rrn)
+        ).fetchone()
+        return found is not None
+
     def take(self, table: str, rrn: int) -> Key | None:
         """The key at ``rrn``, removed from the map; None when unknown."""
         self.flush()

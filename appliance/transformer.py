@@ -383,8 +383,20 @@ class TransformerLeg:
                 return
         else:
             self._tally_problems(decoder, decoded, row)
-            self._track(row, decoder.layout, decoded)
-            events = self._events(row, decoder.layout, decoded, source_info)
+            bad = _key_errors(decoder.layout, decoded.errors)
+            table = _qualified(row["object"])
+            if (
+                bad
+                and row["entry_type"] in ("DL", "DR")
+                and self._rrns.knows(table, row["rrn"])
+            ):
+                # Its key unreadable, the delete still has its slot: the key
+                # the RRN map holds, as for a DL whose image is refused (an
+                # unknown slot parks the delete with its key error below).
+                events = self._imageless_delete(row, _key_error(bad[0], decoder))
+            else:
+                self._track(row, decoder.layout, decoded)
+                events = self._events(row, decoder.layout, decoded, source_info)
         if not events:
             return
         if row["commit_cycle"]:
@@ -606,6 +618,11 @@ class TransformerLeg:
         )
         self._tally["parked"] += 1
         self._count("transformer.key_errors")
+        # No change of that row reaches the hub: a repair check sets it from
+        # the source (the bracket leaves alone what is still on its way).
+        table = _object_names(row)[1]
+        origin = f"transformer key_error {_position(row)} {table}"
+        checks.queue(self.conn, table, "key_error", origin)
         logger.warning(
             "change parked, key field unreadable stage=%s table=%s position=%s"
             " field=%s offset=%s reason=%s",
@@ -1002,6 +1019,18 @@ def build(settings: BoxSettings) -> TransformerLeg:
     """The leg as the service runs it: the pipeline database and ODBC catalog."""
     conn = store.connect(settings.pipeline.db_path)
     return TransformerLeg(settings, conn, OdbcCatalog(settings.ibmi))
+
+
+def _key_error(error: dict[str, Any], decoder: RecordDecoder) -> DecodeError:
+    """A key field's error (a field-level one) as the refusal of the image."""
+    return DecodeError(
+        f"key field unreadable: {error['reason']}",
+        table=decoder.table,
+        field=str(error["field"]),
+        offset=error["offset"],
+        data=bytes.fromhex(str(error["bytes_hex"])),
+        expected=str(error["expected"]),
+    )
 
 
 def _with_image(unknown: DecodeError, image: DecodeError) -> DecodeError:

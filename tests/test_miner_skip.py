@@ -528,6 +528,14 @@ def test_a_skipped_boundary_marks_the_cycle_it_may_have_ended() -> None:
     assert entryskip.boundary_cycle(row) is None
     row[5] = Decimal(0)
     assert entryskip.row_cycle(row) is None
+    # No object, code NULL: an entry outside commitment control (cycle 0) or
+    # of a type that ends no cycle is no boundary; a C entry's 0 is unknown.
+    row[3], row[6] = None, None
+    assert entryskip.boundary_cycle(row) is None
+    row[3], row[5] = "NR", Decimal(42)
+    assert entryskip.boundary_cycle(row) is None
+    row[2], row[3], row[5] = "C", "CM", Decimal(0)
+    assert entryskip.boundary_cycle(row) == 0
 
 
 def test_hidden_sequences_are_holes_of_the_plain_read_below_its_last() -> None:
