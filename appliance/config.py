@@ -494,7 +494,10 @@ def _load(cls: type[_T], path: Path | None) -> _T:
             with path.open("rb") as handle:
                 data = tomllib.load(handle)
         except FileNotFoundError as exc:
-            raise ConfigError(f"settings file not found: {path}") from exc
+            raise ConfigError(
+                f"settings file not found: {path} (another one: --config FILE"
+                " or APPLIANCE_CONFIG)"
+            ) from exc
         except OSError as exc:
             # A directory, no permission: say what was expected, no traceback.
             raise ConfigError(
