@@ -184,14 +184,18 @@ def plan(
     after = journal.after_window(bookmark, read, read.end, entry_ts)
     keep, hidden = journalrows.select(entries, ibmi.table_library, ibmi.tables)
     cycle, mark = boundary_cycle(row), None
+    job = "/".join(journal.text(row[i]) for i in (11, 10, 9))
     if cycle is not None:
-        mark = journalrows.mark(journal_id, after, SKIP_MARK, commit_cycle=cycle)
+        # With its job: for a cycle that does not read, the transformer
+        # tells the job's own open cycle (the one it ended) from the others.
+        mark = journalrows.mark(
+            journal_id, after, SKIP_MARK, commit_cycle=cycle, job=job
+        )
     elif (own := row_cycle(row)) is not None:
         # Its object, RRN and job: the transformer frees a before image held
         # for it (the UB of a skipped UP), which no UP would ever take.
         obj = journal.text(row[6]) if row[6] is not None else ""
         rrn = journal.number(row[4]) if _whole(row[4]) else 0
-        job = "/".join(journal.text(row[i]) for i in (11, 10, 9))
         mark = journalrows.mark(
             journal_id,
             after,

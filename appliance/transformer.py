@@ -782,10 +782,13 @@ class TransformerLeg:
         Cycle 0, unknown: every open cycle is cut, as after a data gap.
         """
         if not row["commit_cycle"]:
-            # Whichever of the open cycles it ended, the others end later at
-            # the source: their tables are checked again then.
-            for journal, number in self._open_cycles():
-                self._check_after(journal, number, row, sorted(self._tables))
+            # The open cycles but the one it ended end later at the source:
+            # their tables are checked again then. The one it ended is its
+            # job's (a job has one open cycle at a time); a job that does not
+            # read leaves it unknown, and every cycle is waited for.
+            for journal, number, job in self._open_cycles():
+                if not row["job"].strip("/") or job != row["job"]:
+                    self._check_after(journal, number, row, sorted(self._tables))
             self._cut_cycles(
                 row,
                 "commit cycle cut: an entry of unknown cycle, maybe its end,"
@@ -814,15 +817,17 @@ class TransformerLeg:
             len(events),
         )
 
-    def _open_cycles(self) -> list[tuple[str, int]]:
-        """(journal, cycle number) of every cycle held open now."""
+    def _open_cycles(self) -> list[tuple[str, int, str]]:
+        """(journal, cycle number, job of its first entry) of every open cycle."""
         self._held.write_back()
         found = []
-        for (key,) in self.conn.execute(
-            "SELECT DISTINCT cycle_key FROM held_changes WHERE cycle_key LIKE 'open:%'"
+        for key, job in self.conn.execute(
+            "SELECT h.cycle_key, coalesce(r.job, '') FROM held_changes h"
+            " LEFT JOIN raw_entries r ON r.id = h.raw_id"
+            " WHERE h.cycle_key LIKE 'open:%'"
         ):
             journal, _, cycle = str(key).removeprefix("open:").rpartition(":")
-            found.append((journal, int(cycle)))
+            found.append((journal, int(cycle), str(job)))
         return sorted(found)
 
     def _cut_cycles(

@@ -1068,7 +1068,7 @@ def test_skip_mark_of_an_unknown_cycle_cuts_every_open_cycle(box: Any) -> None:
     journal.add("R", "PT", cycle=first, rrn=1, data=image("000001", 100))
     other = journal.start(job=JOB2)
     journal.add("R", "PT", cycle=other, rrn=2, job=JOB2, data=image("000002", 200))
-    journal.add("*", "SK", cycle=0, table="")
+    journal.add("*", "SK", cycle=0, table="")  # a mark of JOB1's skipped C CM
     later = journal.start()
     journal.add("R", "PT", cycle=later, rrn=3, data=image("000003", 300))
     journal.add("C", "CM", cycle=later, table="")
@@ -1081,17 +1081,32 @@ def test_skip_mark_of_an_unknown_cycle_cuts_every_open_cycle(box: Any) -> None:
     )
     assert reasons(conn) == [cut, cut]
     assert store.counters(conn)["transformer.cycles_cut_by_skip"] == 2
-    # Whichever it ended, the other ends later at the source: both are
-    # waited for, and the table is checked again when one ends.
+    # It ended its own job's cycle (JOB1's, first); the other till's ends
+    # later at the source: that one is waited for, its table checked then.
+    held = conn.execute("SELECT cycle_key FROM held_changes ORDER BY 1").fetchall()
+    assert [k for (k,) in held] == [f"check_after:MAG/QSQJRN:{other}"]
+    journal.add("C", "RB", cycle=other, table="", job=JOB2)
+    drain(leg_for(conf, conn))
+    assert queued_checks(conn) == [("PRIX", "skipped_entry")]
+    assert store.counters(conn)["transformer.checks_after_cycle"] == 1
+
+
+def test_skip_mark_of_an_unknown_cycle_and_job_waits_for_every_cycle(
+    box: Any,
+) -> None:
+    conf, conn, journal = box
+    first = journal.start()
+    journal.add("R", "PT", cycle=first, rrn=1, data=image("000001", 100))
+    other = journal.start(job=JOB2)
+    journal.add("R", "PT", cycle=other, rrn=2, job=JOB2, data=image("000002", 200))
+    journal.add("*", "SK", cycle=0, table="", job="//")  # its job NULL too
+    drain(leg_for(conf, conn))
+
     held = conn.execute("SELECT cycle_key FROM held_changes ORDER BY 1").fetchall()
     assert [k for (k,) in held] == [
         f"check_after:MAG/QSQJRN:{first}",
         f"check_after:MAG/QSQJRN:{other}",
     ]
-    journal.add("C", "RB", cycle=other, table="", job=JOB2)
-    drain(leg_for(conf, conn))
-    assert queued_checks(conn) == [("PRIX", "skipped_entry")]
-    assert store.counters(conn)["transformer.checks_after_cycle"] == 1
 
 
 def queued_checks(conn: sqlite3.Connection) -> list[tuple[str, str]]:
