@@ -10,23 +10,20 @@ slot the map does not know parks the entry with those bytes.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-import pytest
-from test_transformer import Journal, changes, drain, image, leg_for, settings
+from test_transformer import (
+    box,  # noqa: F401 (the fixture)
+    changes,
+    drain,
+    image,
+    leg_for,
+)
 
 from appliance import store
 
 
-@pytest.fixture
-def box(tmp_path: Any) -> tuple[Any, sqlite3.Connection, Journal]:
-    conf = settings(tmp_path)
-    conn = store.connect(conf.pipeline.db_path)
-    return conf, conn, Journal(conn)
-
-
-def test_a_short_delete_image_deletes_by_rrn_and_names_the_bytes(box: Any) -> None:
+def test_a_short_delete_image_deletes_by_rrn_and_names_the_bytes(box: Any) -> None:  # noqa: F811
     conf, conn, journal = box
     journal.add("R", "PT", rrn=1, data=image("000001", 100))
     short = image("000001", 100)[:-3]
@@ -50,7 +47,7 @@ def test_a_short_delete_image_deletes_by_rrn_and_names_the_bytes(box: Any) -> No
     assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
 
 
-def test_an_empty_delete_image_is_the_plain_after_images_delete(box: Any) -> None:
+def test_an_empty_delete_image_is_the_plain_after_images_delete(box: Any) -> None:  # noqa: F811
     conf, conn, journal = box
     journal.add("R", "PT", rrn=1, data=image("000001", 100))
     journal.add("R", "DL", rrn=1, data=b"")
@@ -63,7 +60,7 @@ def test_an_empty_delete_image_is_the_plain_after_images_delete(box: Any) -> Non
 
 
 def test_a_damaged_delete_of_an_unknown_slot_is_parked_with_its_bytes(
-    box: Any,
+    box: Any,  # noqa: F811
 ) -> None:
     conf, conn, journal = box
     damaged = b"\x00" * 5

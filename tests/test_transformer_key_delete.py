@@ -10,26 +10,23 @@ the row stayed wrong until the scheduled one (found by a tester).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-import pytest
-from test_transformer import Journal, changes, drain, image, leg_for, settings
+from test_transformer import (
+    box,  # noqa: F401 (the fixture)
+    changes,
+    drain,
+    image,
+    leg_for,
+)
 
-from appliance import checks, store
+from appliance import checks
 
 WHOLE = b"\xf0\xf0\xf0"
 KEY_FLAGGED = b"\xf1\xf0\xf0"
 
 
-@pytest.fixture
-def box(tmp_path: Any) -> tuple[Any, sqlite3.Connection, Journal]:
-    conf = settings(tmp_path)
-    conn = store.connect(conf.pipeline.db_path)
-    return conf, conn, Journal(conn)
-
-
-def test_a_delete_whose_key_is_flagged_null_still_deletes_by_its_rrn(box: Any) -> None:
+def test_a_delete_whose_key_is_flagged_null_still_deletes_by_its_rrn(box: Any) -> None:  # noqa: F811
     conf, conn, journal = box
     journal.add("R", "PT", rrn=5, data=image("000005", 500), null_map=WHOLE)
     journal.add("R", "DL", rrn=5, data=image("000005", 500), null_map=KEY_FLAGGED)
@@ -46,7 +43,7 @@ def test_a_delete_whose_key_is_flagged_null_still_deletes_by_its_rrn(box: Any) -
     assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
 
 
-def test_a_parked_key_error_asks_for_a_check_of_its_table(box: Any) -> None:
+def test_a_parked_key_error_asks_for_a_check_of_its_table(box: Any) -> None:  # noqa: F811
     """No change of that key reaches the hub: only a guardian check can set
     the row right, but none is queued (the scheduled one comes in 6 h)."""
     conf, conn, journal = box

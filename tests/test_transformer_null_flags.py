@@ -14,8 +14,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-import pytest
-from test_transformer import PRIX, Journal, changes, drain, image, leg_for, settings
+from test_transformer import (
+    PRIX,
+    box,  # noqa: F401 (the fixture)
+    changes,
+    drain,
+    image,
+    leg_for,
+)
 
 from appliance import store
 from appliance.decoder import compile_layout
@@ -28,18 +34,11 @@ KEY_FLAGGED = b"\xf1\xf0\xf0"
 PRICE_FLAGGED = b"\xf0\xf1\xf0"
 
 
-@pytest.fixture
-def box(tmp_path: Any) -> tuple[Any, sqlite3.Connection, Journal]:
-    conf = settings(tmp_path)
-    conn = store.connect(conf.pipeline.db_path)
-    return conf, conn, Journal(conn)
-
-
 def letters(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM dead_letters ORDER BY id")]
 
 
-def test_key_flagged_null_is_parked_not_relayed_as_a_null_key(box: Any) -> None:
+def test_key_flagged_null_is_parked_not_relayed_as_a_null_key(box: Any) -> None:  # noqa: F811
     """The UP's key is unknown: as for any unreadable key after an update
     (tests/test_transformer_key_errors.py), the old key's delete goes and the
     new row is parked with the flag named, never sent as ``{"ARTNUM": null}``."""
@@ -62,7 +61,7 @@ def test_key_flagged_null_is_parked_not_relayed_as_a_null_key(box: Any) -> None:
     assert letter["bytes_hex"] == "F0F0F0F0F0F5"
 
 
-def test_two_key_flagged_inserts_are_not_merged_into_one_null_row(box: Any) -> None:
+def test_two_key_flagged_inserts_are_not_merged_into_one_null_row(box: Any) -> None:  # noqa: F811
     conf, conn, journal = box
     journal.add("R", "PT", rrn=1, data=image("000001", 100), null_map=KEY_FLAGGED)
     journal.add("R", "PT", rrn=2, data=image("000002", 200), null_map=KEY_FLAGGED)
@@ -72,7 +71,7 @@ def test_two_key_flagged_inserts_are_not_merged_into_one_null_row(box: Any) -> N
     assert [x["field"] for x in letters(conn)] == ["ARTNUM", "ARTNUM"]
 
 
-def test_not_null_price_flagged_null_is_named_not_silently_null(box: Any) -> None:
+def test_not_null_price_flagged_null_is_named_not_silently_null(box: Any) -> None:  # noqa: F811
     conf, conn, journal = box
     journal.add("R", "PT", rrn=1, data=image("000001", 100), null_map=PRICE_FLAGGED)
     drain(leg_for(conf, conn))
