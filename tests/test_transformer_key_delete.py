@@ -26,7 +26,9 @@ WHOLE = b"\xf0\xf0\xf0"
 KEY_FLAGGED = b"\xf1\xf0\xf0"
 
 
-def test_a_delete_whose_key_is_flagged_null_still_deletes_by_its_rrn(box: Any) -> None:  # noqa: F811
+def test_a_delete_whose_key_is_flagged_null_still_deletes_by_its_rrn(
+    box: Any,  # noqa: F811
+) -> None:
     conf, conn, journal = box
     journal.add("R", "PT", rrn=5, data=image("000005", 500), null_map=WHOLE)
     journal.add("R", "DL", rrn=5, data=image("000005", 500), null_map=KEY_FLAGGED)
