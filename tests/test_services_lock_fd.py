@@ -15,6 +15,7 @@ import fcntl
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,13 +41,27 @@ def test_the_broker_does_not_inherit_a_lock_held_by_its_starter(
     pid = 0
     try:
         pid, _port, _formatted = kafka._launch_kafka(tmp_path / "state", tmp_path)
-        held = [
-            os.readlink(f"/proc/{pid}/fd/{name}")
-            for name in os.listdir(f"/proc/{pid}/fd")
-        ]
-        assert str(lock) not in held
+        assert str(lock) not in _descriptors_once_settled(pid)
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def _descriptors_once_settled(pid: int) -> list[str]:
+    """What ``pid``'s descriptors point at, once the fake java is ``sleep``
+    (the shell opens and closes its own while it starts)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if handle.read().startswith(b"sleep"):
+                break
+        time.sleep(0.02)
+    found = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except FileNotFoundError:  # closed since the listing
+            continue
+    return found
