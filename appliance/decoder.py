@@ -260,10 +260,11 @@ class RecordDecoder:
         null_map: bytes | str | None,
     ) -> None:
         """A field error for each column flagged null that cannot be null."""
-        for column, flag in zip(self.layout.columns, flags, strict=True):
+        columns = self.layout.columns
+        for index, (column, flag) in enumerate(zip(columns, flags, strict=True)):
             if not flag or column.nullable:
                 continue
-            indicator = _indicator(null_map, self.layout.columns.index(column))
+            indicator = _indicator(null_map, index)
             end = column.offset + column.size
             decoded.errors.append(
                 {

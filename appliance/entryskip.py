@@ -44,11 +44,6 @@ BAD_ENTRY_KEY = "miner.alarm.bad_entry"
 SKIPPED = "miner.skipped_entries"
 
 
-_INSERT_MARK = "INSERT INTO raw_entries ({}) VALUES ({})".format(
-    ", ".join(journalrows.ENTRY_FIELDS), ", ".join("?" * len(journalrows.ENTRY_FIELDS))
-)
-
-
 # The entry types that end a commit cycle (C CM, C RB).
 ENDS = frozenset({"CM", "RB"})
 
@@ -184,7 +179,7 @@ def plan(
     after = journal.after_window(bookmark, read, read.end, entry_ts)
     keep, hidden = journalrows.select(entries, ibmi.table_library, ibmi.tables)
     cycle, mark = boundary_cycle(row), None
-    job = "/".join(journal.text(row[i]) for i in (11, 10, 9))
+    job = journalrows.row_job(row)
     if cycle is not None:
         # With its job: for a cycle that does not read, the transformer
         # tells the job's own open cycle (the one it ended) from the others.
@@ -195,14 +190,13 @@ def plan(
         # Its object, RRN and job: the transformer frees a before image held
         # for it (the UB of a skipped UP), which no UP would ever take.
         obj = journal.text(row[6]) if row[6] is not None else ""
-        rrn = journal.number(row[4]) if _whole(row[4]) else 0
         mark = journalrows.mark(
             journal_id,
             after,
             SKIP_ROW_MARK,
             commit_cycle=own,
             obj=obj.ljust(30) if obj else "",
-            rrn=rrn or 0,
+            rrn=journalrows.whole(row[4]) or 0,
             job=job,
         )
     table, tables = skipped_tables(row, ibmi)
@@ -312,25 +306,14 @@ def boundary_cycle(row: Sequence[Any]) -> int | None:
     obj = journal.text(row[6]) if row[6] is not None else ""
     if not code and (obj or (kind and kind not in ENDS)):
         return None  # a row change or another entry whose code reads NULL
-    if not _whole(row[5]):
+    cycle = journalrows.whole(row[5])
+    if cycle is None:
         return 0  # the cycle does not read: unknown
-    cycle = int(row[5])
     if cycle > 0:
         return cycle
     # Cycle 0 is "none": an entry outside commitment control, no boundary;
     # on a C entry (which always has one) it says nothing: unknown.
     return 0 if code == "C" else None
-
-
-def _whole(value: Any) -> bool:
-    """``value`` reads as a whole number (a DECIMAL(21,0) column)."""
-    if value is None or isinstance(value, bool):
-        return False
-    try:
-        int(value)
-    except (TypeError, ValueError, ArithmeticError):
-        return False
-    return True
 
 
 def row_cycle(row: Sequence[Any]) -> int | None:
@@ -340,14 +323,8 @@ def row_cycle(row: Sequence[Any]) -> int | None:
     the table: the skip stores a ``SKIP_ROW_MARK`` with the cycle, and the
     transformer queues the checks again when the cycle ends (CM or RB).
     """
-    value = row[5]
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        cycle = int(value)
-    except (TypeError, ValueError, ArithmeticError):
-        return None
-    return cycle if cycle > 0 else None
+    cycle = journalrows.whole(row[5])
+    return cycle if cycle is not None and cycle > 0 else None
 
 
 def skipped_tables(row: Sequence[Any], ibmi: IbmiSection) -> tuple[str, list[str]]:
@@ -375,7 +352,7 @@ def write(conn: sqlite3.Connection, skip: Skip) -> int:
     mark of a skipped commit boundary, the row parked, counted, the checks
     queued, the alarm cleared. The dead letter's id."""
     if skip.mark is not None:
-        conn.execute(_INSERT_MARK, skip.mark)
+        conn.execute(journalrows.INSERT_ENTRY, skip.mark)
     letter = store.park(conn, **skip.letter)
     store.bump(conn, SKIPPED)
     for table in skip.tables:

@@ -63,7 +63,7 @@ def entry_from_row(row: Sequence[Any], journal: str) -> dict[str, Any]:
         "object": obj.ljust(30) if obj else "",
         "object_type": text(row[7]),
         "rrn": number(row[4]) or 0,
-        "job": "/".join((text(row[11]), text(row[10]), text(row[9]))),
+        "job": row_job(row),
         "program": text(row[13]),
         "user_name": text(row[12]),
         "indicator_flag": text(row[8]),
@@ -95,6 +95,11 @@ ENTRY_FIELDS = (
     "null_map",
     "data",
     "mined_at",
+)
+# Positional, in ENTRY_FIELDS order: a window (or one of the relay's marks)
+# goes in as plain tuples.
+INSERT_ENTRY = "INSERT INTO raw_entries ({}) VALUES ({})".format(
+    ", ".join(ENTRY_FIELDS), ", ".join("?" * len(ENTRY_FIELDS))
 )
 RECEIVER_AT = ENTRY_FIELDS.index("receiver_name")
 SEQUENCE_AT = ENTRY_FIELDS.index("sequence")
@@ -319,10 +324,19 @@ def row_text(row: Sequence[Any]) -> dict[str, str | None]:
     return found
 
 
+def whole(value: Any) -> int | None:
+    """A DECIMAL(21,0) column's value as int, None when it does not read as one."""
+    return _sequence_value(value) if _reads(_sequence_value, value) else None
+
+
 def row_sequence(row: Sequence[Any]) -> int | None:
     """The row's SEQUENCE_NUMBER, None when it does not read as one."""
-    value = row[1]
-    return _sequence_value(value) if _reads(_sequence_value, value) else None
+    return whole(row[1])
+
+
+def row_job(row: Sequence[Any]) -> str:
+    """The row's job as ``raw_entries.job`` writes it: NUMBER/USER/NAME."""
+    return "/".join((text(row[11]), text(row[10]), text(row[9])))
 
 
 def entries_from_rows(

@@ -126,11 +126,6 @@ WAIT_MIN_GAP_S = 0.1
 # the alarm's window to be read again, then is refused as any other.
 SKIP_WAIT_S = 60.0
 
-# Positional, in journalrows.ENTRY_FIELDS order: a window goes in as one
-# executemany of plain tuples.
-_INSERT_ENTRY = "INSERT INTO raw_entries ({}) VALUES ({})".format(
-    ", ".join(journalrows.ENTRY_FIELDS), ", ".join("?" * len(journalrows.ENTRY_FIELDS))
-)
 _SAVE_BOOKMARK = (
     "INSERT INTO bookmark (journal, receiver_library, receiver_name, sequence,"
     " processed, entry_ts, attach_ts, first_sequence, updated_at)"
@@ -577,7 +572,7 @@ class MinerLeg:
     ) -> None:
         with store.transaction(self.conn):
             if entries:
-                self.conn.executemany(_INSERT_ENTRY, entries)
+                self.conn.executemany(journalrows.INSERT_ENTRY, entries)
                 store.bump(self.conn, "miner.entries", len(entries))
             if also is not None:
                 also()  # after the entries: a mark it stores follows them
@@ -858,7 +853,9 @@ class MinerLeg:
                 checks.queue(
                     self.conn, table, "data_gap", f"miner data_gap {where} {table}"
                 )
-            self.conn.execute(_INSERT_ENTRY, _gap_mark(self.journal, bookmark))
+            self.conn.execute(
+                journalrows.INSERT_ENTRY, _gap_mark(self.journal, bookmark)
+            )
             save_bookmark(self.conn, self.journal, bookmark)
             self._save_head()
         self._bookmark = bookmark

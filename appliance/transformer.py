@@ -385,11 +385,10 @@ class TransformerLeg(CommitCycles):
         else:
             self._tally_problems(decoder, decoded, row)
             bad = _key_errors(decoder.layout, decoded.errors)
-            table = _qualified(row["object"])
             if (
                 bad
                 and row["entry_type"] in ("DL", "DR")
-                and self._rrns.knows(table, row["rrn"])
+                and self._rrns.knows(_qualified(row["object"]), row["rrn"])
             ):
                 # Its key unreadable, the delete still has its slot: the key
                 # the RRN map holds, as for a DL whose image is refused (an

@@ -71,6 +71,21 @@ def queued(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
     return [tuple(r) for r in rows]
 
 
+def signed_in(
+    configured: tuple[Flask, dict[str, str], str],
+    alarm: dict[str, Any] | None = None,
+) -> tuple[sqlite3.Connection, FlaskClient]:
+    """The pipeline (with the miner's alarm ``alarm`` when given) and a
+    logged-in technician's client."""
+    app, _, _ = configured
+    conn = pipeline(app)
+    if alarm is not None:
+        raise_alarm(conn, alarm)
+    client = app.test_client()
+    login(client)
+    return conn, client
+
+
 def post_skip(client: FlaskClient, entry: str, **extra: str) -> Any:
     """The confirmation's POST; ``field`` defaults to the fixture alarms'."""
     token = csrf(client, "/")
@@ -82,10 +97,7 @@ def post_skip(client: FlaskClient, entry: str, **extra: str) -> Any:
 def test_without_an_alarm_the_confirmation_sends_back_with_a_message(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured)
     reply = client.get("/actions/skip-entry", base_url=BASE)
     assert reply.status_code == 302
     assert reply.headers["Location"].endswith("/")
@@ -98,11 +110,7 @@ def test_without_an_alarm_the_confirmation_sends_back_with_a_message(
 def test_the_confirmation_names_the_entry_its_fault_and_what_follows(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     overview = page(client, "/")
     assert '<a href="/actions/skip-entry" id="skip-entry"' in overview
     assert "Sauter cette entrée" in overview
@@ -150,11 +158,7 @@ def test_confirming_queues_one_skip_with_the_alarm_s_own_arguments(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
     """Fields the browser adds (another sequence, receiver) change nothing."""
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     reply = post_skip(
         client, "MAG/QSQJRN0002:4711", sequence="1", receiver="X/Y", null_after="3"
     )
@@ -174,11 +178,7 @@ def test_confirming_queues_one_skip_with_the_alarm_s_own_arguments(
 def test_confirming_a_row_without_a_sequence_queues_null_after(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, NULL_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, NULL_ALARM)
     assert post_skip(client, "MAG/QSQJRN0001:null-after-100").status_code == 302
     assert queued(conn) == [
         (
@@ -193,11 +193,7 @@ def test_confirming_a_row_without_a_sequence_queues_null_after(
 def test_the_skip_and_the_miner_s_answer_show_in_the_audit_log(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     post_skip(client, "MAG/QSQJRN0002:4711")
     [row] = list(
         conn.execute(
@@ -227,11 +223,7 @@ def test_the_skip_and_the_miner_s_answer_show_in_the_audit_log(
 def test_an_alarm_that_changed_or_cleared_since_the_confirmation_is_refused(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     confirmed = "MAG/QSQJRN0002:4711"
     assert confirmed in page(client, "/actions/skip-entry")
 
@@ -259,11 +251,7 @@ def test_an_alarm_that_changed_or_cleared_since_the_confirmation_is_refused(
 def test_a_skip_without_its_csrf_token_is_refused(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     data = {"entry": "MAG/QSQJRN0002:4711"}
     assert (
         client.post("/actions/skip-entry", base_url=BASE, data=data).status_code == 400
@@ -301,11 +289,7 @@ def test_a_skip_needs_a_logged_in_technician(
 def test_the_same_skip_still_pending_is_not_queued_twice(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     post_skip(client, "MAG/QSQJRN0002:4711")
     reply = post_skip(client, "MAG/QSQJRN0002:4711")
     assert reply.headers["Location"].endswith("/audit")
@@ -389,11 +373,7 @@ def test_the_same_entry_unusable_for_another_column_is_not_taken_as_confirmed(
 ) -> None:
     """Confirmed for OBJECT, the alarm names entry 4711 for COMMIT_CYCLE by
     the POST (found by a tester): another decision, nothing is queued."""
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     assert 'name="field" value="OBJECT"' in page(client, "/actions/skip-entry")
     raise_alarm(
         conn,
@@ -409,11 +389,7 @@ def test_the_same_entry_unusable_for_another_column_is_not_taken_as_confirmed(
 def test_a_forged_non_ascii_csrf_token_is_a_400_not_a_500(
     configured: tuple[Flask, dict[str, str], str],
 ) -> None:
-    app, _, _ = configured
-    conn = pipeline(app)
-    raise_alarm(conn, SEQUENCE_ALARM)
-    client = app.test_client()
-    login(client)
+    conn, client = signed_in(configured, SEQUENCE_ALARM)
     page(client, "/actions/skip-entry")  # the session has its token
     data = {"csrf_token": "\u00e9t\u00e9", "entry": "MAG/QSQJRN0002:4711"}
     reply = client.post("/actions/skip-entry", base_url=BASE, data=data)
